@@ -1,0 +1,12 @@
+"""diffuse: train, sample and evaluate diffusion models from one Hydra config."""
+
+from diffuse_cli.api import (
+    build_diffusion,
+    build_model,
+    compose_config,
+    load_run,
+    sample,
+)
+
+__all__ = ["build_diffusion", "build_model", "compose_config", "load_run", "sample"]
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""The public Python API; the CLI calls exactly these functions.
+
+import diffuse_cli as dc
+cfg = dc.compose_config(["schedule=cosine"], command="train")
+diffusion = dc.build_diffusion(cfg)
+model = dc.build_model(cfg)
+x0 = dc.sample(cfg, model, diffusion, noise=x_T, generator=g)
+cfg, model, diffusion = dc.load_run("runs/default")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from diffuse_cli.build import build_diffusion, build_model, sample
+from diffuse_cli.errors import UserError
+
+__all__ = ["build_diffusion", "build_model", "compose_config", "load_run", "sample"]
+
+
+def compose_config(overrides: Sequence[str] = (), command: str = "train") -> DictConfig:
+    """Compose the config of `command` exactly as `diffuse <command> *overrides` would."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diffuse_cli.config import SCHEMAS, register_configs
+
+    if command not in SCHEMAS:
+        raise UserError(f"unknown command '{command}'; choose one of: {', '.join(SCHEMAS)}")
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("diffuse_cli.configs", version_base="1.3"):
+        return compose(config_name=command, overrides=list(overrides))
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = True):
+    """(cfg, model, diffusion) of the latest checkpoint in `run_dir`, EMA weights by default."""
+    from diffuse_cli.runs import read_run_config
+    from diffuse_cli.train.checkpoint import load_weights
+
+    cfg = read_run_config(run_dir)
+    model = build_model(cfg)
+    load_weights(model, run_dir, ema=ema)
+    return cfg, model.to(device).eval(), build_diffusion(cfg)
+
+
+def _train(cfg: DictConfig) -> None:
+    from diffuse_cli.train.trainer import train
+
+    train(cfg)
+
+
+def _sample(cfg: DictConfig) -> None:
+    from diffuse_cli.generate import sample_command
+
+    sample_command(cfg)
+
+
+def _eval(cfg: DictConfig) -> None:
+    from diffuse_cli.evaluate.loss_report import eval_command
+
+    eval_command(cfg)
+
+
+COMMANDS: dict[str, Callable[[DictConfig], None]] = {
+    "train": _train,
+    "sample": _sample,
+    "eval": _eval,
+}

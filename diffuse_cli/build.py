@@ -1,0 +1,155 @@
+"""Objects from config: the diffusion, the network, the data, and a configured sampler call.
+
+Everything that turns a composed config into working objects lives here, below the commands, so
+the trainer, the sampler command and the evaluators share one way of building them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from diffuse_cli.errors import UserError
+
+
+def build_diffusion(cfg: DictConfig):
+    """The GaussianDiffusion the config describes (schedule, prediction, variance)."""
+    from diffuse_cli.diffusion import GaussianDiffusion, get_betas
+
+    s = cfg.schedule
+    try:
+        betas = get_betas(
+            s.name,
+            s.num_timesteps,
+            beta_start=s.beta_start,
+            beta_end=s.beta_end,
+            s=s.s,
+            max_beta=s.max_beta,
+        )
+        return GaussianDiffusion(betas, prediction=cfg.prediction.name, variance=cfg.variance.name)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def data_shape(cfg: DictConfig) -> tuple[int, ...]:
+    """Per-sample shape of the configured data: (C, H, W) for images, (D,) for vectors."""
+    d = cfg.data
+    return (d.channels,) if d.image_size == 0 else (d.channels, d.image_size, d.image_size)
+
+
+def output_channels(cfg: DictConfig) -> int:
+    """Channels the network emits: doubled when the variance is learned ([mean, var] on dim 1)."""
+    learned = cfg.variance.name.startswith("learned")
+    return cfg.data.channels * (2 if learned else 1)
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """The network of `cfg.model`, allocated on the current default device (meta works)."""
+    from diffuse_cli.models import MLP, UNet
+
+    m, shape = cfg.model, data_shape(cfg)
+    if m.arch == "mlp":
+        if len(shape) != 1:
+            raise UserError(
+                f"model={m.name} is for vector data, but data={cfg.data.name} is "
+                "images; use a UNet model such as model=small"
+            )
+        return MLP(
+            dim=shape[0], hidden=m.hidden, num_layers=m.num_layers, out_dim=output_channels(cfg)
+        )
+    if m.arch == "unet":
+        if len(shape) != 3:
+            raise UserError(
+                f"model={m.name} is a UNet for images, but data={cfg.data.name} is "
+                "2-D; use model=mlp"
+            )
+        return UNet(
+            in_channels=shape[0],
+            out_channels=output_channels(cfg),
+            model_channels=m.model_channels,
+            channel_mult=tuple(m.channel_mult),
+            num_res_blocks=m.num_res_blocks,
+            attention_resolutions=tuple(m.attention_resolutions),
+            dropout=m.dropout,
+            num_heads=m.num_heads,
+            image_size=shape[1],
+            resblock_updown=m.resblock_updown,
+            use_scale_shift_norm=m.use_scale_shift_norm,
+        )
+    raise UserError(f"model.arch={m.arch!r} is unknown; choose one of: unet, mlp")
+
+
+def sample(
+    cfg: DictConfig,
+    model: Callable,
+    diffusion,
+    noise: torch.Tensor,
+    generator=None,
+    model_kwargs: dict | None = None,
+    progress: bool = False,
+):
+    """Run `cfg.sampler` for `cfg.steps` steps (T when unset) from the noise x_T.
+
+    `model` is any callable model(x_t, t) with integer original timesteps. `generator` is a
+    torch.Generator, a PerSampleNoise (per-sample seeds) or None (the global RNG).
+    """
+    from diffuse_cli.samplers import as_noise_source, get_sampler
+
+    steps = resolve_steps(cfg, diffusion)
+    s = cfg.sampler
+    options = {"eta": s.eta} if s.name == "ddim" else {}
+    try:
+        sampler = get_sampler(s.name)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    return sampler(
+        model,
+        diffusion,
+        noise,
+        steps=steps,
+        noise=as_noise_source(generator, noise.shape[0]),
+        spacing=s.spacing,
+        clip_denoised=s.clip_denoised,
+        model_kwargs=model_kwargs,
+        progress=progress,
+        **options,
+    )
+
+
+def resolve_steps(cfg: DictConfig, diffusion) -> int:
+    """The step count to sample with: `steps` when set, otherwise the full chain T."""
+    T = diffusion.num_timesteps
+    steps = cfg.get("steps") or T
+    if cfg.get("steps") is not None and cfg.steps <= 0:
+        raise UserError(f"steps={cfg.steps} must be a positive number of sampling steps")
+    if steps > T:
+        raise UserError(
+            f"steps={steps} is more than the {T} timesteps the model was trained "
+            f"with; use steps<={T}"
+        )
+    if cfg.sampler.eta < 0:
+        raise UserError(f"sampler.eta={cfg.sampler.eta} must be >= 0")
+    return steps
+
+
+def build_data(cfg: DictConfig, split: str):
+    """The dataset of `cfg.data` for split 'train' or 'test'."""
+    from diffuse_cli.data import build_dataset
+
+    d = cfg.data
+    try:
+        return build_dataset(
+            d.name,
+            split,
+            root=d.root,
+            image_size=d.image_size,
+            channels=d.channels,
+            num_train=d.num_train,
+            num_test=d.num_test,
+            seed=d.seed,
+            download=d.download,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from err

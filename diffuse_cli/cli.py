@@ -1,0 +1,80 @@
+"""`diffuse <command> [overrides]`: picks the command, then lets Hydra compose its config."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
+    "sample": "draw samples from a run's latest EMA checkpoint into <run_dir>/samples/",
+    "eval": "evaluate a run's latest EMA checkpoint and write JSON reports to <run_dir>/eval/",
+}
+
+USAGE = """usage: diffuse <command> [key=value ...] [hydra flags]
+
+commands:
+{commands}
+
+Each command composes one Hydra config; `diffuse <command> --help` lists its groups and keys.
+Examples:
+  diffuse train schedule=cosine
+  diffuse sample sampler=ddim steps=50
+  diffuse eval
+  diffuse train -m schedule=linear,cosine
+"""
+
+
+def _usage() -> str:
+    lines = "\n".join(f"  {name:<8}{text}" for name, text in COMMANDS.items())
+    return USAGE.format(commands=lines)
+
+
+def _task(command: str):
+    """The function Hydra calls with the composed config; user errors become one line."""
+
+    def task(cfg) -> None:
+        from diffuse_cli import api
+        from diffuse_cli.data import DataError
+        from diffuse_cli.errors import UserError
+
+        try:
+            api.COMMANDS[command](cfg)
+        except (UserError, DataError) as err:
+            if cfg.get("debug", False):
+                raise
+            print(f"diffuse {command}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"diffuse {command}: interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return task
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"diffuse: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+    import hydra
+
+    from diffuse_cli.config import register_configs
+
+    register_configs()
+    sys.argv = [f"diffuse {command}", *rest]  # Hydra parses sys.argv
+    run = hydra.main(
+        config_path="pkg://diffuse_cli.configs", config_name=command, version_base="1.3"
+    )(_task(command))
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`image_folder`: any folder of images, e.g. a user's own photos.
+
+Images are found recursively. If the images sit in sub-folders, the top-level sub-folder names
+(sorted) are the classes; images directly in the folder get the class ".". Every image is
+converted to RGB (or L), its shorter side resized to `image_size` and its centre cropped.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .base import DataError, DiffuseDataset, check_split, to_unit_range
+
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
+LOOSE_CLASS = "."  # class of images directly in the root folder
+
+
+def find_images(folder: Path) -> list[Path]:
+    """All image files under `folder`, recursively, in a stable (sorted) order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Convert any PIL mode to RGB or L. Transparent pixels are composited on white (their
+    colour is often arbitrary), and 16-bit greyscale is scaled rather than clipped to 255."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image)
+    return image.convert(mode)
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` (bicubic, with PIL's antialiasing) and crop the centre."""
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+    """Read one file as uint8 [H, W, C]; DataError naming the file if it cannot be decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image)
+                image = _to_mode(image, "L" if channels == 1 else "RGB")
+                image = resize_center_crop(image, image_size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+    array = np.array(image)  # a writable copy, which torch.from_numpy wants
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+class ImageFolder(DiffuseDataset):
+    """Images under `root`; if `root` has a `train` sub-folder, the splits are `root`/train and
+    `root`/test, otherwise both splits read all of `root` (e.g. to compare samples with the
+    training images). `num` keeps the first images (sorted by path)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        image_size: int = 32,
+        channels: int = 3,
+        num: int | None = None,
+    ):
+        if channels not in (1, 3):
+            raise ValueError(f"image_folder has 1 or 3 channels, not {channels}")
+        check_split(split)
+        root = Path(root)
+        folder = root / split if (root / "train").is_dir() else root
+        if not folder.is_dir():
+            raise DataError(f"image folder {folder} does not exist")
+        files = find_images(folder)
+        if not files:
+            raise DataError(
+                f"image folder {folder} has no images ({', '.join(sorted(EXTENSIONS))})"
+            )
+        class_of = [
+            p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else LOOSE_CLASS
+            for p in files
+        ]
+        self.class_names = tuple(sorted(set(class_of)))
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self.folder = folder
+        self.files = files[:num]
+        self.labels = [index[c] for c in class_of[:num]]
+        self.image_size = image_size
+        self.channels = channels
+        self.shape = (channels, image_size, image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        array = load_image(self.files[index], self.image_size, self.channels)
+        x = torch.from_numpy(array).permute(2, 0, 1)
+        return to_unit_range(x), self.labels[index]
+
+    def verify(self) -> int:
+        """Decode every file (JPEGs at reduced scale, which is quick) and raise a DataError
+        naming the first unreadable one and how many others failed; returns the file count."""
+        bad = []
+        for path in self.files:
+            try:
+                with Image.open(path) as image:
+                    image.draft(image.mode, (self.image_size, self.image_size))
+                    image.load()
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                bad.append((path, e))
+        if bad:
+            path, e = bad[0]
+            others = f" (and {len(bad) - 1} other files)" if len(bad) > 1 else ""
+            raise DataError(f"cannot read image {path}{others}: {e}")
+        return len(self.files)

@@ -1,0 +1,25 @@
+"""Timestep embeddings shared by the networks."""
+
+import math
+
+import torch
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (integer) timesteps, as in Transformers and Ho et al. 2020.
+
+    Frequencies are computed on the fly rather than stored as a buffer so the networks build on
+    the meta device and their state dicts hold only learned weights.
+
+    t: [B] timesteps (any numeric dtype). Returns float32 [B, dim]: [cos(t f), sin(t f)] with
+    frequencies f_i = max_period^(-i / half); an odd dim is zero-padded.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb

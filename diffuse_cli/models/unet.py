@@ -1,0 +1,276 @@
+"""The UNet noise-prediction network of DDPM (Ho et al. 2020, appendix B), with the options that
+improved DDPM and ADM added (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021).
+
+With model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,)
+it is the 35.7M-parameter CIFAR-10 network of the DDPM paper.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embeddings import timestep_embedding
+
+
+def norm_groups(channels: int) -> int:
+    """GroupNorm groups: the largest divisor of `channels` that is at most 32 and leaves at least
+    two channels per group, so the published widths get the usual 32 groups and small CPU widths
+    (8, 16, 48, ...) still work."""
+    for groups in range(min(32, max(channels // 2, 1)), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+def normalization(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels), channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so a residual branch (or the whole net) starts as the identity
+    (or as 0). Uses in-place init, which also works on the meta device."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a strided 3x3 convolution (DDPM)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = conv3x3(channels, channels, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour upsampling then a 3x3 convolution (DDPM)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _resample(up: bool, down: bool) -> nn.Module:
+    """Parameter-free resampling used inside BigGAN-style resblocks (ADM)."""
+    if up and down:
+        raise ValueError("a residual block resamples up or down, not both")
+    if up:
+        return nn.Upsample(scale_factor=2.0, mode="nearest")
+    if down:
+        return nn.AvgPool2d(2)
+    return nn.Identity()
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the embedding (time + class).
+
+    DDPM adds the projected embedding after the first convolution; with `scale_shift` it
+    modulates the second GroupNorm instead (AdaGN, Dhariwal & Nichol 2021, section 3). With `up`
+    or `down` the block also resamples (BigGAN, used by ADM's resblock_updown). The last
+    convolution is zero-initialised so the block starts as its skip connection.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        dropout: float = 0.0,
+        scale_shift: bool = False,
+        up: bool = False,
+        down: bool = False,
+    ):
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.in_norm = normalization(in_channels)
+        self.resample = _resample(up, down)
+        self.in_conv = conv3x3(in_channels, out_channels)
+        self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if scale_shift else 1))
+        self.out_norm = normalization(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.out_conv = zero_module(conv3x3(out_channels, out_channels))
+        self.skip = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_conv(self.resample(F.silu(self.in_norm(x))))
+        x = self.resample(x)
+        e = self.emb_proj(F.silu(emb))[:, :, None, None].to(h.dtype)
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + e)
+        h = self.out_conv(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all positions of a feature map, with a residual
+    connection whose output projection starts at zero."""
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
+        super().__init__()
+        if num_head_channels > 0:
+            num_heads = channels // num_head_channels
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, head_dim]
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of layers where the residual blocks also receive the embedding."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """Timestep- (and optionally class-) conditioned UNet: x [B, C, H, W], t int64 [B] (original
+    timesteps 0..T-1), y int64 [B] labels -> [B, out_channels, H, W].
+
+    The encoder has `num_res_blocks` residual blocks per resolution and the decoder one more
+    (that one consumes the skip of the downsampling layer); the middle block is
+    resblock-attention-resblock. `attention_resolutions` lists feature-map sizes in pixels
+    (16 = the 16x16 maps). The output convolution is zero-initialised, so the untrained
+    network predicts 0.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        model_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.0,
+        num_heads: int = 1,
+        image_size: int = 32,
+        num_classes: int | None = None,
+        resblock_updown: bool = False,
+        use_scale_shift_norm: bool = False,
+        num_head_channels: int = -1,
+    ):
+        super().__init__()
+        levels = len(channel_mult)
+        if image_size % 2 ** (levels - 1):
+            raise ValueError(
+                f"image_size {image_size} must be divisible by 2^{levels - 1} "
+                f"for {levels} resolutions (channel_mult={tuple(channel_mult)})"
+            )
+        resolutions = [image_size // 2**level for level in range(levels)]
+        unknown = sorted(set(attention_resolutions) - set(resolutions))
+        if unknown:
+            raise ValueError(
+                f"attention_resolutions {unknown} are not feature-map sizes of this UNet; "
+                f"valid sizes are {resolutions}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.model_channels = model_channels
+        self.image_size = image_size
+        self.num_classes = num_classes
+        emb_channels = 4 * model_channels
+
+        self.time_embed = nn.Sequential(
+            nn.Linear(model_channels, emb_channels),
+            nn.SiLU(),
+            nn.Linear(emb_channels, emb_channels),
+        )
+        self.label_embed = nn.Embedding(num_classes, emb_channels) if num_classes else None
+
+        def res(cin: int, cout: int, up: bool = False, down: bool = False) -> ResBlock:
+            return ResBlock(cin, cout, emb_channels, dropout, use_scale_shift_norm, up, down)
+
+        def attn(channels: int) -> AttentionBlock:
+            return AttentionBlock(channels, num_heads, num_head_channels)
+
+        def with_attention(block: ResBlock, channels: int, level: int) -> list[nn.Module]:
+            return (
+                [block, attn(channels)] if resolutions[level] in attention_resolutions else [block]
+            )
+
+        ch = model_channels
+        self.input_blocks = nn.ModuleList(
+            [EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))]
+        )
+        skip_channels = [ch]
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                block = res(ch, mult * model_channels)
+                ch = mult * model_channels
+                self.input_blocks.append(EmbedSequential(*with_attention(block, ch, level)))
+                skip_channels.append(ch)
+            if level != levels - 1:
+                down = res(ch, ch, down=True) if resblock_updown else Downsample(ch)
+                self.input_blocks.append(EmbedSequential(down))
+                skip_channels.append(ch)
+
+        self.middle_block = EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                block = res(ch + skip_channels.pop(), mult * model_channels)
+                ch = mult * model_channels
+                layers = with_attention(block, ch, level)
+                if level and i == num_res_blocks:
+                    layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch))
+                self.output_blocks.append(EmbedSequential(*layers))
+
+        self.out = nn.Sequential(
+            normalization(ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
+        )
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.time_embed(
+            timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)
+        )
+        if self.label_embed is not None:
+            if y is None:
+                raise ValueError("this UNet is class-conditional: pass labels y")
+            emb = emb + self.label_embed(y)
+        elif y is not None:
+            raise ValueError("labels y were given to an unconditional UNet (num_classes=None)")
+
+        h = x
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)

@@ -1,0 +1,67 @@
+"""Ancestral sampling (Ho et al. 2020, Algorithm 2), over a respaced diffusion when steps < T."""
+
+import torch
+from tqdm.auto import tqdm
+
+from ..diffusion import GaussianDiffusion, respace, space_timesteps
+from .noise import as_noise_source
+
+
+def respaced(diffusion: GaussianDiffusion, steps: int, spacing: str) -> GaussianDiffusion:
+    """The diffusion a sampler walks: `steps` timesteps chosen by `spacing` (all of them if
+    steps == T, in which case `diffusion` itself is returned)."""
+    return respace(diffusion, space_timesteps(diffusion.num_timesteps, steps, spacing))
+
+
+def reverse_indices(diffusion: GaussianDiffusion, x: torch.Tensor, progress: bool):
+    """Yield (i, t) for i = S-1, ..., 0, t = int64 tensor [B] filled with i on x's device,
+    with a tqdm bar if asked."""
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    for i in tqdm(indices, desc="sampling", disable=not progress, leave=False):
+        yield i, torch.full((x.shape[0],), i, dtype=torch.int64, device=x.device)
+
+
+@torch.no_grad()
+def ddpm(
+    model,
+    diffusion: GaussianDiffusion,
+    x_T: torch.Tensor,
+    *,
+    steps: int,
+    noise=None,
+    spacing: str = "even",
+    clip_denoised: bool = True,
+    model_kwargs: dict | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Ancestral sampling: x_{t-1} ~ p(x_{t-1} | x_t) = N(mean, sigma_t^2 I) (Ho et al. 2020,
+    Algorithm 2, with the mean of eq. 6-7 at the predicted x0), no noise at the last step.
+
+    With steps < T it samples the respaced diffusion (Nichol & Dhariwal 2021, sec. 4), whose
+    sigma_t^2 comes from the respaced betas; the model still sees the original timesteps.
+
+    Args:
+        model: model(x_t, timesteps int64 [B], **model_kwargs) -> output [B, ...].
+        diffusion: the diffusion the model was trained with.
+        x_T: starting noise [B, ...].
+        steps: number of denoising steps, 1..T.
+        noise: a NoiseSource, a torch.Generator or None (global RNG) for the per-step noise.
+        spacing: which timesteps to keep, see respace.SPACINGS.
+        clip_denoised: clip the predicted x0 to [-1, 1] at every step.
+        model_kwargs: extra model arguments (e.g. class labels y).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        x_0, a tensor like x_T.
+
+    Runs under torch.no_grad (not inference_mode) so that guidance can re-enable gradients.
+    """
+    sub = respaced(diffusion, steps, spacing)
+    noise = as_noise_source(noise, x_T.shape[0], x_T.device)
+    x = x_T
+    for i, t in reverse_indices(sub, x, progress):
+        out = sub.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
+        x = out["mean"]
+        if i > 0:
+            x = x + torch.exp(0.5 * out["log_variance"]) * noise.randn_like(x)
+    return x

@@ -1,0 +1,164 @@
+"""Checkpoints: step-numbered folders written atomically, and a `latest` pointer.
+
+A checkpoint is first written to a hidden temporary folder, flushed to disk, then renamed into
+place; only after that does `latest` move (itself replaced atomically). A crash at any moment
+therefore leaves `latest` on a complete checkpoint. Weights are safetensors; the optimizer state
+is read back with torch.load(weights_only=True), which cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffuse_cli.errors import UserError
+
+MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
+LATEST = "latest"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model_state: dict,
+    ema_state: dict,
+    optimizer_state: dict,
+    state: dict,
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint `step`, point `latest` at it, then prune all but the newest keep_last."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_contiguous(model_state), tmp / MODEL)
+    save_file(_contiguous(ema_state), tmp / EMA)
+    torch.save(optimizer_state, tmp / OPTIMIZER)
+    (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
+    _fsync_files(tmp)
+    final = root / name
+    if final.exists():  # re-saving the same step: move the old one aside first
+        old = root / f".old-{name}"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    _fsync_dir(root)
+    pointer = root / f".{LATEST}.tmp"
+    pointer.write_text(name + "\n")
+    os.replace(pointer, root / LATEST)
+    _fsync_dir(root)
+    _prune(root, keep_last, keep=name)
+    return final
+
+
+def _prune(root: Path, keep_last: int, keep: str) -> None:
+    if keep_last <= 0:
+        return
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `latest` points at; None when the run has no checkpoint yet."""
+    root = checkpoint_root(run_dir)
+    pointer = root / LATEST
+    if pointer.is_file():
+        folder = root / pointer.read_text().strip()
+        if (folder / STATE).is_file():
+            return folder
+    complete = sorted(p for p in root.glob("step_*") if (p / STATE).is_file())
+    return complete[-1] if complete else None
+
+
+def read_checkpoint(folder: Path) -> dict:
+    """Everything in a checkpoint folder, as tensors on the CPU."""
+    try:
+        return {
+            "model": load_file(folder / MODEL),
+            "ema": load_file(folder / EMA),
+            "optimizer": torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True),
+            "state": json.loads((folder / STATE).read_text()),
+        }
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"checkpoint '{folder}' holds pickled objects that are not plain tensors "
+            "and was refused unread (loading it could run code)"
+        ) from err
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"checkpoint '{folder}' cannot be read ({err})") from err
+
+
+def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> None:
+    """load_state_dict with one readable message when the checkpoint is for another network."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("different shape", mismatched),
+        ):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise UserError(
+            f"{source} does not fit the configured model ({'; '.join(parts)}); "
+            "was it trained with another model config?"
+        )
+    module.load_state_dict(state)
+
+
+def load_weights(model: torch.nn.Module, run_dir: str | Path, ema: bool = True) -> int:
+    """Load the latest checkpoint's (EMA) weights into `model`; returns its step."""
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
+        raise UserError(
+            f"the run in '{run_dir}' has no checkpoint yet; train it first "
+            f"with `diffuse train run_dir={run_dir}`"
+        )
+    path = folder / (EMA if ema else MODEL)
+    try:
+        state = load_file(path)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"checkpoint file '{path}' cannot be read ({err})") from err
+    load_state_checked(model, state, f"checkpoint '{path}'")
+    return json.loads((folder / STATE).read_text())["step"]

@@ -1,0 +1,31 @@
+"""Sample grids (or scatter plots for 2-D data) from the EMA model during training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from diffuse_cli.images import save_preview
+from diffuse_cli.samplers import PerSampleNoise, get_sampler
+
+
+@torch.no_grad()
+def save_training_preview(
+    cfg: DictConfig, ema_model, diffusion, shape, run_dir: Path, step: int, device, dataset=None
+) -> Path:
+    """DDIM (eta = 0) with fixed per-sample seeds, so grids of different steps compare."""
+    n = cfg.trainer.sample_num
+    steps = min(cfg.trainer.sample_steps, diffusion.num_timesteps)
+    noise = PerSampleNoise(list(range(n)), device)
+    x_T = noise.randn(tuple(shape))
+    x0 = get_sampler("ddim")(ema_model, diffusion, x_T, steps=steps, noise=noise, eta=0.0)
+    out = Path(run_dir) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"step_{step:08d}.png"
+    reference = None
+    if x0.dim() == 2 and dataset is not None:
+        reference = torch.stack([dataset[i][0] for i in range(min(len(dataset), 2000))])
+    save_preview(x0, path, reference)
+    return path

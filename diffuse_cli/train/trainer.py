@@ -1,0 +1,260 @@
+"""The training loop on Accelerate: one process or many, CPU or GPUs, fp32/fp16/bf16.
+
+Randomness is a function of (seed, step, micro-batch, rank): the batch order, the timesteps, the
+noise, dropout and flips. A resumed run therefore repeats exactly what an uninterrupted run would
+have done, and the checkpoint only has to hold weights, EMA, optimizer state and the step.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from diffuse_cli.build import build_data, build_diffusion, build_model, data_shape
+from diffuse_cli.data import random_hflip
+from diffuse_cli.diffusion.timesteps import UniformSampler
+from diffuse_cli.errors import UserError
+from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides
+from diffuse_cli.train.batches import StepBatchSampler
+from diffuse_cli.train.checkpoint import (
+    latest_checkpoint,
+    load_state_checked,
+    read_checkpoint,
+    save_checkpoint,
+)
+from diffuse_cli.train.ema import EMA
+from diffuse_cli.train.loggers import MetricsFile, make_logger
+from diffuse_cli.train.preview import save_training_preview
+from diffuse_cli.train.validate import check_resumable, validate_train_config
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return ((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train (or resume) the run described by `cfg`; returns the run directory."""
+    return Trainer(cfg).fit()
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        validate_train_config(cfg)
+        self.cfg, self.tc = cfg, cfg.trainer
+        self.run_dir = hydra_output_dir() or Path(cfg.run_dir)
+        self.accelerator = self._setup_accelerator()
+        check_resumable(cfg, self.run_dir)
+        self.diffusion = build_diffusion(cfg)
+        self.timesteps = UniformSampler(self.diffusion.num_timesteps)
+        self.dataset = build_data(cfg, "train")
+        self._setup_model()
+        self._setup_optimizer()
+        self.start_step = self._resume()
+        self._write_config()
+        self.loader = self._setup_data()
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl", self.start_step)
+        self.logger = make_logger(cfg, self.run_dir) if self.is_main else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _setup_accelerator(self):
+        from accelerate import Accelerator
+
+        # Without a GPU, a plain Accelerator under a multi-process launcher silently runs every
+        # process alone; cpu=True makes it join the gloo process group instead.
+        return Accelerator(
+            mixed_precision=self.tc.mixed_precision,
+            gradient_accumulation_steps=self.tc.grad_accum,
+            cpu=not torch.cuda.is_available(),
+        )
+
+    def _setup_model(self) -> None:
+        torch.manual_seed(self.cfg.seed)
+        model = build_model(self.cfg)
+        self.ema = EMA(model, self.tc.ema_decay)
+        self.ema.model.to(self.accelerator.device)
+        self.model = model
+
+    def _setup_optimizer(self) -> None:
+        kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        opt = kinds[self.tc.optimizer](
+            self.model.parameters(),
+            lr=self.tc.lr,
+            betas=tuple(self.tc.betas),
+            weight_decay=self.tc.weight_decay,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.model, opt)
+
+    def _setup_data(self) -> DataLoader:
+        acc = self.accelerator
+        sampler = StepBatchSampler(
+            len(self.dataset),
+            self.tc.batch_size,
+            self.cfg.data.seed,
+            self.start_step,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            grad_accum=self.tc.grad_accum,
+        )
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=acc.device.type == "cuda",
+        )
+
+    def _resume(self) -> int:
+        folder = latest_checkpoint(self.run_dir)
+        if folder is None:
+            return 0
+        ckpt = read_checkpoint(folder)
+        load_state_checked(
+            self.accelerator.unwrap_model(self.model), ckpt["model"], f"checkpoint '{folder}'"
+        )
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        scaler = ckpt["state"].get("scaler")
+        if scaler and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(scaler)
+        step = int(ckpt["state"]["step"])
+        if self.is_main:
+            print(f"resuming {self.run_dir} from step {step}")
+        return step
+
+    def _write_config(self) -> None:
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = OmegaConf.to_container(self.cfg, resolve=True)
+            resolved["run_dir"] = str(self.run_dir)
+            OmegaConf.save(OmegaConf.create(resolved), self.run_dir / CONFIG_FILE)
+            OmegaConf.save(OmegaConf.create(hydra_overrides()), self.run_dir / "overrides.yaml")
+        self.accelerator.wait_for_everyone()
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup over trainer.warmup_steps optimizer steps, then constant."""
+        warm = self.tc.warmup_steps
+        return self.tc.lr * min(1.0, (step + 1) / warm) if warm > 0 else self.tc.lr
+
+    def train_step(self, step: int, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, grad norm)."""
+        acc, rank = self.accelerator, self.accelerator.process_index
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        total = torch.zeros((), device=acc.device)
+        grad_norm = torch.zeros((), device=acc.device)
+        for micro in range(self.tc.grad_accum):
+            x, _ = next(batches)
+            x = x.to(acc.device, non_blocking=True)
+            seed = step_seed(self.cfg.seed, step, micro, rank)
+            torch.manual_seed(seed)  # timesteps, noise and dropout of this micro-batch
+            if self.cfg.data.hflip and x.dim() == 4:
+                x = random_hflip(x, torch.Generator(x.device).manual_seed(seed))
+            with acc.accumulate(self.model):
+                t, weights = self.timesteps.sample(x.shape[0], acc.device)
+                losses = self.diffusion.training_losses(self.model, x, t)["loss"]
+                loss = (losses * weights).mean()
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
+                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach() / self.tc.grad_accum
+        if not torch.isfinite(total):
+            raise UserError(
+                f"the loss became {total.item()} at step {step}; lower trainer.lr "
+                "or use trainer.mixed_precision=no, then resume from the last "
+                "checkpoint"
+            )
+        self.ema.update(acc.unwrap_model(self.model))
+        return total, grad_norm
+
+    def fit(self) -> Path:
+        acc, tc = self.accelerator, self.tc
+        batches = iter(self.loader)
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=self.start_step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.is_main and tc.progress),
+            desc=f"train {self.cfg.name}",
+        )
+        loss_sum = torch.zeros((), device=acc.device)
+        seen, tick, step = 0, time.perf_counter(), self.start_step
+        try:
+            while step < tc.max_steps:
+                loss, grad_norm = self.train_step(step, batches)
+                step += 1
+                loss_sum += loss
+                seen += 1
+                bar.update(1)
+                if step % tc.log_every == 0 or step == tc.max_steps:
+                    mean_loss = acc.reduce(loss_sum / seen, "mean").item()
+                    rate = seen * tc.batch_size / (time.perf_counter() - tick)
+                    self._log(step, mean_loss, float(grad_norm), rate)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+                    loss_sum.zero_()
+                    seen, tick = 0, time.perf_counter()
+                if step % tc.ckpt_every == 0 or step == tc.max_steps:
+                    self.save(step)
+                if step % tc.sample_every == 0 or step == tc.max_steps:
+                    self.preview(step)
+        finally:
+            bar.close()
+            if self.logger is not None:
+                self.logger.finish()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.run_dir
+
+    def _log(self, step: int, loss: float, grad_norm: float, img_per_s: float) -> None:
+        if not self.is_main:
+            return
+        row = {
+            "step": step,
+            "loss": loss,
+            "lr": self.lr_at(step - 1),
+            "grad_norm": grad_norm,
+            "img_per_s": img_per_s,
+            "world_size": self.accelerator.num_processes,
+        }
+        self.metrics.log(row)
+        self.logger.log({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    def save(self, step: int) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if self.is_main:
+            scaler = acc.scaler.state_dict() if acc.scaler is not None else None
+            save_checkpoint(
+                self.run_dir,
+                step,
+                acc.unwrap_model(self.model).state_dict(),
+                self.ema.state_dict(),
+                self.optimizer.state_dict(),
+                {"scaler": scaler, "world_size": acc.num_processes},
+                keep_last=self.tc.keep_last,
+            )
+        acc.wait_for_everyone()
+
+    def preview(self, step: int) -> None:
+        if self.is_main:
+            path = save_training_preview(
+                self.cfg,
+                self.ema.model,
+                self.diffusion,
+                data_shape(self.cfg),
+                self.run_dir,
+                step,
+                self.accelerator.device,
+                self.dataset,
+            )
+            self.logger.log_image("samples", path, step=step)

@@ -1,0 +1,64 @@
+"""Checks made before a training run touches anything on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffuse_cli.config import MODEL_DEFINING
+from diffuse_cli.errors import UserError
+from diffuse_cli.runs import CONFIG_FILE
+from diffuse_cli.train.checkpoint import latest_checkpoint
+
+CHOICES = {"mixed_precision": ("no", "fp16", "bf16"), "optimizer": ("adam", "adamw")}
+POSITIVE = (
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "ckpt_every",
+    "sample_every",
+    "log_every",
+    "sample_num",
+    "sample_steps",
+)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    tc = cfg.trainer
+    for key, allowed in CHOICES.items():
+        if tc[key] not in allowed:
+            raise UserError(f"trainer.{key}={tc[key]!r} is not one of: {', '.join(allowed)}")
+    for key in POSITIVE:
+        if not tc[key] > 0:
+            raise UserError(f"trainer.{key}={tc[key]} must be > 0")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise UserError(f"trainer.ema_decay={tc.ema_decay} must be in [0, 1)")
+    if cfg.schedule.num_timesteps < 1:
+        raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
+
+
+# What must agree between a run directory's checkpoints and a command that resumes it.
+RESUME_KEYS = (*MODEL_DEFINING, "loss")
+
+
+def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to resume a run directory that holds a different experiment."""
+    saved = run_dir / CONFIG_FILE
+    if latest_checkpoint(run_dir) is None or not saved.is_file():
+        return
+    old = OmegaConf.load(saved)
+    for key in RESUME_KEYS:
+        ours = OmegaConf.to_container(cfg[key], resolve=True)
+        theirs = OmegaConf.to_container(old[key], resolve=True) if key in old else None
+        if ours != theirs:
+            diff = ", ".join(
+                f"{key}.{k}={ours.get(k)!r} (saved: {(theirs or {}).get(k)!r})"
+                for k in sorted(set(ours) | set(theirs or {}))
+                if ours.get(k) != (theirs or {}).get(k)
+            )
+            raise UserError(
+                f"'{run_dir}' holds a run with other {key} settings ({diff}); "
+                "refusing to mix them: pick another name= or run_dir="
+            )

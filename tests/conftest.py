@@ -1,0 +1,72 @@
+"""Shared fixtures: configs composed exactly as the CLI composes them, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import diffuse_cli as dc
+
+# A run small enough to train, sample and evaluate in seconds on a CPU.
+TINY = [
+    "model.model_channels=16",
+    "model.channel_mult=[1,2]",
+    "model.attention_resolutions=[8]",
+    "data.image_size=16",
+    "data.num_train=64",
+    "data.num_test=32",
+    "schedule.num_timesteps=50",
+    "trainer.batch_size=8",
+    "trainer.max_steps=4",
+    "trainer.log_every=2",
+    "trainer.ckpt_every=2",
+    "trainer.sample_every=4",
+    "trainer.sample_num=4",
+    "trainer.sample_steps=5",
+    "trainer.warmup_steps=2",
+    "trainer.progress=false",
+]
+
+
+@pytest.fixture
+def compose():
+    """compose(overrides, command) -> the config `diffuse <command> *overrides` would use."""
+
+    def _compose(overrides=(), command="train"):
+        return dc.compose_config(list(overrides), command=command)
+
+    return _compose
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
+    """Run `diffuse <args>` in a subprocess, as a user would; returns CompletedProcess."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled", **(env or {})}
+    full_env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffuse_cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"diffuse {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """cli(*args, check=True) runs the CLI in a fresh working folder."""
+
+    def _cli(*args, check=True, env=None):
+        return run_cli(*args, cwd=tmp_path, check=check, env=env)
+
+    _cli.cwd = tmp_path
+    return _cli

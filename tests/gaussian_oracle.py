@@ -1,0 +1,110 @@
+"""The exact optimal denoiser for Gaussian data, a "perfectly trained model" for tests.
+
+For data x0 ~ N(mu, diag(std^2)) and x_t = sqrt(a) x0 + sqrt(1 - a) eps with a = abar_t,
+x_t ~ N(sqrt(a) mu, a std^2 + 1 - a) per dimension, and the minimum-MSE predictors are
+
+    E[x0  | x_t] = mu + sqrt(a) std^2 / (a std^2 + 1 - a) * (x_t - sqrt(a) mu)
+    E[eps | x_t] =      sqrt(1 - a)   / (a std^2 + 1 - a) * (x_t - sqrt(a) mu)
+    E[v   | x_t] = sqrt(a) E[eps | x_t] - sqrt(1 - a) E[x0 | x_t]
+
+(jointly Gaussian conditioning). A sampler driven by this model must reproduce the data's mean
+and variance, up to its own discretization error.
+"""
+
+import torch
+
+
+class GaussianOracle:
+    """model(x_t, t) -> the exact E[eps | x_t] (or x0, or v) for Gaussian data.
+
+    Args:
+        mu, std: tensors of one sample's shape (or broadcastable to it): the data's mean and
+            standard deviation per dimension.
+        alphas_cumprod: float64 [T] of the ORIGINAL diffusion; the oracle is called with the
+            original timesteps, exactly like a trained network.
+        prediction: "eps", "x0" or "v", what the oracle returns.
+        record: keep every timesteps tensor it is called with in `self.calls`.
+    """
+
+    def __init__(self, mu, std, alphas_cumprod, prediction="eps", record=False):
+        self.mu = torch.as_tensor(mu, dtype=torch.float64)
+        self.std = torch.as_tensor(std, dtype=torch.float64)
+        self.alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}")
+        self.prediction = prediction
+        self.record = record
+        self.calls = []
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws of x0 ~ N(mu, diag(std^2)), float32 [n, *mu.shape]."""
+        shape = (n, *torch.broadcast_shapes(self.mu.shape, self.std.shape))
+        z = torch.randn(shape, generator=generator, dtype=torch.float64)
+        return (self.mu + self.std * z).float()
+
+    def x0_eps(self, x_t: torch.Tensor, t: torch.Tensor):
+        """(E[x0 | x_t], E[eps | x_t]) in float64, both x_t's shape [B, ...]."""
+        a = self.alphas_cumprod[t.cpu()].reshape(-1, *([1] * (x_t.dim() - 1)))
+        x = x_t.detach().cpu().double()
+        var_xt = a * self.std**2 + 1 - a
+        centred = x - a.sqrt() * self.mu
+        x0 = self.mu + a.sqrt() * self.std**2 / var_xt * centred
+        eps = (1 - a).sqrt() / var_xt * centred
+        return x0, eps, a
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        if self.record:
+            self.calls.append(t.detach().cpu().clone())
+        x0, eps, a = self.x0_eps(x_t, t)
+        if self.prediction == "eps":
+            out = eps
+        elif self.prediction == "x0":
+            out = x0
+        else:
+            out = a.sqrt() * eps - (1 - a).sqrt() * x0
+        return out.to(device=x_t.device, dtype=x_t.dtype)
+
+
+def reverse_moments(oracle: GaussianOracle, sub, sampler="ddpm", variance="fixed_small", eta=0.0):
+    """Exact mean and variance (float64, per dimension) of a sampler's output when driven by the
+    oracle from x_T ~ N(0, I), without clipping.
+
+    With the oracle every step is affine per dimension, x_prev = A x + b + sigma z, so the
+    moments follow by the recursion m <- A m + b, v <- A^2 v + sigma^2. The coefficients are
+    written here from the papers' formulas, independently of the samplers' code:
+        ddpm: mean = c1 x0 + c2 x_t (Ho eq. 7), sigma^2 = beta~ (fixed_small) or beta (fixed_large)
+        ddim: x_prev = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z (Song eq. 12),
+              sigma^2 = eta^2 (1 - a') / (1 - a) (1 - a / a')
+    where x0 = mu + k0 (x - sqrt(a) mu), eps = ke (x - sqrt(a) mu) are the oracle's predictors.
+
+    Args:
+        sub: the (respaced) GaussianDiffusion the sampler walks; only its alphas_cumprod and
+            timestep_map are used.
+
+    Returns:
+        (mean, var), float64 tensors of one sample's shape.
+    """
+    mu, s2 = oracle.mu, oracle.std**2
+    m = torch.zeros_like(mu * s2)
+    v = torch.ones_like(m)
+    abars = sub.alphas_cumprod
+    for i in range(len(abars) - 1, -1, -1):
+        a = abars[i]
+        a_prev = abars[i - 1] if i > 0 else torch.tensor(1.0, dtype=torch.float64)
+        a_model = oracle.alphas_cumprod[sub.timestep_map[i]]
+        k0 = a_model.sqrt() * s2 / (a_model * s2 + 1 - a_model)
+        ke = (1 - a_model).sqrt() / (a_model * s2 + 1 - a_model)
+        shift = a_model.sqrt() * mu  # x0 = mu + k0 (x - shift), eps = ke (x - shift)
+        if sampler == "ddpm":
+            beta = 1 - a / a_prev
+            c1, c2 = beta * a_prev.sqrt() / (1 - a), (1 - a_prev) * (1 - beta).sqrt() / (1 - a)
+            A, b = c1 * k0 + c2, c1 * (mu - k0 * shift)
+            small = beta * (1 - a_prev) / (1 - a)
+            sigma2 = small if variance == "fixed_small" else beta
+        else:
+            sigma2 = eta**2 * (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+            e = (1 - a_prev - sigma2).sqrt()
+            A = a_prev.sqrt() * k0 + e * ke
+            b = a_prev.sqrt() * (mu - k0 * shift) - e * ke * shift
+        m, v = A * m + b, A**2 * v + (sigma2 if i > 0 else 0.0)
+    return m, v

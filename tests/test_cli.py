@@ -1,0 +1,220 @@
+"""The CLI end to end, as a user runs it: train, resume, sample, eval, sweeps and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run trained once through the CLI and shared by the tests of this module."""
+    from conftest import run_cli
+
+    cwd = tmp_path_factory.mktemp("cli")
+    proc = run_cli("train", *TINY, cwd=cwd)
+    return cwd, cwd / "runs" / "default", proc
+
+
+def test_top_level_help_lists_commands(cli):
+    out = cli("--help").stdout
+    for command in ("train", "sample", "eval"):
+        assert f"  {command} " in out
+
+
+def test_command_help_lists_groups(cli):
+    out = cli("train", "--help").stdout
+    assert "schedule: cosine, linear" in out and "trainer:" in out
+    assert "sampler: ddim, ddpm" in cli("sample", "--help").stdout
+
+
+def test_cfg_job_prints_the_composed_config(cli):
+    out = cli("train", "schedule=cosine", "--cfg", "job").stdout
+    assert "name: cosine" in out and not (cli.cwd / "runs").exists()
+
+
+def test_unknown_command(cli):
+    proc = cli("trian", check=False)
+    assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
+
+
+def test_train_writes_the_run_directory(trained):
+    _, run, _ = trained
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
+        "step_00000002",
+        "step_00000004",
+    ]
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"):
+        assert (run / "checkpoints" / "step_00000004" / name).is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert {"loss", "lr", "grad_norm", "img_per_s", "world_size"} <= set(rows[0])
+    assert (run / "samples" / "step_00000004.png").is_file()
+
+
+def test_sample_ddim_writes_npz_and_grid(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    proc = run_cli(
+        "sample",
+        "sampler=ddim",
+        "steps=5",
+        "num_samples=3",
+        "batch_size=2",
+        "progress=false",
+        cwd=cwd,
+    )
+    out = run / "samples" / "ddim-5"
+    arr = np.load(out / "samples.npz")["arr_0"]
+    assert arr.shape == (3, 16, 16, 3) and arr.dtype == np.uint8
+    assert (out / "grid.png").is_file() and "runs/default/samples/ddim-5" in proc.stdout
+
+
+def test_sample_ddpm_defaults_to_the_full_chain(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    run_cli("sample", "sampler=ddpm", "num_samples=2", "progress=false", cwd=cwd)
+    assert (run / "samples" / "ddpm-50" / "samples.npz").is_file()
+
+
+def test_sample_does_not_depend_on_batch_size(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    arrays = []
+    for bs in (1, 3):
+        out = cwd / f"bs{bs}"
+        run_cli(
+            "sample",
+            "sampler=ddim",
+            "steps=4",
+            "num_samples=3",
+            f"batch_size={bs}",
+            f"out_dir={out}",
+            "progress=false",
+            cwd=cwd,
+        )
+        arrays.append(np.load(out / "samples.npz")["arr_0"])
+    np.testing.assert_array_equal(arrays[0], arrays[1])
+
+
+def test_eval_writes_a_held_out_loss_report(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    run_cli(
+        "eval",
+        "eval.num_batches=1",
+        "eval.batch_size=20",
+        "eval.buckets=4",
+        "progress=false",
+        cwd=cwd,
+    )
+    report = json.loads((run / "eval" / "loss.json").read_text())
+    assert report["checkpoint"] == "step_00000004" and report["num_examples"] == 20
+    assert [b["t_min"] for b in report["buckets"]] == [0, 12, 25, 38]
+    assert all(b["count"] == 5 for b in report["buckets"])
+    assert report["loss"] == pytest.approx(np.mean([b["loss"] for b in report["buckets"]]))
+
+
+def test_train_again_resumes_and_extends(trained, tmp_path):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    proc = run_cli("train", *TINY, "trainer.max_steps=6", cwd=cwd)
+    assert "resuming" in proc.stdout and "from step 4" in proc.stdout
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["steps=0"], "steps=0 must be a positive"),
+        (["steps=51"], "steps=51 is more than the 50 timesteps"),
+        (["sampler=ddim", "sampler.eta=-1"], "sampler.eta=-1.0 must be >= 0"),
+        (["num_samples=0"], "num_samples=0 must be > 0"),
+        (["schedule=cosine"], "schedule.name='cosine' (run: 'linear')"),
+    ],
+)
+def test_sample_user_errors_are_one_line(trained, args, message):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    before = checksums(run)
+    proc = run_cli("sample", *args, cwd=cwd, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert checksums(run) == before
+
+
+def test_sample_without_a_run(cli):
+    proc = cli("sample", "run_dir=nowhere", check=False)
+    assert proc.returncode == 2 and "no run found in 'nowhere'" in proc.stderr
+    assert not (cli.cwd / "nowhere").exists()
+
+
+def test_resume_refuses_another_experiment(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    before = checksums(run)
+    proc = run_cli("train", *TINY, "schedule=cosine", cwd=cwd, check=False)
+    assert proc.returncode == 2 and "refusing to mix" in proc.stderr
+    assert checksums(run) == before
+
+
+def test_wandb_without_login_is_a_hint(cli, tmp_path):
+    proc = cli(
+        "train",
+        *TINY,
+        "logger=wandb",
+        check=False,
+        env={"WANDB_MODE": "", "NETRC": str(tmp_path / "no-netrc"), "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 2 and "logger.mode=offline" in proc.stderr
+
+
+def test_bad_config_value_fails_before_writing(cli):
+    proc = cli("train", "trainer.lr=fast", check=False)
+    assert proc.returncode != 0 and "trainer.lr" in proc.stderr
+    assert not (cli.cwd / "runs").exists()
+
+
+def test_multirun_gives_each_job_its_own_run_dir(cli):
+    cli("train", "-m", *TINY, "trainer.max_steps=2", "schedule=linear,cosine")
+    from omegaconf import OmegaConf
+
+    configs = sorted((cli.cwd / "runs" / "default").glob("*/config.yaml"))
+    assert len(configs) == 2
+    schedules = {OmegaConf.load(c).schedule.name for c in configs}
+    assert schedules == {"linear", "cosine"}
+    for c in configs:  # each job's config names its own directory
+        assert OmegaConf.load(c).run_dir == str(c.parent.relative_to(cli.cwd))
+
+
+def test_sweep_job_folder_names():
+    from diffuse_cli.config import job_dir_name
+
+    assert job_dir_name(0, "schedule=cosine") == "schedule=cosine"
+    assert job_dir_name(3, "data.root=/a/b") == "data.root=_a_b"
+    long = job_dir_name(1, "x" * 300)
+    assert long.startswith("1-") and len(long) == 12

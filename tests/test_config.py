@@ -1,0 +1,127 @@
+"""Every option of every config group composes, validates and builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+import diffuse_cli as dc
+from diffuse_cli.build import build_diffusion, build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = [
+    "schedule",
+    "prediction",
+    "variance",
+    "loss",
+    "sampler",
+    "model",
+    "data",
+    "trainer",
+    "logger",
+    "experiment",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"configs/{group}/ is empty"
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS if g != "sampler" for o in options(g)]
+)
+def test_train_option_composes_and_builds(compose, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option in ("moons", "eight_gaussians", "swiss_roll"):
+        overrides.append("model=mlp")
+    if group == "model" and option == "mlp":
+        overrides.append("data=moons")
+    if group == "data" and option == "image_folder":
+        overrides.append("data.root=somewhere")
+    cfg = compose(overrides)
+    assert cfg[group].name == option if group not in ("trainer", "experiment") else True
+    diffusion = build_diffusion(cfg)
+    assert diffusion.betas.dtype == torch.float64
+    assert diffusion.betas.shape == (cfg.schedule.num_timesteps,)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("option", options("sampler"))
+def test_sample_sampler_option_composes(compose, option):
+    cfg = compose([f"sampler={option}"], command="sample")
+    assert cfg.sampler.name == option
+    assert cfg.steps is None
+
+
+def test_every_command_composes(compose):
+    for command in ("train", "sample", "eval"):
+        assert compose([], command=command).run_dir == "runs/default"
+
+
+def test_schedule_defaults(compose):
+    cfg = compose(["schedule=linear"])
+    assert (cfg.schedule.beta_start, cfg.schedule.beta_end) == (1e-4, 0.02)
+    assert cfg.schedule.num_timesteps == 1000
+    cfg = compose(["schedule=cosine"])
+    assert (cfg.schedule.s, cfg.schedule.max_beta) == (0.008, 0.999)
+
+
+def test_ddpm_model_has_published_size(compose):
+    cfg = compose(["model=ddpm"])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 35.7e6) / 35.7e6 < 0.005, n
+
+
+def test_experiment_preset_overrides_groups(compose):
+    cfg = compose(["experiment=cifar10_ddpm"])
+    assert cfg.model.name == "ddpm" and cfg.variance.name == "fixed_large"
+    assert cfg.trainer.lr == 2e-4 and cfg.trainer.batch_size == 128
+    assert cfg.trainer.ema_decay == 0.9999 and cfg.trainer.max_steps == 800_000
+
+
+def test_unknown_option_names_the_choices(compose):
+    with pytest.raises(ConfigCompositionException, match="(?s)schedule/nope.*cosine.*linear"):
+        compose(["schedule=nope"])
+
+
+def test_misspelt_key_fails_at_composition(compose):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(["trainer.lrr=1"])
+    assert "Key 'lrr' not in 'TrainerConfig'" in str(info.value.__cause__)
+
+
+def test_wrong_type_fails_at_composition(compose):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(["trainer.max_steps=many"])
+    assert isinstance(info.value.__cause__, ValidationError)
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    import tomllib
+
+    root = CONFIGS.parent
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(root).parts)
+        for p in (root / "diffuse_cli").rglob("__init__.py")
+    }
+    assert found | {"diffuse_cli.configs"} == listed
+
+
+def test_api_compose_matches_module_level_import():
+    assert dc.compose_config(["schedule=cosine"]).schedule.name == "cosine"

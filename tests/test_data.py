@@ -1,0 +1,227 @@
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffuse_cli.data import DATASETS, DataError, ImageFolder, build_dataset, random_hflip
+from diffuse_cli.data.shapes import CLASS_NAMES
+
+
+def stack(dataset, n=None):
+    items = [dataset[i] for i in range(n or len(dataset))]
+    return torch.stack([x for x, _ in items]), [y for _, y in items]
+
+
+# --- shapes ---------------------------------------------------------------------------------
+
+
+def test_shapes_is_deterministic_and_splits_differ():
+    a, la = stack(build_dataset("shapes", "train", num_train=32, seed=1))
+    b, lb = stack(build_dataset("shapes", "train", num_train=32, seed=1))
+    c, _ = stack(build_dataset("shapes", "test", num_test=32, seed=1))
+    d, _ = stack(build_dataset("shapes", "train", num_train=32, seed=2))
+    assert torch.equal(a, b) and la == lb
+    assert not torch.equal(a, c)
+    assert not torch.equal(a, d)
+
+
+def test_shapes_items_are_labelled_images_in_unit_range():
+    ds = build_dataset("shapes", "train", num_train=40)
+    x, labels = stack(ds)
+    assert len(ds) == 40 and ds.shape == (3, 32, 32) and x.shape == (40, 3, 32, 32)
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    assert x.min() == -1 or x.min() < -0.8  # a dark background
+    assert sorted(set(labels)) == list(range(4)) and all(isinstance(y, int) for y in labels)
+    assert ds.num_classes == 4 and ds.class_names == CLASS_NAMES
+    assert len(x.unique(dim=0)) == 40  # position, size and colour vary
+
+
+def test_shapes_other_sizes_and_channels():
+    ds = build_dataset("shapes", "test", image_size=16, channels=1, num_test=4)
+    assert ds.shape == (1, 16, 16) and ds[3][0].shape == (1, 16, 16)
+    assert build_dataset("shapes", "train", image_size=64, num_train=2)[1][0].shape == (3, 64, 64)
+
+
+def test_shapes_default_sizes():
+    assert len(build_dataset("shapes", "train")) == 10000
+    assert len(build_dataset("shapes", "test")) == 1000
+
+
+# --- 2-D toy sets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["moons", "eight_gaussians", "swiss_roll", "checkerboard"])
+def test_toy_sets_are_deterministic_2d_points_near_unit_range(name):
+    ds = build_dataset(name, "train", num_train=500, seed=3)
+    x, labels = stack(ds)
+    assert ds.shape == (2,) and x.shape == (500, 2) and x.dtype == torch.float32
+    assert torch.equal(x, stack(build_dataset(name, "train", num_train=500, seed=3))[0])
+    assert not torch.equal(x, stack(build_dataset(name, "test", num_test=500, seed=3))[0])
+    assert x.abs().max() < 1.2 and x.std() > 0.2
+    assert all(0 <= y < ds.num_classes for y in labels)
+
+
+def test_toy_labels():
+    assert build_dataset("eight_gaussians", "train").num_classes == 8
+    assert sorted(set(stack(build_dataset("moons", "train", num_train=100))[1])) == [0, 1]
+    assert set(stack(build_dataset("swiss_roll", "train", num_train=50))[1]) == {0}
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def test_unknown_name_and_split_name_the_choices():
+    with pytest.raises(ValueError, match="shapes"):
+        build_dataset("imagenet", "train")
+    with pytest.raises(ValueError, match="train, test"):
+        build_dataset("shapes", "val")
+
+
+def test_every_dataset_has_metadata():
+    assert {"shapes", "moons", "cifar10", "mnist", "image_folder"} <= set(DATASETS)
+    for name in ["shapes", "moons", "eight_gaussians", "swiss_roll", "checkerboard"]:
+        ds = build_dataset(name, "test", num_test=8)
+        assert ds.num_classes == len(ds.class_names) >= 1
+        assert tuple(ds[0][0].shape) == ds.shape
+
+
+# --- random_hflip ---------------------------------------------------------------------------
+
+
+def test_random_hflip_is_reproducible_and_flips_about_half():
+    batch = torch.arange(64 * 4, dtype=torch.float32).view(64, 1, 1, 4)
+    a = random_hflip(batch, torch.Generator().manual_seed(0))
+    b = random_hflip(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    flipped = (a != batch).flatten(1).any(1)
+    assert torch.equal(a[flipped], batch[flipped].flip(-1))
+    assert torch.equal(a[~flipped], batch[~flipped])
+    assert 16 < flipped.sum() < 48
+
+
+# --- image_folder ---------------------------------------------------------------------------
+
+
+def write_images(folder, names_modes):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, mode, size in names_modes:
+        channels = {"L": 1, "RGB": 3, "RGBA": 4}.get(mode, 3)
+        array = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+        image = Image.fromarray(array.squeeze(-1) if channels == 1 else array)
+        if mode == "P":
+            image = image.convert("P")
+        image.save(folder / name)
+
+
+def test_image_folder_with_class_subfolders_and_mixed_modes(tmp_path):
+    write_images(tmp_path / "cats", [("a.png", "RGB", (40, 30)), ("b.JPG", "L", (20, 50))])
+    write_images(tmp_path / "dogs" / "nested", [("c.png", "RGBA", (32, 32))])
+    write_images(tmp_path / "dogs", [("d.gif", "P", (64, 64))])
+    (tmp_path / "dogs" / "notes.txt").write_text("not an image, ignored")
+    ds = build_dataset("image_folder", "train", root=tmp_path, image_size=16)
+    assert ds.class_names == ("cats", "dogs") and ds.num_classes == 2
+    assert len(ds) == 4 and ds.shape == (3, 16, 16)
+    x, labels = stack(ds)
+    assert x.shape == (4, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert labels == [0, 0, 1, 1]
+    assert ds.verify() == 4
+    grey = build_dataset("image_folder", "test", root=tmp_path, image_size=8, channels=1)
+    assert grey[2][0].shape == (1, 8, 8)
+
+
+def test_image_folder_without_subfolders_is_one_class_and_splits_by_train_folder(tmp_path):
+    write_images(tmp_path / "flat", [("a.png", "RGB", (10, 10)), ("b.webp", "RGB", (12, 10))])
+    ds = ImageFolder(tmp_path / "flat", image_size=8)
+    assert ds.class_names == (".",) and [y for _, y in [ds[0], ds[1]]] == [0, 0]
+    write_images(tmp_path / "split" / "train", [("a.png", "RGB", (10, 10))])
+    write_images(tmp_path / "split" / "test", [("b.png", "RGB", (10, 10)), ("c.png", "L", (9, 9))])
+    assert len(ImageFolder(tmp_path / "split", "train")) == 1
+    assert len(ImageFolder(tmp_path / "split", "test")) == 2
+
+
+def test_image_folder_missing_or_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_dataset("image_folder", "train", root=tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match=str(tmp_path / "empty")):
+        build_dataset("image_folder", "train", root=tmp_path / "empty")
+
+
+@pytest.mark.parametrize("name", ["broken.png", "broken.jpg"])
+def test_corrupt_image_error_names_the_file(tmp_path, name):
+    write_images(tmp_path, [("good.png", "RGB", (16, 16)), (name, "RGB", (64, 64))])
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])  # truncated
+    ds = ImageFolder(tmp_path, image_size=8)
+    bad = ds.files.index(tmp_path / name)
+    with pytest.raises(DataError, match=name):
+        ds[bad]
+    with pytest.raises(DataError, match=name):
+        ds.verify()
+    (tmp_path / name).write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=name):
+        ds[bad]
+
+
+# --- cifar10 / mnist ------------------------------------------------------------------------
+
+
+def test_missing_cifar10_says_where_to_put_the_files(tmp_path):
+    with pytest.raises(DataError) as err:
+        build_dataset("cifar10", "train", root=tmp_path)
+    message = str(err.value)
+    assert "cifar-10-batches-py" in message and "data.download=true" in message
+    assert str(tmp_path) in message and message.count(". ") == 0
+
+
+def fake_cifar10(root, per_batch=3):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            "data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=per_batch).tolist(),
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    names = ["airplane", "automobile", "bird", "cat", "deer"]
+    names += ["dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def test_cifar10_reads_the_python_batches(tmp_path):
+    fake_cifar10(tmp_path)
+    train = build_dataset("cifar10", "train", root=tmp_path)
+    test = build_dataset("cifar10", "test", root=tmp_path, image_size=16, channels=1)
+    assert len(train) == 15 and len(test) == 3
+    assert train.num_classes == 10 and train.class_names[3] == "cat"
+    x, y = train[4]
+    assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and 0 <= y < 10
+    assert test[0][0].shape == test.shape == (1, 16, 16)
+    assert len(build_dataset("cifar10", "train", root=tmp_path, num_train=5)) == 5
+
+
+def write_idx(path, array):
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_missing_files_and_fake_files(tmp_path):
+    with pytest.raises(DataError, match="data.download=true"):
+        build_dataset("mnist", "train", root=tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in [("train", 6), ("t10k", 2)]:
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    ds = build_dataset("mnist", "train", root=tmp_path, image_size=32, channels=3)
+    assert len(ds) == 6 and ds.num_classes == 10 and ds.shape == (3, 32, 32)
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and isinstance(y, int)
+    assert build_dataset("mnist", "test", root=tmp_path, channels=1)[1][0].shape == (1, 32, 32)
