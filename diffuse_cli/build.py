@@ -41,8 +41,14 @@ def data_shape(cfg: DictConfig) -> tuple[int, ...]:
 
 def output_channels(cfg: DictConfig) -> int:
     """Channels the network emits: doubled when the variance is learned ([mean, var] on dim 1)."""
-    learned = cfg.variance.name.startswith("learned")
-    return cfg.data.channels * (2 if learned else 1)
+    from diffuse_cli.diffusion import VARIANCES
+
+    if cfg.variance.name not in VARIANCES:
+        raise UserError(
+            f"variance={cfg.variance.name!r} is unknown; choose one of: "
+            f"{', '.join(sorted(VARIANCES))}"
+        )
+    return cfg.data.channels * VARIANCES[cfg.variance.name].channel_factor
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:

@@ -128,6 +128,7 @@ def test_eval_writes_a_held_out_loss_report(trained):
         cwd=cwd,
     )
     report = json.loads((run / "eval" / "loss.json").read_text())
+    assert (run / "eval" / "loss_by_timestep.png").is_file()
     assert report["checkpoint"] == "step_00000004" and report["num_examples"] == 20
     assert [b["t_min"] for b in report["buckets"]] == [0, 12, 25, 38]
     assert all(b["count"] == 5 for b in report["buckets"])
@@ -218,3 +219,62 @@ def test_sweep_job_folder_names():
     assert job_dir_name(3, "data.root=/a/b") == "data.root=_a_b"
     long = job_dir_name(1, "x" * 300)
     assert long.startswith("1-") and len(long) == 12
+
+
+def test_toy2d_trains_and_samples_a_scatter_plot(cli):
+    common = [
+        "experiment=toy2d",
+        "trainer.max_steps=3",
+        "trainer.batch_size=16",
+        "trainer.sample_num=50",
+        "trainer.sample_steps=5",
+        "trainer.progress=false",
+        "schedule.num_timesteps=20",
+    ]
+    cli("train", *common)
+    run = cli.cwd / "runs" / "toy2d"
+    assert (run / "samples" / "step_00000003.png").is_file()
+    cli(
+        "sample",
+        "run_dir=runs/toy2d",
+        "sampler=ddim",
+        "steps=5",
+        "num_samples=10",
+        "progress=false",
+    )
+    arr = np.load(run / "samples" / "ddim-5" / "samples.npz")["arr_0"]
+    assert arr.shape == (10, 2) and arr.dtype == np.float32
+    assert (run / "samples" / "ddim-5" / "scatter.png").is_file()
+
+
+def test_config_dir_adds_user_configs(cli):
+    mine = cli.cwd / "my_configs" / "schedule"
+    mine.mkdir(parents=True)
+    (mine / "short.yaml").write_text("name: linear\nnum_timesteps: 10\nbeta_end: 0.2\n")
+    out = cli(
+        "train", "--config-dir", str(cli.cwd / "my_configs"), "schedule=short", "--cfg", "job"
+    ).stdout
+    assert "num_timesteps: 10" in out and "beta_end: 0.2" in out
+
+
+def test_bf16_mixed_precision_trains(cli):
+    cli("train", *TINY, "trainer.max_steps=2", "trainer.mixed_precision=bf16")
+    assert (cli.cwd / "runs" / "default" / "checkpoints" / "latest").is_file()
+
+
+def test_missing_image_folder_is_one_line(cli):
+    proc = cli("train", *TINY, "data=image_folder", "data.root=no_such_folder", check=False)
+    assert proc.returncode == 2 and "no_such_folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_wandb_offline_needs_no_account(cli, tmp_path):
+    cli(
+        "train",
+        *TINY,
+        "trainer.max_steps=2",
+        "logger=wandb",
+        "logger.mode=offline",
+        env={"WANDB_MODE": "", "NETRC": str(tmp_path / "no-netrc")},
+    )
+    assert list((cli.cwd / "runs" / "default" / "wandb").glob("offline-run-*"))

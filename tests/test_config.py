@@ -125,3 +125,34 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 def test_api_compose_matches_module_level_import():
     assert dc.compose_config(["schedule=cosine"]).schedule.name == "cosine"
+
+
+def test_plain_install_ships_the_config_tree(tmp_path):
+    """`pip install .` (not editable) must carry every YAML of configs/ inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = CONFIGS.parent
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("diffuse-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
+    expected = {
+        "diffuse_cli/configs/" + str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
+    }
+    assert expected and expected == shipped

@@ -91,7 +91,7 @@ class TrainerConfig:
     keep_last: int = 2
     sample_every: int = 500
     sample_num: int = 64
-    sample_steps: int = 100  # DDIM steps for the grids made during training
+    sample_steps: int = 100  # ancestral (ddpm) steps for the grids made during training
     log_every: int = 50
     progress: bool = True
 

@@ -74,6 +74,25 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     }
 
 
+def plot_buckets(report: dict, path: Path) -> None:
+    """Loss against timestep, one point per bucket, on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mids = [(b["t_min"] + b["t_max"]) / 2 for b in report["buckets"]]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(mids, [b["loss"] for b in report["buckets"]], marker="o")
+    ax.set_yscale("log")
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel(report["metric"])
+    ax.set_title(f"{report['run_dir']} @ {report['checkpoint']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def eval_command(cfg: DictConfig) -> Path:
     from diffuse_cli.api import load_run
     from diffuse_cli.generate import pick_device
@@ -105,7 +124,10 @@ def eval_command(cfg: DictConfig) -> Path:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)
+    plot = out / "loss_by_timestep.png"
+    plot_buckets(report, plot)
     print(
-        f"held-out loss {report['loss']:.5f} over {report['num_examples']} examples; wrote {path}"
+        f"held-out loss {report['loss']:.5f} over {report['num_examples']} examples; "
+        f"wrote {path} and {plot}"
     )
     return path

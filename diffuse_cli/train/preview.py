@@ -15,12 +15,13 @@ from diffuse_cli.samplers import PerSampleNoise, get_sampler
 def save_training_preview(
     cfg: DictConfig, ema_model, diffusion, shape, run_dir: Path, step: int, device, dataset=None
 ) -> Path:
-    """DDIM (eta = 0) with fixed per-sample seeds, so grids of different steps compare."""
+    """Strided ancestral sampling with fixed per-sample seeds, so grids of different steps
+    compare; ancestral sampling forgives an early, imperfect model more than DDIM does."""
     n = cfg.trainer.sample_num
     steps = min(cfg.trainer.sample_steps, diffusion.num_timesteps)
     noise = PerSampleNoise(list(range(n)), device)
     x_T = noise.randn(tuple(shape))
-    x0 = get_sampler("ddim")(ema_model, diffusion, x_T, steps=steps, noise=noise, eta=0.0)
+    x0 = get_sampler("ddpm")(ema_model, diffusion, x_T, steps=steps, noise=noise)
     out = Path(run_dir) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"step_{step:08d}.png"
