@@ -44,8 +44,13 @@ def compose():
 
 def run_cli(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
     """Run `diffuse <args>` in a subprocess, as a user would; returns CompletedProcess."""
-    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled", **(env or {})}
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled"}
     full_env.pop("WANDB_API_KEY", None)
+    for key, value in (env or {}).items():  # None removes a variable
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     proc = subprocess.run(
         [sys.executable, "-m", "diffuse_cli", *args],
         cwd=cwd,

@@ -189,7 +189,7 @@ def test_wandb_without_login_is_a_hint(cli, tmp_path):
         *TINY,
         "logger=wandb",
         check=False,
-        env={"WANDB_MODE": "", "NETRC": str(tmp_path / "no-netrc"), "HOME": str(tmp_path)},
+        env={"WANDB_MODE": None, "NETRC": str(tmp_path / "no-netrc"), "HOME": str(tmp_path)},
     )
     assert proc.returncode == 2 and "logger.mode=offline" in proc.stderr
 
@@ -275,6 +275,6 @@ def test_wandb_offline_needs_no_account(cli, tmp_path):
         "trainer.max_steps=2",
         "logger=wandb",
         "logger.mode=offline",
-        env={"WANDB_MODE": "", "NETRC": str(tmp_path / "no-netrc")},
+        env={"WANDB_MODE": None, "NETRC": str(tmp_path / "no-netrc")},
     )
     assert list((cli.cwd / "runs" / "default" / "wandb").glob("offline-run-*"))
