@@ -36,7 +36,7 @@ def main() -> None:
     train_s = timed(["train", "trainer.progress=false", *overrides], workdir)
     sample_s = timed(["sample", "sampler=ddpm", "steps=100", "progress=false"], workdir)
     run = workdir / "runs" / "default"
-    rates = [json.loads(x)["img_per_s"] for x in (run / "metrics.jsonl").read_text().split()]
+    rates = [json.loads(x)["img_per_s"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     print("| phase | seconds |\n| --- | --- |")
     print(
         f"| diffuse train | {train_s:.0f} |\n| diffuse sample sampler=ddpm steps=100 | "
