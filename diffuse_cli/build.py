@@ -53,7 +53,7 @@ def output_channels(cfg: DictConfig) -> int:
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     """The network of `cfg.model`, allocated on the current default device (meta works)."""
-    from diffuse_cli.models import MLP, UNet
+    from diffuse_cli.models import MLP
 
     m, shape = cfg.model, data_shape(cfg)
     if m.arch == "mlp":
@@ -63,7 +63,11 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                 "images; use a UNet model such as model=small"
             )
         return MLP(
-            dim=shape[0], hidden=m.hidden, num_layers=m.num_layers, out_dim=output_channels(cfg)
+            dim=shape[0],
+            hidden=m.hidden,
+            num_layers=m.num_layers,
+            out_dim=output_channels(cfg),
+            num_classes=m.num_classes,
         )
     if m.arch == "unet":
         if len(shape) != 3:
@@ -71,20 +75,41 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                 f"model={m.name} is a UNet for images, but data={cfg.data.name} is "
                 "2-D; use model=mlp"
             )
+        if m.image_size is not None and m.image_size != shape[1]:
+            raise UserError(
+                f"model={m.name} is the published network for {m.image_size}x{m.image_size} "
+                f"images, but data.image_size={shape[1]}; set data.image_size={m.image_size}, "
+                "or model.image_size=null to use its settings at another size"
+            )
+        return build_unet(m, shape[0], output_channels(cfg), shape[1])
+    raise UserError(f"model.arch={m.arch!r} is unknown; choose one of: unet, mlp")
+
+
+def build_unet(m: DictConfig, in_channels: int, out_channels: int, image_size: int):
+    """The UNet of model config `m` for images of `image_size` pixels (meta device works)."""
+    from diffuse_cli.models import UNet
+
+    try:
         return UNet(
-            in_channels=shape[0],
-            out_channels=output_channels(cfg),
+            in_channels=in_channels,
+            out_channels=out_channels,
             model_channels=m.model_channels,
             channel_mult=tuple(m.channel_mult),
             num_res_blocks=m.num_res_blocks,
             attention_resolutions=tuple(m.attention_resolutions),
             dropout=m.dropout,
             num_heads=m.num_heads,
-            image_size=shape[1],
+            num_head_channels=m.num_head_channels,
+            image_size=image_size,
+            num_classes=m.num_classes,
             resblock_updown=m.resblock_updown,
             use_scale_shift_norm=m.use_scale_shift_norm,
+            residual_rescale=m.residual_rescale,
+            use_checkpoint=m.use_checkpoint,
+            channels_last=m.channels_last,
         )
-    raise UserError(f"model.arch={m.arch!r} is unknown; choose one of: unet, mlp")
+    except ValueError as err:
+        raise UserError(f"model={m.name}: {err}") from err
 
 
 def sample(

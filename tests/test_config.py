@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import diffuse_cli as dc
@@ -45,8 +46,12 @@ def test_train_option_composes_and_builds(compose, group, option):
         overrides.append("model=mlp")
     if group == "model" and option == "mlp":
         overrides.append("data=moons")
-    if group == "data" and option == "image_folder":
-        overrides.append("data.root=somewhere")
+    if (group, option) == ("data", "image_folder") or group == "experiment":
+        overrides.append("data.root=somewhere")  # the ImageNet presets read an image folder
+    if group == "model":  # a published network is built for the image size it was published at
+        published_size = OmegaConf.load(CONFIGS / "model" / f"{option}.yaml").get("image_size")
+        if published_size:
+            overrides.append(f"data.image_size={published_size}")
     cfg = compose(overrides)
     assert cfg[group].name == option if group not in ("trainer", "experiment") else True
     diffusion = build_diffusion(cfg)

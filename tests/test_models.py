@@ -174,3 +174,148 @@ def test_mlp_builds_on_meta():
     with torch.device("meta"):
         model = MLP()
     assert next(model.parameters()).device.type == "meta"
+
+
+# ---- the ADM options: AdaGN, BigGAN up/down, rescaled residuals, heads, checkpointing, NHWC ----
+
+
+def _capture(module: torch.nn.Module, store: dict, key: str, output: bool = True):
+    def hook(_mod, args, out=None):
+        store[key] = (out if output else args[0]).detach().clone()
+
+    if output:
+        return module.register_forward_hook(hook)
+    return module.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_resblock_applies_the_embedding_as_published(scale_shift):
+    """DDPM adds the projected embedding before the second GroupNorm; AdaGN computes
+    GroupNorm(h) * (1 + scale) + shift with (scale, shift) projected from the embedding."""
+    from diffuse_cli.models.unet import ResBlock
+
+    block = ResBlock(8, 8, emb_channels=6, scale_shift=scale_shift).eval()
+    perturb(block)
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    seen: dict = {}
+    hooks = [
+        _capture(block.in_conv, seen, "conv"),
+        _capture(block.out_norm, seen, "norm_in", output=False),
+        _capture(block.out_norm, seen, "norm_out"),
+        _capture(block.dropout, seen, "act", output=False),
+    ]
+    with torch.no_grad():
+        block(x, emb)
+        e = block.emb_proj(torch.nn.functional.silu(emb))[:, :, None, None]
+        if scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            assert torch.allclose(seen["norm_in"], seen["conv"])
+            expected = seen["norm_out"] * (1 + scale) + shift
+        else:
+            assert torch.allclose(seen["norm_in"], seen["conv"] + e)
+            expected = seen["norm_out"]
+        assert torch.allclose(seen["act"], torch.nn.functional.silu(expected), atol=1e-6)
+    for h in hooks:
+        h.remove()
+
+
+def test_adagn_scale_and_shift_from_the_embedding_change_the_output():
+    from diffuse_cli.models.unet import ResBlock
+
+    block = ResBlock(8, 8, emb_channels=6, scale_shift=True).eval()
+    perturb(block)
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    with torch.no_grad():
+        before = block(x, emb)
+        block.emb_proj.bias[:8] += 0.5  # the scale half only
+        after_scale = block(x, emb)
+        block.emb_proj.bias[8:] += 0.5  # then the shift half
+        after_shift = block(x, emb)
+    assert not torch.allclose(before, after_scale)
+    assert not torch.allclose(after_scale, after_shift)
+
+
+@pytest.mark.parametrize("biggan", [False, True])
+def test_down_and_upsampling_halve_and_double_resolution_in_both_modes(biggan):
+    from diffuse_cli.models.unet import Downsample, ResBlock, Upsample
+
+    x, emb = torch.randn(2, 8, 16, 16), torch.randn(2, 6)
+    if biggan:
+        down = ResBlock(8, 8, 6, down=True)(x, emb)
+        up = ResBlock(8, 8, 6, up=True)(x, emb)
+    else:
+        down, up = Downsample(8)(x), Upsample(8)(x)
+    assert down.shape == (2, 8, 8, 8) and up.shape == (2, 8, 32, 32)
+
+
+def test_resblock_updown_swaps_the_resampling_layers_for_residual_blocks():
+    from diffuse_cli.models.unet import Downsample, ResBlock, Upsample
+
+    def kinds(model):
+        return {type(m).__name__ for m in model.modules() if isinstance(m, (Downsample, Upsample))}
+
+    plain, biggan = UNet(**SMALL), UNet(**SMALL, resblock_updown=True)
+    assert kinds(plain) == {"Downsample", "Upsample"} and kinds(biggan) == set()
+    resampling = [
+        m
+        for m in biggan.modules()
+        if isinstance(m, ResBlock) and type(m.resample).__name__ != "Identity"
+    ]
+    assert len(resampling) == 2 * (len(SMALL["channel_mult"]) - 1)
+    assert count(biggan) > count(plain)  # a residual block has more weights than one convolution
+
+
+def test_residual_rescale_divides_every_residual_sum_by_sqrt2():
+    from diffuse_cli.models.unet import AttentionBlock, ResBlock
+
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    for make in (
+        lambda r: ResBlock(8, 16, 6, rescale=r),
+        lambda r: AttentionBlock(8, 2, rescale=r),
+    ):
+        plain, rescaled = make(False).eval(), make(True).eval()
+        perturb(plain)
+        rescaled.load_state_dict(plain.state_dict())
+        args = (x, emb) if isinstance(plain, ResBlock) else (x,)
+        with torch.no_grad():
+            assert torch.allclose(rescaled(*args), plain(*args) / 2**0.5, atol=1e-6)
+
+
+def test_heads_from_channels_per_head():
+    from diffuse_cli.models.unet import AttentionBlock
+
+    assert AttentionBlock(256, num_heads=4, num_head_channels=64).num_heads == 4
+    assert AttentionBlock(576, num_head_channels=64).num_heads == 9
+    with pytest.raises(ValueError, match="heads of 64"):
+        AttentionBlock(96, num_head_channels=64)
+
+
+def _loss_and_grads(model, seed=0):
+    x, t = inputs()
+    torch.manual_seed(seed)  # the same dropout masks
+    model.zero_grad()
+    out = model(x, t, torch.tensor([0, 1]))
+    out.square().mean().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("option", ["use_checkpoint", "channels_last"])
+def test_checkpointing_and_channels_last_do_not_change_the_computation(option):
+    # Checkpointing replays the same dropout masks; in NHWC the same seed draws the mask in
+    # another element order, so channels_last is compared without dropout.
+    dropout = 0.1 if option == "use_checkpoint" else 0.0
+    kwargs = dict(
+        SMALL, num_classes=2, dropout=dropout, resblock_updown=True, use_scale_shift_norm=True
+    )
+    base = UNet(**kwargs).train()
+    perturb(base)
+    other = UNet(**kwargs, **{option: True}).train()
+    other.load_state_dict(base.state_dict())
+    out_a, grads_a = _loss_and_grads(base)
+    out_b, grads_b = _loss_and_grads(other)
+    assert torch.allclose(out_a, out_b, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_a, grads_b, strict=True))
+    assert other.state_dict().keys() == base.state_dict().keys()
+    if option == "channels_last":
+        conv = other.input_blocks[0][0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)

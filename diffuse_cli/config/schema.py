@@ -53,9 +53,15 @@ class ModelConfig:
     num_res_blocks: int = 2
     attention_resolutions: list[int] = field(default_factory=lambda: [16])
     num_heads: int = 1
+    num_head_channels: int = -1  # > 0: channels per attention head, overrides num_heads (ADM)
     dropout: float = 0.0
-    resblock_updown: bool = False
-    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False  # BigGAN residual blocks for up/downsampling
+    use_scale_shift_norm: bool = False  # AdaGN
+    residual_rescale: bool = False  # residual sums times 1/sqrt(2)
+    num_classes: int | None = None  # class-conditional: a label embedding for this many classes
+    image_size: int | None = None  # the size the preset was published for; null: any size
+    use_checkpoint: bool = False  # gradient checkpointing: less memory, more compute
+    channels_last: bool = False  # NHWC memory format for weights and activations
     hidden: int = 256  # mlp
     num_layers: int = 4  # mlp
 

@@ -2,14 +2,20 @@
 improved DDPM and ADM added (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021).
 
 With model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,)
-it is the 35.7M-parameter CIFAR-10 network of the DDPM paper.
+it is the 35.7M-parameter CIFAR-10 network of the DDPM paper. The ADM options (section 3 of
+Dhariwal & Nichol): attention at several resolutions with a fixed number of channels per head
+(`num_head_channels`), AdaGN (`use_scale_shift_norm`), BigGAN up/downsampling residual blocks
+(`resblock_updown`), and residual connections rescaled by 1/sqrt(2) (`residual_rescale`, tried in
+the paper but off in its released models). The configs/model/ presets hold the published settings.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .embeddings import timestep_embedding
 
@@ -77,8 +83,11 @@ class ResBlock(nn.Module):
     """Residual block conditioned on the embedding (time + class).
 
     DDPM adds the projected embedding after the first convolution; with `scale_shift` it
-    modulates the second GroupNorm instead (AdaGN, Dhariwal & Nichol 2021, section 3). With `up`
-    or `down` the block also resamples (BigGAN, used by ADM's resblock_updown). The last
+    modulates the second GroupNorm instead (AdaGN, Dhariwal & Nichol 2021, section 3):
+    GroupNorm(h) * (1 + scale) + shift, with scale and shift projected from the embedding. With
+    `up` or `down` the block also resamples (BigGAN, used by ADM's resblock_updown): the skip path
+    and the residual path are resampled without parameters (nearest / average pooling) before the
+    first convolution. With `rescale` the sum skip + residual is multiplied by 1/sqrt(2). The last
     convolution is zero-initialised so the block starts as its skip connection.
     """
 
@@ -91,9 +100,11 @@ class ResBlock(nn.Module):
         scale_shift: bool = False,
         up: bool = False,
         down: bool = False,
+        rescale: bool = False,
     ):
         super().__init__()
         self.scale_shift = scale_shift
+        self.skip_scale = 1 / math.sqrt(2) if rescale else 1.0
         self.in_norm = normalization(in_channels)
         self.resample = _resample(up, down)
         self.in_conv = conv3x3(in_channels, out_channels)
@@ -117,20 +128,33 @@ class ResBlock(nn.Module):
         else:
             h = self.out_norm(h + e)
         h = self.out_conv(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+        return (self.skip(x) + h) * self.skip_scale
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over all positions of a feature map, with a residual
-    connection whose output projection starts at zero."""
+    """Multi-head self-attention over all positions of a feature map (torch's
+    scaled_dot_product_attention), with a residual connection whose output projection starts at
+    zero. `num_head_channels` > 0 fixes the channels per head (ADM) and overrides `num_heads`.
+    With `rescale` the residual sum is multiplied by 1/sqrt(2)."""
 
-    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        rescale: bool = False,
+    ):
         super().__init__()
         if num_head_channels > 0:
+            if channels % num_head_channels:
+                raise ValueError(
+                    f"{channels} channels cannot be split into heads of {num_head_channels}"
+                )
             num_heads = channels // num_head_channels
         if num_heads < 1 or channels % num_heads:
             raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
         self.num_heads = num_heads
+        self.skip_scale = 1 / math.sqrt(2) if rescale else 1.0
         self.norm = normalization(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
@@ -140,7 +164,7 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, head_dim]
         out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        return (x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))) * self.skip_scale
 
 
 class EmbedSequential(nn.Sequential):
@@ -160,7 +184,13 @@ class UNet(nn.Module):
     (that one consumes the skip of the downsampling layer); the middle block is
     resblock-attention-resblock. `attention_resolutions` lists feature-map sizes in pixels
     (16 = the 16x16 maps). The output convolution is zero-initialised, so the untrained
-    network predicts 0.
+    network predicts 0. `out_channels` is twice the data channels when the variance is learned.
+
+    Two options change how the network runs, not what it computes: `use_checkpoint` recomputes
+    each block's activations in the backward pass (torch.utils.checkpoint, non-reentrant, same
+    dropout masks) to save memory while training; `channels_last` stores the 4-D weights and
+    runs the activations in channels_last (NHWC) memory format, which convolution kernels on
+    GPUs with tensor cores and on recent CPUs prefer. State dicts keep the same keys and values.
     """
 
     def __init__(
@@ -178,6 +208,9 @@ class UNet(nn.Module):
         resblock_updown: bool = False,
         use_scale_shift_norm: bool = False,
         num_head_channels: int = -1,
+        residual_rescale: bool = False,
+        use_checkpoint: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -198,6 +231,8 @@ class UNet(nn.Module):
         self.model_channels = model_channels
         self.image_size = image_size
         self.num_classes = num_classes
+        self.use_checkpoint = use_checkpoint
+        self.channels_last = channels_last
         emb_channels = 4 * model_channels
 
         self.time_embed = nn.Sequential(
@@ -208,10 +243,12 @@ class UNet(nn.Module):
         self.label_embed = nn.Embedding(num_classes, emb_channels) if num_classes else None
 
         def res(cin: int, cout: int, up: bool = False, down: bool = False) -> ResBlock:
-            return ResBlock(cin, cout, emb_channels, dropout, use_scale_shift_norm, up, down)
+            return ResBlock(
+                cin, cout, emb_channels, dropout, use_scale_shift_norm, up, down, residual_rescale
+            )
 
         def attn(channels: int) -> AttentionBlock:
-            return AttentionBlock(channels, num_heads, num_head_channels)
+            return AttentionBlock(channels, num_heads, num_head_channels, residual_rescale)
 
         def with_attention(block: ResBlock, channels: int, level: int) -> list[nn.Module]:
             return (
@@ -251,6 +288,8 @@ class UNet(nn.Module):
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
@@ -265,12 +304,18 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("labels y were given to an unconditional UNet (num_classes=None)")
 
-        h = x
+        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = self._run(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self._run(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
+
+    def _run(self, block: EmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Run one block, through gradient checkpointing when it is on and gradients are taken."""
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)

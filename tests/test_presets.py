@@ -1,0 +1,108 @@
+"""The published model and experiment presets: parameter counts, shapes and training settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffuse_cli.build import build_model, build_unet
+from diffuse_cli.errors import UserError
+
+# Published parameter counts (learned sigma: 6 output channels). DDPM: Ho et al. 2020, appendix B;
+# ADM: Dhariwal & Nichol 2021, appendix Table 11 (also the guided-diffusion model card).
+# improved-diffusion names its CIFAR-10 checkpoint "cifar10_uncond_50M"; the architecture of
+# its flags has 52.5M parameters, the count given here.
+PUBLISHED = {
+    # preset: (image size, output channels, published parameters)
+    "ddpm": (32, 3, 35.7e6),
+    "iddpm_cifar10": (32, 6, 52.5e6),
+    "adm_imagenet64": (64, 6, 296e6),
+    "adm_imagenet128": (128, 6, 422e6),
+    "adm_imagenet256": (256, 6, 554e6),
+    "adm_lsun": (256, 6, 552e6),
+}
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED))
+def test_model_preset_has_the_published_parameter_count(compose, preset):
+    size, out_channels, published = PUBLISHED[preset]
+    cfg = compose([f"model={preset}", f"data.image_size={size}"])
+    assert cfg.model.image_size == size
+    with torch.device("meta"):
+        model = build_unet(cfg.model, 3, out_channels, size)
+    assert next(model.parameters()).device.type == "meta"
+    assert abs(count(model) - published) / published < 0.01, count(model)
+
+
+def test_adm_imagenet_presets_are_class_conditional_and_lsun_is_not(compose):
+    for size in (64, 128, 256):
+        cfg = compose([f"model=adm_imagenet{size}", f"data.image_size={size}"])
+        assert cfg.model.num_classes == 1000
+        assert (cfg.model.resblock_updown, cfg.model.use_scale_shift_norm) == (True, True)
+        assert cfg.model.residual_rescale is False  # as in the released code
+    assert compose(["model=adm_lsun", "data.image_size=256"]).model.num_classes is None
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("learned_sigma", [False, True])
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_small_preset_trains_at_32_and_64_pixels(compose, size, learned_sigma, num_classes):
+    overrides = [
+        "model=small",
+        f"data.image_size={size}",
+        f"model.num_classes={num_classes or 'null'}",
+    ]
+    if size == 64:  # the small preset attends at 8x8, which a 3-level UNet on 64 pixels lacks
+        overrides.append("model.attention_resolutions=[16]")
+    cfg = compose(overrides)
+    out_channels = 6 if learned_sigma else 3
+    torch.manual_seed(0)
+    model = build_unet(cfg.model, 3, out_channels, size)
+    x = torch.randn(2, 3, size, size)
+    t = torch.tensor([0, 999])
+    y = torch.tensor([1, 7]) if num_classes else None
+    out = model(x, t, y)
+    assert out.shape == (2, out_channels, size, size)
+    (out - torch.randn_like(out)).square().mean().backward()  # an L_simple-like loss
+    assert model.out[-1].weight.grad.abs().sum() > 0
+
+
+def test_a_preset_at_another_image_size_is_refused_with_the_fix(compose):
+    cfg = compose(["model=adm_imagenet64"])  # the default data is 32x32
+    with pytest.raises(UserError, match=r"64x64 images, but data.image_size=32.*image_size=null"):
+        build_model(cfg)
+    cfg = compose(["model=iddpm_cifar10", "data.image_size=64", "model.image_size=null"])
+    with torch.device("meta"):
+        assert count(build_model(cfg)) > 0
+
+
+def test_a_bad_geometry_is_a_user_error(compose):
+    with pytest.raises(UserError, match=r"model=small: attention_resolutions \[8\]"):
+        build_model(compose(["data.image_size=64"]))
+
+
+ADM = {
+    # experiment: (schedule, lr, batch, steps)
+    "adm_imagenet64": ("cosine", 3e-4, 2048, 540_000),
+    "adm_imagenet128": ("linear", 1e-4, 256, 4_360_000),
+    "adm_imagenet256": ("linear", 1e-4, 256, 1_980_000),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(ADM))
+def test_adm_experiment_presets_hold_the_published_settings(compose, experiment):
+    schedule, lr, batch, steps = ADM[experiment]
+    cfg = compose([f"experiment={experiment}", "data.root=somewhere"])
+    assert cfg.model.name == experiment and cfg.data.image_size == cfg.model.image_size
+    assert (cfg.schedule.name, cfg.schedule.num_timesteps) == (schedule, 1000)
+    assert (cfg.trainer.lr, cfg.trainer.batch_size, cfg.trainer.max_steps) == (lr, batch, steps)
+    assert cfg.trainer.ema_decay == 0.9999 and cfg.prediction.name == "eps"
+    assert (cfg.variance.name, cfg.loss.name) == ("learned_range", "hybrid")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    _, _, published = PUBLISHED[experiment]
+    assert abs(count(model) - published) / published < 0.01
