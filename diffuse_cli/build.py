@@ -130,7 +130,7 @@ def sample(
 
     steps = resolve_steps(cfg, diffusion)
     s = cfg.sampler
-    options = {"eta": s.eta} if s.name == "ddim" else {}
+    options = sampler_options(cfg)
     try:
         sampler = get_sampler(s.name)
     except ValueError as err:
@@ -149,6 +149,19 @@ def sample(
     )
 
 
+def sampler_options(cfg: DictConfig) -> dict:
+    """The options of cfg.sampler that its sampler takes (samplers.SAMPLER_OPTIONS), checked."""
+    from diffuse_cli.samplers import SAMPLER_OPTIONS, check_options
+
+    s = cfg.sampler
+    options = {key: s[key] for key in SAMPLER_OPTIONS.get(s.name, ())}
+    try:
+        check_options(**options)
+    except ValueError as err:
+        raise UserError(f"sampler.{err}") from err
+    return options
+
+
 def resolve_steps(cfg: DictConfig, diffusion) -> int:
     """The step count to sample with: `steps` when set, otherwise the full chain T."""
     T = diffusion.num_timesteps
@@ -162,6 +175,7 @@ def resolve_steps(cfg: DictConfig, diffusion) -> int:
         )
     if cfg.sampler.eta < 0:
         raise UserError(f"sampler.eta={cfg.sampler.eta} must be >= 0")
+    sampler_options(cfg)
     return steps
 
 

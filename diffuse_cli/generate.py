@@ -17,7 +17,7 @@ from diffuse_cli.build import data_shape, resolve_steps, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
 from diffuse_cli.runs import with_run_config
-from diffuse_cli.samplers import PerSampleNoise
+from diffuse_cli.samplers import NFECounter, PerSampleNoise
 
 
 def pick_device(name: str) -> torch.device:
@@ -74,7 +74,10 @@ def sample_command(cfg: DictConfig) -> Path:
     steps = resolve_steps(cfg, diffusion)
     out = output_dir(cfg, steps)
     print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {steps} steps, on {device}")
-    x = draw_samples(cfg, model, diffusion, device, range(cfg.num_samples))
+    counted = NFECounter(model)
+    x = draw_samples(cfg, counted, diffusion, device, range(cfg.num_samples))
+    batches = -(-cfg.num_samples // cfg.batch_size)
+    print(f"{counted.calls // batches} network evaluations per sample")
     out.mkdir(parents=True, exist_ok=True)
     images = x.dim() == 4
     _save_npz(out / "samples.npz", to_uint8_nhwc(x) if images else x.numpy())

@@ -38,10 +38,14 @@ class LossConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = MISSING  # ddpm | ddim
-    eta: float = 0.0
-    spacing: str = "even"  # linspace | leading | trailing | even
+    name: str = MISSING  # ddpm | ddim | euler | heun | dpm_solver | pc
+    eta: float = 0.0  # ddim
+    spacing: str = "even"  # linspace | leading | trailing | even | karras | logsnr
     clip_denoised: bool = True
+    order: int = 2  # dpm_solver: 1 (= DDIM) or 2 (2M)
+    predictor: str = "ddpm"  # pc: ddpm (ancestral) | ddim
+    corrector_steps: int = 1  # pc: Langevin steps after each predictor step
+    snr: float = 0.16  # pc: the corrector's target signal-to-noise ratio
 
 
 @dataclass

@@ -5,15 +5,29 @@ They import nothing from diffuse_cli except diffusion/.
 
 from .ddim import ddim
 from .ddpm import ddpm
+from .dpm_solver import dpm_solver
+from .langevin import annealed_langevin
+from .nfe import NFECounter
 from .noise import GeneratorNoise, PerSampleNoise, as_noise_source
-from .registry import SAMPLERS, get_sampler
+from .ode import euler, heun
+from .pc import pc
+from .registry import SAMPLER_OPTIONS, SAMPLERS, check_options, evaluations, get_sampler
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_OPTIONS",
     "GeneratorNoise",
+    "NFECounter",
     "PerSampleNoise",
+    "annealed_langevin",
     "as_noise_source",
+    "check_options",
     "ddim",
     "ddpm",
+    "dpm_solver",
+    "euler",
+    "evaluations",
     "get_sampler",
+    "heun",
+    "pc",
 ]

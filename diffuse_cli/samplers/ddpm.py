@@ -3,14 +3,15 @@
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion import GaussianDiffusion, respace, space_timesteps
+from ..diffusion import GaussianDiffusion, respace
+from .grids import sampling_timesteps
 from .noise import as_noise_source
 
 
 def respaced(diffusion: GaussianDiffusion, steps: int, spacing: str) -> GaussianDiffusion:
-    """The diffusion a sampler walks: `steps` timesteps chosen by `spacing` (all of them if
-    steps == T, in which case `diffusion` itself is returned)."""
-    return respace(diffusion, space_timesteps(diffusion.num_timesteps, steps, spacing))
+    """The diffusion a sampler walks: `steps` timesteps chosen by `spacing` (grids.SPACINGS; all
+    of them if steps == T, in which case `diffusion` itself is returned)."""
+    return respace(diffusion, sampling_timesteps(diffusion, steps, spacing))
 
 
 def reverse_indices(diffusion: GaussianDiffusion, x: torch.Tensor, progress: bool):
@@ -46,7 +47,7 @@ def ddpm(
         x_T: starting noise [B, ...].
         steps: number of denoising steps, 1..T.
         noise: a NoiseSource, a torch.Generator or None (global RNG) for the per-step noise.
-        spacing: which timesteps to keep, see respace.SPACINGS.
+        spacing: which timesteps to keep, see samplers.grids.SPACINGS.
         clip_denoised: clip the predicted x0 to [-1, 1] at every step.
         model_kwargs: extra model arguments (e.g. class labels y).
         progress: show a tqdm progress bar.

@@ -3,13 +3,33 @@
     fn(model, diffusion, x_T, *, steps, noise, spacing="even", clip_denoised=True,
        model_kwargs=None, progress=False, **its own options) -> x_0
 
-and rejects options it does not know with a TypeError.
+and rejects options it does not know with a TypeError. SAMPLER_OPTIONS names each sampler's own
+options (keys of the sampler config), so a config can pass exactly those.
 """
 
 from .ddim import ddim
 from .ddpm import ddpm
+from .dpm_solver import dpm_solver
+from .ode import euler, heun
+from .pc import PREDICTORS, pc
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+SAMPLERS = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "dpm_solver": dpm_solver,
+    "pc": pc,
+}
+
+SAMPLER_OPTIONS = {
+    "ddpm": (),
+    "ddim": ("eta",),
+    "euler": (),
+    "heun": (),
+    "dpm_solver": ("order",),
+    "pc": ("predictor", "corrector_steps", "snr"),
+}
 
 
 def get_sampler(name: str):
@@ -19,3 +39,30 @@ def get_sampler(name: str):
             f"Unknown sampler {name!r}; valid choices are: {', '.join(sorted(SAMPLERS))}."
         )
     return SAMPLERS[name]
+
+
+def evaluations(name: str, steps: int, **options) -> int:
+    """The number of network evaluations per sample that sampler `name` makes with `steps`
+    steps and its `options` (samplers.NFECounter measures the same)."""
+    get_sampler(name)
+    if name == "heun":
+        return 2 * steps - 1
+    if name == "pc":
+        return steps + options.get("corrector_steps", 1) * (steps - 1)
+    return steps
+
+
+def check_options(**options) -> None:
+    """ValueError "key=value must ..." for a sampler option out of its range (only the options
+    given are checked), so a command can refuse a config before sampling."""
+    rules = {
+        "eta": (lambda v: v >= 0, "must be >= 0"),
+        "order": (lambda v: v in (1, 2), "must be 1 or 2"),
+        "predictor": (lambda v: v in PREDICTORS, f"must be one of: {', '.join(PREDICTORS)}"),
+        "corrector_steps": (lambda v: v >= 0, "must be >= 0"),
+        "snr": (lambda v: v > 0, "must be > 0"),
+    }
+    for key, value in options.items():
+        ok, message = rules[key]
+        if not ok(value):
+            raise ValueError(f"{key}={value!r} {message}")
