@@ -7,14 +7,19 @@ ancestral step, Ho et al. 2020 Algorithm 2, or a DDIM step with eta = 0), follow
 
     s(x, t) = -eps(x, t) / sqrt(1 - abar_t)                                 (Song eq. 12 / Tweedie)
 
-and the step size of Algorithm 5, chosen so that the signal-to-noise ratio ||eps_step s|| /
-||sqrt(2 eps_step) z|| equals `snr`:
+and the step size of Algorithm 5, which sets the signal-to-noise ratio ||e s|| / ||sqrt(2 e) z||
+to `snr`: e = 2 alpha_t (snr ||z|| / ||s||)^2, x <- x + e s + sqrt(2 e) z, with alpha_t = 1 - beta_t
+of the respaced diffusion.
 
-    eps_step = 2 alpha_t (snr ||z|| / ||s||)^2,   x <- x + eps_step s + sqrt(2 eps_step) z
+One deviation: the ratio ||z|| / ||s|| is replaced by its value for a model whose eps has the
+norm of Gaussian noise, ||s|| = ||eps|| / sqrt(1 - abar_t) ~ ||z|| / sqrt(1 - abar_t), so
 
-with alpha_t = 1 - beta_t of the respaced diffusion. The norms are taken per sample (the
-reference code averages them over the batch), so a sample does not depend on its batch. The
-last predictor step lands on x0 (as in samplers.ddpm) and is not corrected.
+    e_t = 2 alpha_t snr^2 (1 - abar_t)
+
+The reference code averages the norms over the batch, which makes a sample depend on its batch;
+per-sample norms do not, but in low dimensions ||s|| is often near 0 (a sample at a mode) and the
+step explodes. In high dimensions the norms concentrate and the three agree. The last predictor
+step lands on x0 (as in samplers.ddpm) and is not corrected.
 """
 
 import torch
@@ -80,14 +85,13 @@ def pc(
 
 
 def langevin_corrector_step(model, diffusion, x, t, snr, noise, clip_denoised, model_kwargs):
-    """One Langevin step at indices t [B] of `diffusion` (Song et al. 2021, Algorithm 5)."""
+    """One Langevin step at indices t [B] of `diffusion` (Song et al. 2021, Algorithm 5, with the
+    step size of the module docstring)."""
     eps = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)["pred_eps"]
-    score = -eps / gather((1 - diffusion.alphas_cumprod).sqrt(), t, x)
+    one_minus_abar = gather(1 - diffusion.alphas_cumprod, t, x)
+    score = -eps / one_minus_abar.sqrt()
     z = noise.randn_like(x)
-    score_norm = score.reshape(x.shape[0], -1).norm(dim=1).clamp(min=1e-12)
-    z_norm = z.reshape(x.shape[0], -1).norm(dim=1)
-    ratio = (snr * z_norm / score_norm).reshape(-1, *[1] * (x.dim() - 1))
-    step = 2 * gather(diffusion.alphas, t, x) * ratio**2
+    step = 2 * gather(diffusion.alphas, t, x) * snr**2 * one_minus_abar
     return x + step * score + (2 * step).sqrt() * z
 
 
