@@ -5,8 +5,9 @@ from diffuse_cli.api import (
     build_model,
     compose_config,
     load_run,
+    nll_bpd,
     sample,
 )
 
-__all__ = ["build_diffusion", "build_model", "compose_config", "load_run", "sample"]
+__all__ = ["build_diffusion", "build_model", "compose_config", "load_run", "nll_bpd", "sample"]
 __version__ = "0.1.0"

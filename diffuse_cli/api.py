@@ -5,6 +5,7 @@ cfg = dc.compose_config(["schedule=cosine"], command="train")
 diffusion = dc.build_diffusion(cfg)
 model = dc.build_model(cfg)
 x0 = dc.sample(cfg, model, diffusion, noise=x_T, generator=g)
+bpd = dc.nll_bpd(model, diffusion, x0_test, generator=g)["total"]
 cfg, model, diffusion = dc.load_run("runs/default")
 """
 
@@ -18,8 +19,9 @@ from omegaconf import DictConfig
 
 from diffuse_cli.build import build_diffusion, build_model, sample
 from diffuse_cli.errors import UserError
+from diffuse_cli.evaluate.nll import nll_bpd
 
-__all__ = ["build_diffusion", "build_model", "compose_config", "load_run", "sample"]
+__all__ = ["build_diffusion", "build_model", "compose_config", "load_run", "nll_bpd", "sample"]
 
 
 def compose_config(overrides: Sequence[str] = (), command: str = "train") -> DictConfig:
@@ -61,7 +63,7 @@ def _sample(cfg: DictConfig) -> None:
 
 
 def _eval(cfg: DictConfig) -> None:
-    from diffuse_cli.evaluate.loss_report import eval_command
+    from diffuse_cli.evaluate.command import eval_command
 
     eval_command(cfg)
 

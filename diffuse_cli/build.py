@@ -33,6 +33,16 @@ def build_diffusion(cfg: DictConfig):
         raise UserError(str(err)) from err
 
 
+def build_loss(cfg: DictConfig):
+    """The training loss of `cfg.loss`: loss(diffusion, model, x0, t) -> {"loss": [B], ...}."""
+    from diffuse_cli.diffusion import get_loss
+
+    try:
+        return get_loss(cfg.loss.name, lam=cfg.loss.lam)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
 def data_shape(cfg: DictConfig) -> tuple[int, ...]:
     """Per-sample shape of the configured data: (C, H, W) for images, (D,) for vectors."""
     d = cfg.data

@@ -108,3 +108,44 @@ def reverse_moments(oracle: GaussianOracle, sub, sampler="ddpm", variance="fixed
             b = a_prev.sqrt() * (mu - k0 * shift) - e * ke * shift
         m, v = A * m + b, A**2 * v + (sigma2 if i > 0 else 0.0)
     return m, v
+
+
+class WithVariance:
+    """A model with a learned variance built from a mean-only model: its output is
+    [model(x_t, t), variance_part(x_t, t)] along dim 1, as variance=learned / learned_range read.
+
+    Args:
+        model: callable (x_t, t) -> mean part, e.g. a GaussianOracle.
+        variance_part: callable (x_t, t) -> a tensor like x_t (log Sigma, or v), or a float
+            for a constant v.
+    """
+
+    def __init__(self, model, variance_part):
+        self.model = model
+        self.variance_part = variance_part
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        mean_part = self.model(x_t, t, **model_kwargs)
+        if callable(self.variance_part):
+            extra = self.variance_part(x_t, t).to(mean_part.dtype)
+        else:
+            extra = torch.full_like(mean_part, float(self.variance_part))
+        return torch.cat([mean_part, extra], dim=1)
+
+
+def optimal_log_variance(oracle: GaussianOracle, diffusion):
+    """(x_t, t) -> log Var[x_{t-1} | x_t] for the oracle's Gaussian data: the variance of the true
+    reverse step, beta~_t + coef1_t^2 Var[x0 | x_t] (q(x_{t-1} | x_t, x0) averaged over
+    q(x0 | x_t); coef1 of Ho eq. 7). With this variance and the oracle's mean, p(x_{t-1} | x_t)
+    is the exact reverse of the forward process, so the bound's KL terms are tight. For an
+    unrespaced `diffusion` (t indexes its tables and the oracle's alike)."""
+
+    def fn(x_t, t):
+        shape = (-1, *([1] * (x_t.dim() - 1)))
+        a = oracle.alphas_cumprod[t.cpu()].reshape(shape)
+        var_x0 = oracle.std**2 * (1 - a) / (a * oracle.std**2 + 1 - a)
+        c1 = diffusion.posterior_mean_coef1[t.cpu()].reshape(shape)
+        var = diffusion.posterior_variance[t.cpu()].reshape(shape) + c1**2 * var_x0
+        return torch.log(var).expand(x_t.shape).to(x_t.device)
+
+    return fn

@@ -135,6 +135,37 @@ def test_eval_writes_a_held_out_loss_report(trained):
     assert report["loss"] == pytest.approx(np.mean([b["loss"] for b in report["buckets"]]))
 
 
+def test_eval_nll_writes_bits_per_dim_with_every_term(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    proc = run_cli(
+        "eval",
+        "metrics=[nll]",
+        "eval.nll_examples=3",
+        "eval.batch_size=2",
+        "progress=false",
+        cwd=cwd,
+    )
+    report = json.loads((run / "eval" / "nll.json").read_text())
+    assert (run / "eval" / "nll_terms.png").is_file() and "bits/dim" in proc.stdout
+    assert report["num_examples"] == 3 and report["num_processes"] == 1
+    assert report["num_timesteps"] == 50 and [r["t"] for r in report["terms"]] == list(range(50))
+    terms = sum(r["bpd"] for r in report["terms"])
+    assert report["bpd"] == pytest.approx(report["prior_bpd"] + terms, rel=1e-5)
+    assert report["decoder_bpd"] == report["terms"][0]["bpd"]
+    assert report["bpd_stderr"] > 0 and report["seconds"] > 0
+
+
+def test_eval_refuses_an_unknown_metric(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    proc = run_cli("eval", "metrics=[nll,fid9]", cwd=cwd, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown metric (fid9); choose from: loss, nll" in proc.stderr
+
+
 def test_train_again_resumes_and_extends(trained, tmp_path):
     from conftest import run_cli
 

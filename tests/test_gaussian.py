@@ -236,8 +236,8 @@ def test_bad_arguments_are_rejected():
     betas = get_betas("linear", 10)
     with pytest.raises(ValueError, match="prediction 'score'.*eps"):
         GaussianDiffusion(betas, prediction="score")
-    with pytest.raises(ValueError, match="variance type 'learned'.*fixed_small"):
-        GaussianDiffusion(betas, variance="learned")
+    with pytest.raises(ValueError, match="variance type 'learnt'.*fixed_small.*learned_range"):
+        GaussianDiffusion(betas, variance="learnt")
     with pytest.raises(ValueError, match="timestep_map"):
         GaussianDiffusion(betas, timestep_map=torch.arange(5))
     with pytest.raises(ValueError, match="interval"):

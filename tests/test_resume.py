@@ -40,3 +40,30 @@ def test_resume_reproduces_an_uninterrupted_run(compose, tmp_path):
     train(init)
     wc, _ = final_weights(tmp_path / "c")
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_with_importance_sampled_timesteps_is_exact(compose, tmp_path):
+    """The importance sampler's history is saved with the checkpoint; with T = 2 it is warmed
+    up (ten losses at each t) before the interruption, so the resumed half draws t from it."""
+    common = [
+        *TINY,
+        "loss=hybrid",
+        "loss.timesteps=importance",
+        "variance=learned_range",
+        "schedule.num_timesteps=2",
+        "trainer.ckpt_every=4",
+        "trainer.sample_every=100",
+        "trainer.grad_accum=2",
+    ]
+    train(compose([*common, "trainer.max_steps=8", f"run_dir={tmp_path / 'a'}"]))
+    train(compose([*common, "trainer.max_steps=4", f"run_dir={tmp_path / 'b'}"]))
+    history = load_file(latest_checkpoint(tmp_path / "b") / "timesteps.safetensors")
+    assert history["loss_counts"].tolist() == [10, 10]  # warmed up at the interruption
+    train(compose([*common, "trainer.max_steps=8", f"run_dir={tmp_path / 'b'}"]))
+    (wa, ea), (wb, eb) = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=0, msg=k)
+    ha, hb = (load_file(latest_checkpoint(tmp_path / r) / "timesteps.safetensors") for r in "ab")
+    assert torch.equal(ha["loss_history"], hb["loss_history"])
+    assert torch.equal(ha["loss_counts"], hb["loss_counts"])

@@ -28,12 +28,14 @@ class PredictionConfig:
 
 @dataclass
 class VarianceConfig:
-    name: str = MISSING  # fixed_small | fixed_large
+    name: str = MISSING  # fixed_small | fixed_large | learned | learned_range
 
 
 @dataclass
 class LossConfig:
-    name: str = MISSING  # simple
+    name: str = MISSING  # simple | vlb | hybrid
+    lam: float = 0.001  # hybrid: L_simple + lam * L_VLB (Nichol & Dhariwal 2021)
+    timesteps: str = "uniform"  # uniform | importance (needs a VLB term: vlb or hybrid)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class EvalConfig:
     batch_size: int = 256
     buckets: int = 10
     repeats: int = 1
+    nll_examples: int | None = 256  # nll: held-out examples for the full bound; null: all
 
 
 @dataclass
@@ -158,6 +161,7 @@ class SampleConfig(_Common):
 class EvalCommandConfig(_Common):
     loss: LossConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: list[str] = field(default_factory=lambda: ["loss"])  # loss | nll
     batch_size: int = 256
     device: str = "auto"
     progress: bool = True

@@ -1,4 +1,5 @@
-"""The mathematics of diffusion models: schedules, the Gaussian diffusion, respacing.
+"""The mathematics of diffusion models: schedules, the Gaussian diffusion, likelihoods, losses,
+respacing and training timestep samplers.
 
 Pure torch; imports nothing else from diffuse_cli.
 """
@@ -12,20 +13,33 @@ from .gaussian import (
     gather,
     mean_flat,
 )
+from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, quantize
+from .losses import LOSSES, get_loss
 from .respace import SPACINGS, respace, space_timesteps
 from .schedules import SCHEDULES, get_betas
+from .timesteps import TIMESTEP_SAMPLERS, ImportanceSampler, UniformSampler, get_timestep_sampler
 
 __all__ = [
+    "LOSSES",
     "PREDICTIONS",
     "SCHEDULES",
     "SPACINGS",
+    "TIMESTEP_SAMPLERS",
     "VARIANCES",
     "GaussianDiffusion",
+    "ImportanceSampler",
     "Prediction",
+    "UniformSampler",
     "Variance",
+    "bits_per_dim",
+    "discretized_gaussian_log_likelihood",
     "gather",
     "get_betas",
+    "get_loss",
+    "get_timestep_sampler",
     "mean_flat",
+    "normal_kl",
+    "quantize",
     "respace",
     "space_timesteps",
 ]

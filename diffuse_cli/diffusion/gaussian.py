@@ -13,13 +13,20 @@ gathered per sample and cast to the data's dtype, so any data shape (B, ...) wor
 
 What the network's output means is chosen once, from config, as two small objects:
     prediction: eps | x0 | v       -> how the output becomes (x0, eps), and the training target
-    variance:   fixed_small | fixed_large -> which part of the output is the mean part, and the
-                log variance of p(x_{t-1} | x_t)
-A learned variance (Nichol & Dhariwal 2021) is a new Variance subclass whose `split` cuts the
-output in two along dim 1; nothing else here needs to change.
+    variance:   fixed_small | fixed_large | learned | learned_range -> which part of the output
+                is the mean part, and the log variance of p(x_{t-1} | x_t)
+The learned variances (Nichol & Dhariwal 2021, sec. 3.1) read the second half of the output
+channels (dim 1); nothing else here depends on which variance is used.
+
+The terms of the variational bound (Ho et al. 2020, eq. 5) are here too: `vlb_terms` gives
+L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t > 0 and the decoder term
+L_0 = -log p(x_0 | x_1) at t = 0, and `prior_bpd` the prior term L_T, all in bits per dimension.
+The losses built from them live in losses.py.
 """
 
 import torch
+
+from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 
 
 def gather(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +158,43 @@ class FixedLarge(FixedVariance):
         return torch.log(torch.cat([first, diffusion.betas[1:]]))
 
 
-VARIANCES = {cls.name: cls for cls in (FixedSmall, FixedLarge)}
+class LearnedVariance(Variance):
+    """The network outputs log Sigma_t directly as the second half of its channels (Nichol &
+    Dhariwal 2021, sec. 3.1, the parameterization they found unstable, kept for comparison)."""
+
+    name = "learned"
+    channel_factor = 2
+
+    def split(self, diffusion, out, t):
+        mean_part, log_variance = out.chunk(2, dim=1)
+        return mean_part, log_variance
+
+
+class LearnedRangeVariance(Variance):
+    """The network outputs v in the second half of its channels and Sigma_t interpolates between
+    the two fixed choices in the log domain (Nichol & Dhariwal 2021, eq. 15):
+
+        log Sigma_t = frac log beta_t + (1 - frac) log beta~_t,   frac = (v + 1) / 2
+
+    with log beta~_t clipped at t = 0 (beta~_0 = 0). The endpoints come from `diffusion`'s own
+    tables, so a respaced diffusion interpolates its respaced betas and posterior variances.
+    v is not clamped: values outside [-1, 1] extrapolate, as in improved-diffusion.
+    """
+
+    name = "learned_range"
+    channel_factor = 2
+
+    def split(self, diffusion, out, t):
+        mean_part, v = out.chunk(2, dim=1)
+        min_log = gather(diffusion.posterior_log_variance_clipped, t, v)
+        max_log = gather(torch.log(diffusion.betas), t, v)
+        frac = (v + 1) / 2
+        return mean_part, frac * max_log + (1 - frac) * min_log
+
+
+VARIANCES = {
+    cls.name: cls for cls in (FixedSmall, FixedLarge, LearnedVariance, LearnedRangeVariance)
+}
 
 
 def _choose(registry: dict, kind: str, name: str):
@@ -171,7 +214,7 @@ class GaussianDiffusion:
     Args:
         betas: float64 tensor [T] with values in (0, 1) (see schedules.py).
         prediction: "eps", "x0" or "v" (PREDICTIONS), what the network's mean output means.
-        variance: "fixed_small" or "fixed_large" (VARIANCES).
+        variance: "fixed_small", "fixed_large", "learned" or "learned_range" (VARIANCES).
         timestep_map: int64 tensor [T]; index i of this diffusion -> the timestep the model is
             given. Defaults to arange(T); respace() sets it to the original timesteps.
     """
@@ -315,6 +358,18 @@ class GaussianDiffusion:
         """
         out = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         mean_part, log_variance = self.variance.split(self, out, t)
+        return self.p_from_parts(mean_part, log_variance, x_t, t, clip_denoised)
+
+    def p_from_parts(self, mean_part, log_variance, x_t, t, clip_denoised=True):
+        """p(x_{t-1} | x_t) from an already split model output (see p_mean_variance).
+
+        Args:
+            mean_part: [B, ...], what the prediction object reads; log_variance: broadcastable.
+            x_t: [B, ...]; t: int64 [B]; clip_denoised: as in p_mean_variance.
+
+        Returns:
+            the dict of p_mean_variance.
+        """
         x0, eps = self.model_output_to_x0_eps(mean_part, x_t, t)
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
@@ -328,10 +383,52 @@ class GaussianDiffusion:
             "pred_eps": eps,
         }
 
+    # --- the variational bound ---------------------------------------------------------------
+
+    def vlb_terms(self, x0, x_t, t, mean, log_variance):
+        """The term of the variational bound at each example's t, in bits/dim (Ho et al. 2020,
+        eq. 5; Nichol & Dhariwal 2021, sec. 3.1):
+
+            t > 0:  L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || N(mean, exp(log_variance)))
+            t = 0:  L_0 = -log p(x_0 | x_1), the Gaussian N(mean, exp(log_variance))
+                    discretized into the 256 bins of 8-bit data (likelihood.py)
+
+        Args:
+            x0: data on the 8-bit grid of [-1, 1], [B, ...]; x_t: [B, ...]; t: int64 [B].
+            mean, log_variance: p(x_{t-1} | x_t) as given by p_mean_variance / p_from_parts.
+
+        Returns:
+            float [B], bits per dimension.
+        """
+        true_mean, _, true_log_variance = self.q_posterior(x0, x_t, t)
+        terms = bits_per_dim(normal_kl(true_mean, true_log_variance, mean, log_variance))
+        if bool((t == 0).any()):  # the decoder costs more than the KL: only where it is needed
+            log_scale = 0.5 * log_variance.expand_as(x0)
+            decoder = -bits_per_dim(discretized_gaussian_log_likelihood(x0, mean, log_scale))
+            terms = torch.where(t == 0, decoder, terms)
+        return terms
+
+    def prior_bpd(self, x0):
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim [B]; no parameters, and near 0 for any
+        schedule whose alphas_cumprod[T - 1] is near 0 (Ho et al. 2020, eq. 5)."""
+        t = torch.full((x0.shape[0],), self.num_timesteps - 1, dtype=torch.int64, device=x0.device)
+        mean, _, log_variance = self.q_mean_variance(x0, t)
+        return bits_per_dim(
+            normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean))
+        )
+
     # --- training ----------------------------------------------------------------------------
 
+    def mse_term(self, x0, noise, t, mean_part):
+        """(target - mean_part)^2 averaged over non-batch dims [B], in float32 (or x0's dtype if
+        wider), the target given by the prediction type (Ho et al. 2020, eq. 14)."""
+        target = self.prediction.target(self, x0, noise, t)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        return mean_flat((target.to(dtype) - mean_part.to(dtype)) ** 2)
+
     def training_losses(self, model, x0, t, noise=None, model_kwargs=None):
-        """L_simple (Ho et al. 2020, eq. 14), with the target chosen by the prediction type.
+        """L_simple (Ho et al. 2020, eq. 14), with the target chosen by the prediction type; a
+        learned variance takes no part in it. losses.py has the other losses.
 
         Args:
             model: as in p_mean_variance.
@@ -346,7 +443,5 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         out = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         mean_part, _ = self.variance.split(self, out, t)
-        target = self.prediction.target(self, x0, noise, t)
-        dtype = torch.promote_types(x0.dtype, torch.float32)
-        mse = mean_flat((target.to(dtype) - mean_part.to(dtype)) ** 2)
+        mse = self.mse_term(x0, noise, t, mean_part)
         return {"loss": mse, "mse": mse}

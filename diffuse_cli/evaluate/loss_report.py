@@ -1,4 +1,5 @@
-"""`diffuse eval`: the training loss on held-out data, overall and per timestep bucket.
+"""`diffuse eval metrics=[loss]`: the training loss on held-out data, overall and per timestep
+bucket.
 
 Timesteps are stratified: example i of a batch is noised to a t drawn uniformly inside bucket
 i mod K, so every bucket gets the same number of examples and the overall number (the mean over
@@ -12,13 +13,11 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from diffuse_cli.build import build_data
-from diffuse_cli.errors import UserError
-from diffuse_cli.runs import read_run_config, with_run_config
+from diffuse_cli.build import build_data, build_loss
 
 
 def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
@@ -42,6 +41,7 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     sums = torch.zeros(ec.buckets, dtype=torch.float64)
     counts = torch.zeros(ec.buckets, dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
+    loss_fn = build_loss(cfg)
     loader = DataLoader(dataset, batch_size=ec.batch_size, shuffle=False)
     total = min(ec.num_batches, len(loader)) * ec.repeats
     bar = tqdm(total=total, desc="eval", disable=not cfg.progress)
@@ -51,9 +51,8 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
                 break
             t, k = stratified_timesteps(x.shape[0], edges, g)
             noise = torch.randn(x.shape, generator=g)
-            losses = diffusion.training_losses(
-                model, x.to(device), t.to(device), noise=noise.to(device)
-            )["loss"]
+            losses = loss_fn(diffusion, model, x.to(device), t.to(device), noise=noise.to(device))
+            losses = losses["loss"]
             sums.index_add_(0, k, losses.double().cpu())
             counts.index_add_(0, k, torch.ones_like(losses, dtype=torch.float64).cpu())
             bar.update(1)
@@ -93,32 +92,17 @@ def plot_buckets(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def eval_command(cfg: DictConfig) -> Path:
-    from diffuse_cli.api import load_run
-    from diffuse_cli.generate import pick_device
-    from diffuse_cli.train.checkpoint import latest_checkpoint
-
-    run_dir = Path(cfg.run_dir)
-    cfg = with_run_config(cfg, run_dir)
-    cfg = OmegaConf.merge(cfg, {"loss": read_run_config(run_dir).loss})
-    for key in ("num_batches", "batch_size", "buckets", "repeats"):
-        if cfg.eval[key] <= 0:
-            raise UserError(f"eval.{key}={cfg.eval[key]} must be > 0")
-    device = pick_device(cfg.device)
-    _, model, diffusion = load_run(run_dir, device=device)
+def loss_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) -> Path | None:
+    """The held-out loss report, eval/loss.json and eval/loss_by_timestep.png; computed by the
+    main process only (it is cheap). Returns the JSON path on the main process."""
+    if not state.is_main_process:
+        return None
     report = {
-        "run_dir": str(run_dir),
-        "checkpoint": latest_checkpoint(run_dir).name,
-        "weights": "ema",
-        "split": "test",
+        **header,
         "metric": f"held-out L_{cfg.loss.name} ({cfg.prediction.name} target)",
-        "config": {
-            k: OmegaConf.to_container(cfg[k])
-            for k in ("schedule", "prediction", "variance", "loss")
-        },
         **held_out_loss(cfg, model, diffusion, device),
     }
-    out = run_dir / "eval"
+    out = Path(cfg.run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "loss.json"
     tmp = path.with_suffix(".json.tmp")

@@ -3,7 +3,9 @@
 A checkpoint is first written to a hidden temporary folder, flushed to disk, then renamed into
 place; only after that does `latest` move (itself replaced atomically). A crash at any moment
 therefore leaves `latest` on a complete checkpoint. Weights are safetensors; the optimizer state
-is read back with torch.load(weights_only=True), which cannot run code.
+is read back with torch.load(weights_only=True), which cannot run code. A training timestep
+sampler with a state (the importance sampler's loss history [T, 10] and counts [T]) adds
+timesteps.safetensors; state.json stays small.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from diffuse_cli.errors import UserError
 
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
+TIMESTEPS = "timesteps.safetensors"
 LATEST = "latest"
 
 
@@ -54,8 +57,12 @@ def save_checkpoint(
     optimizer_state: dict,
     state: dict,
     keep_last: int = 2,
+    timestep_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint `step`, point `latest` at it, then prune all but the newest keep_last."""
+    """Write checkpoint `step`, point `latest` at it, then prune all but the newest keep_last.
+
+    `timestep_state` (tensors; written only when non-empty) is the training timestep sampler's.
+    """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -65,6 +72,8 @@ def save_checkpoint(
     save_file(_contiguous(model_state), tmp / MODEL)
     save_file(_contiguous(ema_state), tmp / EMA)
     torch.save(optimizer_state, tmp / OPTIMIZER)
+    if timestep_state:
+        save_file(_contiguous(timestep_state), tmp / TIMESTEPS)
     (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
     _fsync_files(tmp)
     final = root / name
@@ -107,13 +116,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def read_checkpoint(folder: Path) -> dict:
-    """Everything in a checkpoint folder, as tensors on the CPU."""
+    """Everything in a checkpoint folder, as tensors on the CPU ("timesteps" is {} when the
+    run's timestep sampler has no state)."""
     try:
         return {
             "model": load_file(folder / MODEL),
             "ema": load_file(folder / EMA),
             "optimizer": torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True),
             "state": json.loads((folder / STATE).read_text()),
+            "timesteps": load_file(folder / TIMESTEPS) if (folder / TIMESTEPS).is_file() else {},
         }
     except pickle.UnpicklingError as err:
         raise UserError(

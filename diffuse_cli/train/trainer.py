@@ -2,7 +2,9 @@
 
 Randomness is a function of (seed, step, micro-batch, rank): the batch order, the timesteps, the
 noise, dropout and flips. A resumed run therefore repeats exactly what an uninterrupted run would
-have done, and the checkpoint only has to hold weights, EMA, optimizer state and the step.
+have done, and the checkpoint only has to hold weights, EMA, optimizer state, the step and the
+timestep sampler's state (the importance sampler's loss history, which every process updates
+with the same gathered (t, loss) pairs after each micro-batch).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from diffuse_cli.build import build_data, build_diffusion, build_model, data_shape
+from diffuse_cli.build import build_data, build_diffusion, build_loss, build_model, data_shape
 from diffuse_cli.data import random_hflip
-from diffuse_cli.diffusion.timesteps import UniformSampler
+from diffuse_cli.diffusion import get_timestep_sampler
 from diffuse_cli.errors import UserError
 from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides
 from diffuse_cli.train.batches import StepBatchSampler
@@ -50,7 +52,8 @@ class Trainer:
         self.accelerator = self._setup_accelerator()
         check_resumable(cfg, self.run_dir)
         self.diffusion = build_diffusion(cfg)
-        self.timesteps = UniformSampler(self.diffusion.num_timesteps)
+        self.loss = build_loss(cfg)
+        self.timesteps = get_timestep_sampler(cfg.loss.timesteps, self.diffusion.num_timesteps)
         self.dataset = build_data(cfg, "train")
         self._setup_model()
         self._setup_optimizer()
@@ -120,6 +123,12 @@ class Trainer:
         )
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.timesteps.needs_losses and not ckpt["timesteps"]:
+            raise UserError(
+                f"checkpoint '{folder}' has no timestep-sampler history (timesteps.safetensors) "
+                f"for loss.timesteps={self.cfg.loss.timesteps}; it cannot be resumed exactly"
+            )
+        self.timesteps.load_state_dict(ckpt["timesteps"])
         scaler = ckpt["state"].get("scaler")
         if scaler and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(scaler)
@@ -158,14 +167,16 @@ class Trainer:
                 x = random_hflip(x, torch.Generator(x.device).manual_seed(seed))
             with acc.accumulate(self.model):
                 t, weights = self.timesteps.sample(x.shape[0], acc.device)
-                losses = self.diffusion.training_losses(self.model, x, t)["loss"]
-                loss = (losses * weights).mean()
+                losses = self.loss(self.diffusion, self.model, x, t)
+                loss = (losses["loss"] * weights).mean()
                 acc.backward(loss)
                 if acc.sync_gradients:
                     clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
                     grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+            if self.timesteps.needs_losses:  # the same history on every process
+                self.timesteps.update(acc.gather(t), acc.gather(losses["vlb"].detach()))
             total += loss.detach() / self.tc.grad_accum
         if not torch.isfinite(total):
             raise UserError(
@@ -242,6 +253,7 @@ class Trainer:
                 self.optimizer.state_dict(),
                 {"scaler": scaler, "world_size": acc.num_processes},
                 keep_last=self.tc.keep_last,
+                timestep_state=self.timesteps.state_dict(),
             )
         acc.wait_for_everyone()
 

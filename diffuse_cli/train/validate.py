@@ -37,6 +37,33 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.ema_decay={tc.ema_decay} must be in [0, 1)")
     if cfg.schedule.num_timesteps < 1:
         raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
+    validate_loss_config(cfg)
+
+
+def validate_loss_config(cfg: DictConfig) -> None:
+    """The loss, its timestep sampler and the variance must fit together."""
+    from diffuse_cli.diffusion import LOSSES, TIMESTEP_SAMPLERS, VARIANCES
+
+    loss = cfg.loss
+    if loss.name not in LOSSES:
+        raise UserError(f"loss={loss.name!r} is unknown; choose one of: {', '.join(LOSSES)}")
+    if loss.timesteps not in TIMESTEP_SAMPLERS:
+        raise UserError(
+            f"loss.timesteps={loss.timesteps!r} is not one of: {', '.join(TIMESTEP_SAMPLERS)}"
+        )
+    if not loss.lam >= 0:
+        raise UserError(f"loss.lam={loss.lam} must be >= 0")
+    if loss.timesteps == "importance" and loss.name == "simple":
+        raise UserError(
+            "loss.timesteps=importance samples t by the history of the VLB term, which "
+            "loss=simple does not compute; use loss=vlb or loss=hybrid"
+        )
+    variance = VARIANCES.get(cfg.variance.name)
+    if variance is not None and variance.channel_factor > 1 and loss.name == "simple":
+        raise UserError(
+            f"variance={cfg.variance.name} is trained only by a VLB term, and loss=simple "
+            "has none; use loss=hybrid (or loss=vlb), or a fixed variance"
+        )
 
 
 # What must agree between a run directory's checkpoints and a command that resumes it.

@@ -1,0 +1,95 @@
+"""Training losses by config name: L_simple, the variational bound L_VLB and L_hybrid.
+
+Each loss is a small object called as
+
+    loss(diffusion, model, x0, t, noise=None, model_kwargs=None) -> dict of [B] tensors
+
+with one sampled t per example (int64 [B], indices into `diffusion`). "loss" is what the
+trainer averages (after multiplying by the timestep sampler's importance weights); "mse" and
+"vlb" are the parts it is made of where they exist. "vlb" is always the single bound term L_t
+at the example's t in bits/dim, unscaled, which is what the importance sampler's history keeps.
+
+L_VLB = L_T + sum_t L_t is a sum over T terms; with t uniform, L_T + T L_t is an unbiased
+one-sample estimate of it (and with importance weights 1 / (T p_t) it stays unbiased).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _forward(diffusion, model, x0, t, noise, model_kwargs):
+    """Noise x0 to x_t, call the model once and split its output.
+
+    Returns (x_t, noise, mean_part, log_variance), all [B, ...].
+    """
+    if noise is None:
+        noise = torch.randn_like(x0)
+    x_t = diffusion.q_sample(x0, t, noise)
+    out = model(x_t, diffusion.model_timesteps(t), **(model_kwargs or {}))
+    mean_part, log_variance = diffusion.variance.split(diffusion, out, t)
+    return x_t, noise, mean_part, log_variance
+
+
+def _vlb(diffusion, x0, x_t, t, mean_part, log_variance):
+    """(L_t in bits/dim [B], the one-sample estimate L_T + T L_t of L_VLB [B]); no clipping.
+    Computed in float32 at least, also when the model ran in fp16/bf16."""
+    dtype = torch.promote_types(x0.dtype, torch.float32)
+    x0, x_t, mean_part, log_variance = (v.to(dtype) for v in (x0, x_t, mean_part, log_variance))
+    p = diffusion.p_from_parts(mean_part, log_variance, x_t, t, clip_denoised=False)
+    term = diffusion.vlb_terms(x0, x_t, t, p["mean"], p["log_variance"])
+    return term, diffusion.prior_bpd(x0) + diffusion.num_timesteps * term
+
+
+class SimpleLoss:
+    """L_simple = ||target - output||^2 (Ho et al. 2020, eq. 14) on the mean part; a learned
+    variance gets no gradient from it (train it with loss=hybrid)."""
+
+    name = "simple"
+
+    def __call__(self, diffusion, model, x0, t, noise=None, model_kwargs=None):
+        _, noise, mean_part, _ = _forward(diffusion, model, x0, t, noise, model_kwargs)
+        mse = diffusion.mse_term(x0, noise, t, mean_part)
+        return {"loss": mse, "mse": mse}
+
+
+class VLBLoss:
+    """L_VLB (Ho et al. 2020, eq. 5; Nichol & Dhariwal 2021, sec. 3.1) in bits/dim, estimated by
+    L_T + T L_t with one t per example; trains the mean and the variance."""
+
+    name = "vlb"
+
+    def __call__(self, diffusion, model, x0, t, noise=None, model_kwargs=None):
+        x_t, _, mean_part, log_variance = _forward(diffusion, model, x0, t, noise, model_kwargs)
+        term, estimate = _vlb(diffusion, x0, x_t, t, mean_part, log_variance)
+        return {"loss": estimate, "vlb": term}
+
+
+class HybridLoss:
+    """L_hybrid = L_simple + lam L_VLB (Nichol & Dhariwal 2021, eq. 16, lam = 0.001).
+
+    The VLB term sees the mean part with its gradient stopped, so L_simple alone trains the mean
+    and the VLB term trains only the variance (their sec. 3.1). L_VLB is estimated by L_T + T L_t,
+    as in improved-diffusion's RESCALED_MSE (vb * T / 1000 with lam = 0.001).
+    """
+
+    name = "hybrid"
+
+    def __init__(self, lam: float = 0.001):
+        self.lam = lam
+
+    def __call__(self, diffusion, model, x0, t, noise=None, model_kwargs=None):
+        x_t, noise, mean_part, log_variance = _forward(diffusion, model, x0, t, noise, model_kwargs)
+        mse = diffusion.mse_term(x0, noise, t, mean_part)
+        term, estimate = _vlb(diffusion, x0, x_t, t, mean_part.detach(), log_variance)
+        return {"loss": mse + self.lam * estimate, "mse": mse, "vlb": term}
+
+
+LOSSES = {cls.name: cls for cls in (SimpleLoss, VLBLoss, HybridLoss)}
+
+
+def get_loss(name: str, lam: float = 0.001):
+    """The loss called `name`; `lam` is used by hybrid only. ValueError names the choices."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; valid choices are: {', '.join(sorted(LOSSES))}.")
+    return HybridLoss(lam) if name == "hybrid" else LOSSES[name]()

@@ -1,0 +1,66 @@
+"""`diffuse eval`: the metrics named in `metrics`, on a run's latest EMA checkpoint.
+
+    loss   held-out training loss per timestep bucket    eval/loss.json, loss_by_timestep.png
+    nll    bits/dim by the full T-step variational bound  eval/nll.json, nll_terms.png
+
+Under `accelerate launch` each process takes a shard of the work where a metric supports it
+(nll), and the main process writes the reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffuse_cli.errors import UserError
+from diffuse_cli.evaluate.loss_report import loss_metric
+from diffuse_cli.evaluate.nll import nll_metric
+from diffuse_cli.runs import read_run_config, with_run_config
+
+METRICS = {"loss": loss_metric, "nll": nll_metric}
+
+
+def check_eval_config(cfg: DictConfig) -> list[str]:
+    """The metrics to run, in order and without repeats; UserError for bad settings."""
+    metrics = list(dict.fromkeys(cfg.metrics))
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        named = ", ".join(unknown) if unknown else "none given"
+        raise UserError(
+            f"metrics={list(cfg.metrics)}: unknown metric ({named}); "
+            f"choose from: {', '.join(METRICS)} (e.g. metrics=[loss,nll])"
+        )
+    for key in ("num_batches", "batch_size", "buckets", "repeats"):
+        if cfg.eval[key] <= 0:
+            raise UserError(f"eval.{key}={cfg.eval[key]} must be > 0")
+    return metrics
+
+
+def eval_command(cfg: DictConfig) -> list[Path]:
+    from accelerate import PartialState
+
+    from diffuse_cli.api import load_run
+    from diffuse_cli.generate import pick_device
+    from diffuse_cli.train.checkpoint import latest_checkpoint
+
+    run_dir = Path(cfg.run_dir)
+    cfg = with_run_config(cfg, run_dir)
+    cfg = OmegaConf.merge(cfg, {"loss": read_run_config(run_dir).loss})
+    metrics = check_eval_config(cfg)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device = state.device if state.num_processes > 1 else pick_device(cfg.device)
+    _, model, diffusion = load_run(run_dir, device=device)
+    header = {
+        "run_dir": str(run_dir),
+        "checkpoint": latest_checkpoint(run_dir).name,
+        "weights": "ema",
+        "split": "test",
+        "config": {
+            k: OmegaConf.to_container(cfg[k])
+            for k in ("schedule", "prediction", "variance", "loss")
+        },
+    }
+    paths = [METRICS[m](cfg, model, diffusion, device, header, state) for m in metrics]
+    return [p for p in paths if p is not None]
