@@ -7,6 +7,7 @@ model = dc.build_model(cfg)
 x0 = dc.sample(cfg, model, diffusion, noise=x_T, generator=g)
 bpd = dc.nll_bpd(model, diffusion, x0_test, generator=g)["total"]
 cfg, model, diffusion = dc.load_run("runs/default")
+cfg, classifier = dc.load_classifier("runs/classifier")
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from diffuse_cli.build import build_diffusion, build_model, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.nll import nll_bpd
 
-__all__ = ["build_diffusion", "build_model", "compose_config", "load_run", "nll_bpd", "sample"]
+__all__ = [
+    "build_diffusion",
+    "build_model",
+    "compose_config",
+    "load_classifier",
+    "load_run",
+    "nll_bpd",
+    "sample",
+]
 
 
 def compose_config(overrides: Sequence[str] = (), command: str = "train") -> DictConfig:
@@ -45,9 +54,32 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", ema: bool 
     from diffuse_cli.train.checkpoint import load_weights
 
     cfg = read_run_config(run_dir)
+    if cfg.get("task", "diffusion") != "diffusion":
+        raise UserError(
+            f"'{run_dir}' holds a task={cfg.task} run, not a diffusion model; sample from a "
+            f"diffusion run, with guidance=classifier guidance.classifier={run_dir}"
+        )
     model = build_model(cfg)
     load_weights(model, run_dir, ema=ema)
     return cfg, model.to(device).eval(), build_diffusion(cfg)
+
+
+def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = False):
+    """(cfg, classifier) of the latest checkpoint of a task=classifier run. The raw weights by
+    default: ADM's guidance classifiers are used without EMA."""
+    from diffuse_cli.build import build_classifier
+    from diffuse_cli.runs import read_run_config
+    from diffuse_cli.train.checkpoint import load_weights
+
+    cfg = read_run_config(run_dir)
+    if cfg.get("task", "diffusion") != "classifier":
+        raise UserError(
+            f"'{run_dir}' is not a classifier run (task={cfg.get('task', 'diffusion')}); "
+            "train one with `diffuse train task=classifier`"
+        )
+    model = build_classifier(cfg, cfg.classifier.num_classes)
+    load_weights(model, run_dir, ema=ema)
+    return cfg, model.to(device).eval()
 
 
 def _train(cfg: DictConfig) -> None:

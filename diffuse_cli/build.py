@@ -130,11 +130,13 @@ def sample(
     generator=None,
     model_kwargs: dict | None = None,
     progress: bool = False,
+    cond_fn: Callable | None = None,
 ):
     """Run `cfg.sampler` for `cfg.steps` steps (T when unset) from the noise x_T.
 
-    `model` is any callable model(x_t, t) with integer original timesteps. `generator` is a
-    torch.Generator, a PerSampleNoise (per-sample seeds) or None (the global RNG).
+    `model` is any callable model(x_t, t, **model_kwargs) with integer original timesteps.
+    `generator` is a torch.Generator, a PerSampleNoise (per-sample seeds) or None (the global
+    RNG). `cond_fn` is ancestral classifier guidance (samplers.ddpm); see build_guidance.
     """
     from diffuse_cli.samplers import as_noise_source, get_sampler
 
@@ -155,8 +157,61 @@ def sample(
         clip_denoised=s.clip_denoised,
         model_kwargs=model_kwargs,
         progress=progress,
+        **({"cond_fn": cond_fn} if cond_fn is not None else {}),
         **options,
     )
+
+
+def build_classifier(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """The classifier f_phi(y | x_t, t) of a task=classifier run: the encoder half of the UNet
+    that `cfg.model` describes with an attention-pooling head (images), or the MLP (vectors)."""
+    from diffuse_cli.models import MLP, EncoderClassifier
+
+    m, shape = cfg.model, data_shape(cfg)
+    if m.arch == "mlp" and len(shape) == 1:
+        return MLP(dim=shape[0], hidden=m.hidden, num_layers=m.num_layers, out_dim=num_classes)
+    if m.arch != "unet" or len(shape) != 3:
+        build_model(cfg)  # raises the same clear error a diffusion model would
+    try:
+        return EncoderClassifier(
+            num_classes,
+            in_channels=shape[0],
+            model_channels=m.model_channels,
+            channel_mult=tuple(m.channel_mult),
+            num_res_blocks=m.num_res_blocks,
+            attention_resolutions=tuple(m.attention_resolutions),
+            dropout=m.dropout,
+            num_heads=m.num_heads,
+            num_head_channels=m.num_head_channels,
+            image_size=shape[1],
+            resblock_updown=m.resblock_updown,
+            use_scale_shift_norm=m.use_scale_shift_norm,
+            residual_rescale=m.residual_rescale,
+            use_checkpoint=m.use_checkpoint,
+            channels_last=m.channels_last,
+        )
+    except ValueError as err:
+        raise UserError(f"model={m.name}: {err}") from err
+
+
+def build_guidance(cfg: DictConfig, model, diffusion, classifier=None):
+    """(the model callable to sample with, cond_fn for samplers.ddpm or None) for
+    `cfg.guidance`. The callable takes labels y (dropped for unconditional networks); with
+    classifier guidance, ddpm gets the mean shift as cond_fn and every other sampler the eps
+    shift inside the model call (Dhariwal & Nichol 2021, Algorithms 1 and 2)."""
+    from diffuse_cli.guidance import ClassifierFree, ClassifierGradient, EpsShift, WithLabels
+
+    g = cfg.guidance
+    if g.name == "none":
+        return WithLabels(model), None
+    if g.name == "cfg":
+        return ClassifierFree(model, g.scale), None
+    if g.name == "classifier":
+        gradient = ClassifierGradient(classifier, g.scale)
+        if cfg.sampler.name == "ddpm":
+            return WithLabels(model), gradient
+        return EpsShift(WithLabels(model), diffusion, gradient), None
+    raise UserError(f"guidance={g.name!r} is unknown; choose one of: none, classifier, cfg")
 
 
 def sampler_options(cfg: DictConfig) -> dict:

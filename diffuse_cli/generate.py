@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.build import data_shape, resolve_steps, sample
+from diffuse_cli.build import build_guidance, data_shape, resolve_steps, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
 from diffuse_cli.runs import with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
+from diffuse_cli.sampling_labels import sample_labels
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,27 +39,107 @@ def output_dir(cfg: DictConfig, steps: int) -> Path:
     name = f"{cfg.sampler.name}-{steps}"
     if cfg.sampler.name == "ddim" and cfg.sampler.eta != 0:
         name += f"-eta{cfg.sampler.eta:g}"
+    if cfg.guidance.name != "none":
+        name += f"-{cfg.guidance.name}{cfg.guidance.scale:g}"
+    if cfg.class_labels is None:
+        name += "-unconditional"
     return Path(cfg.run_dir) / "samples" / name
 
 
 def draw_samples(
-    cfg: DictConfig, model, diffusion, device: torch.device, indices: range
+    cfg: DictConfig,
+    model,
+    diffusion,
+    device: torch.device,
+    indices: range,
+    labels: torch.Tensor | None = None,
+    cond_fn=None,
 ) -> torch.Tensor:
-    """Samples number `indices` (on the CPU), in batches of cfg.batch_size."""
+    """Samples number `indices` (on the CPU), in batches of cfg.batch_size; `labels` [len]
+    (one per index) go to the model as y."""
     shape = data_shape(cfg)
     out = []
     for start in range(indices.start, indices.stop, cfg.batch_size):
         chunk = range(start, min(start + cfg.batch_size, indices.stop))
         noise = PerSampleNoise([sample_seed(cfg.seed, i) for i in chunk], device)
         x_T = noise.randn(shape)
-        out.append(sample(cfg, model, diffusion, x_T, generator=noise, progress=cfg.progress).cpu())
+        kwargs = {}
+        if labels is not None:
+            offset = start - indices.start
+            kwargs = {"y": labels[offset : offset + len(chunk)].to(device)}
+        x = sample(
+            cfg, model, diffusion, x_T, noise, kwargs, progress=cfg.progress, cond_fn=cond_fn
+        )
+        out.append(x.cpu())
     return torch.cat(out)
 
 
-def _save_npz(path: Path, arr: np.ndarray) -> None:
+def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, arr_0=arr)
+    arrays = {"arr_0": arr} if labels is None else {"arr_0": arr, "arr_1": labels}
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def guidance_classifier(cfg: DictConfig, device: torch.device):
+    """The classifier of guidance=classifier, checked against the generator's run: trained for
+    the same noise schedule and the same data shape."""
+    from diffuse_cli.api import load_classifier
+
+    path = cfg.guidance.classifier
+    if not path:
+        raise UserError(
+            "guidance=classifier needs guidance.classifier=<the run folder of a classifier "
+            "trained with `diffuse train task=classifier`>"
+        )
+    path = os.path.normpath(str(path))
+    clf_cfg, classifier = load_classifier(path, device=device)
+    ours = OmegaConf.to_container(cfg.schedule, resolve=True)
+    theirs = OmegaConf.to_container(clf_cfg.schedule, resolve=True)
+    if ours != theirs:
+        diff = ", ".join(
+            f"schedule.{k}={ours.get(k)!r} (classifier: {theirs.get(k)!r})"
+            for k in sorted(set(ours) | set(theirs))
+            if ours.get(k) != theirs.get(k)
+        )
+        raise UserError(
+            f"the classifier in '{path}' was trained for another noise schedule ({diff}); "
+            "train one with the generator's schedule: `diffuse train task=classifier "
+            "schedule=...`"
+        )
+    if data_shape(clf_cfg) != data_shape(cfg):
+        raise UserError(
+            f"the classifier in '{path}' takes data of shape {data_shape(clf_cfg)}, the model "
+            f"makes {data_shape(cfg)}"
+        )
+    return classifier
+
+
+def conditioning(cfg: DictConfig, model, classifier) -> tuple[int | None, int | None]:
+    """(number of classes to draw labels from or None, the null label or None), checking that
+    the guidance fits the run."""
+    from diffuse_cli.runs import read_run_config
+
+    g = cfg.guidance
+    conditional = bool(getattr(model, "num_classes", None))
+    dropout = read_run_config(cfg.run_dir).trainer.get("label_dropout", 0.0) if conditional else 0
+    null = model.num_classes if conditional and dropout > 0 else None
+    if g.name == "cfg" and null is None:
+        raise UserError(
+            "guidance=cfg needs a class-conditional model trained with label dropout; this run "
+            + ("has trainer.label_dropout=0" if conditional else "is unconditional")
+        )
+    if g.name != "none" and cfg.class_labels is None:
+        raise UserError(f"guidance={g.name} steers towards labels; class_labels=null has none")
+    if g.name == "classifier":
+        n = getattr(classifier, "num_outputs", None) or classifier.out_dim  # UNet / MLP head
+        if conditional and n != model.num_classes:
+            raise UserError(
+                f"the classifier knows {n} classes, the model {model.num_classes}; "
+                "train the classifier on the model's data"
+            )
+        return n, null
+    return (model.num_classes if conditional else None), null
 
 
 def sample_command(cfg: DictConfig) -> Path:
@@ -72,15 +153,31 @@ def sample_command(cfg: DictConfig) -> Path:
     device = pick_device(cfg.device)
     _, model, diffusion = load_run(cfg.run_dir, device=device)
     steps = resolve_steps(cfg, diffusion)
+    if cfg.guidance.name not in ("none", "classifier", "cfg"):
+        raise UserError(f"guidance={cfg.guidance.name!r} is not one of: none, classifier, cfg")
+    classifier = guidance_classifier(cfg, device) if cfg.guidance.name == "classifier" else None
+    num_classes, null = conditioning(cfg, model, classifier)
+    labels = sample_labels(cfg, num_classes, range(cfg.num_samples), null)
+    guided, cond_fn = build_guidance(cfg, model, diffusion, classifier)
     out = output_dir(cfg, steps)
-    print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {steps} steps, on {device}")
-    counted = NFECounter(model)
-    x = draw_samples(cfg, counted, diffusion, device, range(cfg.num_samples))
+    how = (
+        ""
+        if cfg.guidance.name == "none"
+        else f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
+    )
+    print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {steps} steps{how}, on {device}")
+    counted = NFECounter(guided)
+    x = draw_samples(cfg, counted, diffusion, device, range(cfg.num_samples), labels, cond_fn)
     batches = -(-cfg.num_samples // cfg.batch_size)
-    print(f"{counted.calls // batches} network evaluations per sample")
+    doubled = (
+        " (each on a doubled batch: both guidance branches)" if cfg.guidance.name == "cfg" else ""
+    )
+    print(f"{counted.calls // batches} network evaluations per sample{doubled}")
     out.mkdir(parents=True, exist_ok=True)
     images = x.dim() == 4
-    _save_npz(out / "samples.npz", to_uint8_nhwc(x) if images else x.numpy())
+    arr = to_uint8_nhwc(x) if images else x.numpy()
+    saved = None if labels is None or cfg.class_labels is None else labels.numpy()
+    _save_npz(out / "samples.npz", arr, saved)  # arr_1: the labels, unless unconditional
     preview = out / ("grid.png" if images else "scatter.png")
     save_preview(x[:256] if images else x, preview)
     print(f"wrote {out / 'samples.npz'} and {preview}")

@@ -8,6 +8,7 @@ discretized chain is known exactly (gaussian_oracle.reverse_moments). Two kinds 
   errors of the sample moments plus the chain's own discretization bias, stated per test.
 """
 
+import numpy as np
 import pytest
 import torch
 from gaussian_oracle import GaussianOracle, reverse_moments
@@ -22,6 +23,7 @@ from diffuse_cli.samplers import (
     evaluations,
     get_sampler,
 )
+from diffuse_cli.samplers.noise import seeded_generator
 
 MU = torch.tensor([0.5, -0.3, 0.2, 0.0])
 STD = torch.tensor([0.3, 0.5, 0.8, 1.0])
@@ -271,13 +273,21 @@ def test_per_sample_noise_rows_come_from_their_own_seed():
     batch = PerSampleNoise([7, 8, 9]).randn((2, 3))
     assert batch.shape == (3, 2, 3) and batch.dtype == torch.float32
     for row, seed in zip(batch, [7, 8, 9], strict=True):
-        assert torch.equal(row, torch.randn(2, 3, generator=torch.Generator().manual_seed(seed)))
+        alone = seeded_generator(seed).standard_normal((2, 3), dtype=np.float32)
+        assert torch.equal(row, torch.from_numpy(alone))
     noise = PerSampleNoise([8])
     like = noise.randn_like(torch.zeros(1, 2, 3, dtype=torch.float64))
     assert like.dtype == torch.float64 and like.shape == (1, 2, 3)
     assert torch.equal(like.float(), batch[1:2])
     with pytest.raises(ValueError, match="1 samples but the tensor has batch size 2"):
         noise.randn_like(torch.zeros(2, 3))
+
+
+def test_per_sample_noise_uses_every_bit_of_a_seed():
+    """(run seed << 32) + index must not collide across run seeds (torch's CPU generator would
+    keep only the low 32 bits)."""
+    a = PerSampleNoise([5, (1 << 32) + 5, (1 << 100) + 5]).randn((4,))
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a[0], a[2])
 
 
 def test_as_noise_source_adapts_generators_seeds_and_none():

@@ -17,10 +17,17 @@ def register_configs() -> None:
         return
     if not OmegaConf.has_resolver("diffuse_job_dir"):
         OmegaConf.register_new_resolver("diffuse_job_dir", job_dir_name)
+    if not OmegaConf.has_resolver("diffuse_run_name"):
+        OmegaConf.register_new_resolver("diffuse_run_name", default_run_name)
     cs = ConfigStore.instance()
     for command, schema in SCHEMAS.items():
         cs.store(name=f"{command}_schema", node=schema)
     _registered = True
+
+
+def default_run_name(task: str) -> str:
+    """A classifier trains beside the diffusion run it guides, not into it."""
+    return "default" if task == "diffusion" else str(task)
 
 
 def job_dir_name(num: int, override_dirname: str) -> str:

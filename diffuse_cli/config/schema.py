@@ -7,6 +7,7 @@ type fails at composition, naming the key, before any work starts or any file is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -106,6 +107,25 @@ class TrainerConfig:
     sample_steps: int = 100  # ancestral (ddpm) steps for the grids made during training
     log_every: int = 50
     progress: bool = True
+    # class-conditional models: probability of training a batch element with the null label
+    # instead of its own, so the model also learns p(x) (classifier-free guidance)
+    label_dropout: float = 0.1
+
+
+@dataclass
+class ClassifierConfig:
+    """task=classifier: f_phi(y | x_t, t) on images noised by the run's forward process."""
+
+    noised: bool = True  # false: a plain classifier of clean images (t = 0, no noise)
+    buckets: int = 10  # accuracy reported per this many equal timestep ranges
+    num_classes: int | None = None  # written by the trainer: the data's number of classes
+
+
+@dataclass
+class GuidanceConfig:
+    name: str = MISSING  # none | classifier | cfg
+    scale: float = 1.0  # classifier: s; cfg: w (eps_u + w (eps_c - eps_u); 1 = conditional)
+    classifier: str | None = None  # classifier: the run directory of a task=classifier run
 
 
 @dataclass
@@ -141,6 +161,9 @@ class _Common:
 
 @dataclass
 class TrainConfig(_Common):
+    name: str = "${diffuse_run_name:${task}}"  # "default", or "classifier" for task=classifier
+    task: str = "diffusion"  # diffusion | classifier (a noisy classifier for guidance)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     loss: LossConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
@@ -149,6 +172,10 @@ class TrainConfig(_Common):
 @dataclass
 class SampleConfig(_Common):
     sampler: SamplerConfig = MISSING
+    guidance: GuidanceConfig = MISSING
+    # class-conditional sampling: "random" (uniform, seeded per sample), a list of labels that
+    # samples take in turn ([3] = all class 3), or null (unconditional: needs label dropout)
+    class_labels: Any = "random"
     steps: int | None = None  # None: the full chain, T steps
     num_samples: int = 64
     batch_size: int = 64

@@ -34,6 +34,11 @@ def stratified_timesteps(batch: int, edges: list[int], generator: torch.Generato
 
 
 @torch.no_grad()
+def label_kwargs(model, y: torch.Tensor, device) -> dict:
+    """{"y": labels} for a class-conditional network (its conditional loss), else {}."""
+    return {"y": y.to(device)} if getattr(model, "num_classes", None) else {}
+
+
 def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     ec = cfg.eval
     dataset = build_data(cfg, "test")
@@ -46,12 +51,19 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     total = min(ec.num_batches, len(loader)) * ec.repeats
     bar = tqdm(total=total, desc="eval", disable=not cfg.progress)
     for _ in range(ec.repeats):
-        for i, (x, _) in enumerate(loader):
+        for i, (x, y) in enumerate(loader):
             if i >= ec.num_batches:
                 break
             t, k = stratified_timesteps(x.shape[0], edges, g)
             noise = torch.randn(x.shape, generator=g)
-            losses = loss_fn(diffusion, model, x.to(device), t.to(device), noise=noise.to(device))
+            losses = loss_fn(
+                diffusion,
+                model,
+                x.to(device),
+                t.to(device),
+                noise=noise.to(device),
+                model_kwargs=label_kwargs(model, y, device),
+            )
             losses = losses["loss"]
             sums.index_add_(0, k, losses.double().cpu())
             counts.index_add_(0, k, torch.ones_like(losses, dtype=torch.float64).cpu())

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from diffuse_cli.build import build_data
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
+from diffuse_cli.evaluate.loss_report import label_kwargs
 from diffuse_cli.samplers import PerSampleNoise, as_noise_source
 
 
@@ -98,11 +99,14 @@ def held_out_nll(cfg: DictConfig, model, diffusion, device, rank: int = 0, world
     loader = DataLoader(Subset(dataset, indices), batch_size=ec.batch_size, shuffle=False)
     parts, start = [], indices.start
     bar = tqdm(total=len(indices), desc="nll", unit="img", disable=not (cfg.progress and rank == 0))
-    for x, _ in loader:
+    for x, y in loader:
         index = list(range(start, start + x.shape[0]))
         start += x.shape[0]
         noise = PerSampleNoise([example_seed(cfg.seed, i) for i in index], device)
-        result = nll_bpd(model, diffusion, quantize(x).to(device), generator=noise)
+        kwargs = label_kwargs(model, y, device)  # a conditional model: -log p(x | y)
+        result = nll_bpd(
+            model, diffusion, quantize(x).to(device), generator=noise, model_kwargs=kwargs
+        )
         parts.append({k: v.cpu() for k, v in result.items()} | {"index": torch.tensor(index)})
         bar.update(x.shape[0])
     bar.close()

@@ -45,7 +45,7 @@ class MLP(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
         )
-        self.label_embed = nn.Embedding(num_classes, hidden) if num_classes else None
+        self.label_embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None  # + null
         self.in_proj = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(MLPBlock(hidden) for _ in range(num_layers))
         self.out_norm = nn.LayerNorm(hidden)

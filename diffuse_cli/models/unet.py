@@ -176,27 +176,19 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
-class UNet(nn.Module):
-    """Timestep- (and optionally class-) conditioned UNet: x [B, C, H, W], t int64 [B] (original
-    timesteps 0..T-1), y int64 [B] labels -> [B, out_channels, H, W].
+class UNetEncoder(nn.Module):
+    """The encoder half of the UNet: the timestep (and label) embedding, the input blocks and the
+    middle block. The UNet adds the decoder on top; the noisy-image classifier of ADM (Dhariwal &
+    Nichol 2021, sec. 4) adds a pooling head instead. Arguments as in UNet.
 
-    The encoder has `num_res_blocks` residual blocks per resolution and the decoder one more
-    (that one consumes the skip of the downsampling layer); the middle block is
-    resblock-attention-resblock. `attention_resolutions` lists feature-map sizes in pixels
-    (16 = the 16x16 maps). The output convolution is zero-initialised, so the untrained
-    network predicts 0. `out_channels` is twice the data channels when the variance is learned.
-
-    Two options change how the network runs, not what it computes: `use_checkpoint` recomputes
-    each block's activations in the backward pass (torch.utils.checkpoint, non-reentrant, same
-    dropout masks) to save memory while training; `channels_last` stores the 4-D weights and
-    runs the activations in channels_last (NHWC) memory format, which convolution kernels on
-    GPUs with tensor cores and on recent CPUs prefer. State dicts keep the same keys and values.
+    With `num_classes` the label embedding has num_classes + 1 rows: row `num_classes` is the
+    learned null label that classifier-free guidance trains with label dropout (Ho & Salimans
+    2022) and samples the unconditional branch with.
     """
 
     def __init__(
         self,
         in_channels: int = 3,
-        out_channels: int = 3,
         model_channels: int = 128,
         channel_mult: Sequence[int] = (1, 2, 2, 2),
         num_res_blocks: int = 2,
@@ -227,12 +219,14 @@ class UNet(nn.Module):
                 f"valid sizes are {resolutions}"
             )
         self.in_channels = in_channels
-        self.out_channels = out_channels
         self.model_channels = model_channels
         self.image_size = image_size
         self.num_classes = num_classes
         self.use_checkpoint = use_checkpoint
         self.channels_last = channels_last
+        self.resolutions = resolutions
+        self.channel_mult, self.num_res_blocks = tuple(channel_mult), num_res_blocks
+        self.resblock_updown = resblock_updown
         emb_channels = 4 * model_channels
 
         self.time_embed = nn.Sequential(
@@ -240,47 +234,118 @@ class UNet(nn.Module):
             nn.SiLU(),
             nn.Linear(emb_channels, emb_channels),
         )
-        self.label_embed = nn.Embedding(num_classes, emb_channels) if num_classes else None
+        self.label_embed = nn.Embedding(num_classes + 1, emb_channels) if num_classes else None
 
-        def res(cin: int, cout: int, up: bool = False, down: bool = False) -> ResBlock:
-            return ResBlock(
-                cin, cout, emb_channels, dropout, use_scale_shift_norm, up, down, residual_rescale
-            )
-
-        def attn(channels: int) -> AttentionBlock:
-            return AttentionBlock(channels, num_heads, num_head_channels, residual_rescale)
-
-        def with_attention(block: ResBlock, channels: int, level: int) -> list[nn.Module]:
-            return (
-                [block, attn(channels)] if resolutions[level] in attention_resolutions else [block]
-            )
-
+        self._block_options = dict(
+            emb_channels=emb_channels,
+            dropout=dropout,
+            scale_shift=use_scale_shift_norm,
+            rescale=residual_rescale,
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            attention_resolutions=tuple(attention_resolutions),
+        )
+        res, with_attention = self.res_block, self.with_attention
         ch = model_channels
         self.input_blocks = nn.ModuleList(
             [EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))]
         )
-        skip_channels = [ch]
+        self.skip_channels = [ch]
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
                 block = res(ch, mult * model_channels)
                 ch = mult * model_channels
                 self.input_blocks.append(EmbedSequential(*with_attention(block, ch, level)))
-                skip_channels.append(ch)
+                self.skip_channels.append(ch)
             if level != levels - 1:
                 down = res(ch, ch, down=True) if resblock_updown else Downsample(ch)
                 self.input_blocks.append(EmbedSequential(down))
-                skip_channels.append(ch)
+                self.skip_channels.append(ch)
 
-        self.middle_block = EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+        self.middle_block = EmbedSequential(res(ch, ch), self.attention(ch), res(ch, ch))
+        self.encoder_channels = ch
 
+    def res_block(self, cin: int, cout: int, up: bool = False, down: bool = False) -> ResBlock:
+        o = self._block_options
+        return ResBlock(
+            cin, cout, o["emb_channels"], o["dropout"], o["scale_shift"], up, down, o["rescale"]
+        )
+
+    def attention(self, channels: int) -> "AttentionBlock":
+        o = self._block_options
+        return AttentionBlock(channels, o["num_heads"], o["num_head_channels"], o["rescale"])
+
+    def with_attention(self, block: ResBlock, channels: int, level: int) -> list[nn.Module]:
+        """[block], followed by attention when level's resolution is in attention_resolutions."""
+        if self.resolutions[level] in self._block_options["attention_resolutions"]:
+            return [block, self.attention(channels)]
+        return [block]
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The block conditioning: time embedding plus the label embedding (label
+        `num_classes` is the null label)."""
+        emb = self.time_embed(
+            timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)
+        )
+        if self.label_embed is not None:
+            if y is None:
+                raise ValueError(
+                    f"this network is class-conditional: pass labels y (0..{self.num_classes - 1}"
+                    f", or {self.num_classes} for the null label)"
+                )
+            return emb + self.label_embed(y)
+        if y is not None:
+            raise ValueError("labels y were given to an unconditional network (num_classes=None)")
+        return emb
+
+    def encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """(the middle block's output, the skip activations of every input block)."""
+        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        skips = []
+        for block in self.input_blocks:
+            h = self._run(block, h, emb)
+            skips.append(h)
+        return self._run(self.middle_block, h, emb), skips
+
+    def _run(self, block: EmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Run one block, through gradient checkpointing when it is on and gradients are taken."""
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
+
+class UNet(UNetEncoder):
+    """Timestep- (and optionally class-) conditioned UNet: x [B, C, H, W], t int64 [B] (original
+    timesteps 0..T-1), y int64 [B] labels -> [B, out_channels, H, W].
+
+    The encoder has `num_res_blocks` residual blocks per resolution and the decoder one more
+    (that one consumes the skip of the downsampling layer); the middle block is
+    resblock-attention-resblock. `attention_resolutions` lists feature-map sizes in pixels
+    (16 = the 16x16 maps). The output convolution is zero-initialised, so the untrained
+    network predicts 0. `out_channels` is twice the data channels when the variance is learned.
+
+    Two options change how the network runs, not what it computes: `use_checkpoint` recomputes
+    each block's activations in the backward pass (torch.utils.checkpoint, non-reentrant, same
+    dropout masks) to save memory while training; `channels_last` stores the 4-D weights and
+    runs the activations in channels_last (NHWC) memory format, which convolution kernels on
+    GPUs with tensor cores and on recent CPUs prefer. State dicts keep the same keys and values.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, **kwargs):
+        super().__init__(in_channels, **kwargs)
+        self.out_channels = out_channels
+        res, with_attention = self.res_block, self.with_attention
+        model_channels, num_res_blocks = self.model_channels, self.num_res_blocks
+        skip_channels = list(self.skip_channels)
+        ch = self.encoder_channels
         self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
             for i in range(num_res_blocks + 1):
                 block = res(ch + skip_channels.pop(), mult * model_channels)
                 ch = mult * model_channels
                 layers = with_attention(block, ch, level)
                 if level and i == num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch))
+                    layers.append(res(ch, ch, up=True) if self.resblock_updown else Upsample(ch))
                 self.output_blocks.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(
@@ -288,34 +353,14 @@ class UNet(nn.Module):
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
-        if channels_last:
+        if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        emb = self.time_embed(
-            timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)
-        )
-        if self.label_embed is not None:
-            if y is None:
-                raise ValueError("this UNet is class-conditional: pass labels y")
-            emb = emb + self.label_embed(y)
-        elif y is not None:
-            raise ValueError("labels y were given to an unconditional UNet (num_classes=None)")
-
-        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-        skips = []
-        for block in self.input_blocks:
-            h = self._run(block, h, emb)
-            skips.append(h)
-        h = self._run(self.middle_block, h, emb)
+        emb = self.embed(t, y)
+        h, skips = self.encode(x, emb)
         for block in self.output_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
-
-    def _run(self, block: EmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """Run one block, through gradient checkpointing when it is on and gradients are taken."""
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, use_reentrant=False)
-        return block(h, emb)

@@ -34,6 +34,7 @@ def ddpm(
     clip_denoised: bool = True,
     model_kwargs: dict | None = None,
     progress: bool = False,
+    cond_fn=None,
 ) -> torch.Tensor:
     """Ancestral sampling: x_{t-1} ~ p(x_{t-1} | x_t) = N(mean, sigma_t^2 I) (Ho et al. 2020,
     Algorithm 2, with the mean of eq. 6-7 at the predicted x0), no noise at the last step.
@@ -51,6 +52,9 @@ def ddpm(
         clip_denoised: clip the predicted x0 to [-1, 1] at every step.
         model_kwargs: extra model arguments (e.g. class labels y).
         progress: show a tqdm progress bar.
+        cond_fn: classifier guidance (Dhariwal & Nichol 2021, Algorithm 1): cond_fn(x_t,
+            original timesteps, **model_kwargs) -> s grad log p(y | x_t), which shifts each mean
+            by Sigma times it.
 
     Returns:
         x_0, a tensor like x_T.
@@ -62,7 +66,11 @@ def ddpm(
     x = x_T
     for i, t in reverse_indices(sub, x, progress):
         out = sub.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-        x = out["mean"]
+        mean = out["mean"]
+        if cond_fn is not None:
+            shift = cond_fn(x, sub.model_timesteps(t), **(model_kwargs or {}))
+            mean = mean + torch.exp(out["log_variance"]) * shift
+        x = mean
         if i > 0:
             x = x + torch.exp(0.5 * out["log_variance"]) * noise.randn_like(x)
     return x

@@ -12,11 +12,22 @@ image by its index). A plain torch.Generator or None (the global RNG) is adapted
 from collections.abc import Sequence
 from numbers import Integral
 
+import numpy as np
 import torch
+
+SEED_BITS = 128
+
+
+def seeded_generator(seed: int) -> np.random.Generator:
+    """A PCG64 stream keyed by all bits of `seed` (any int; reduced mod 2^128). torch's CPU
+    generator keeps only the low 32 bits of a seed (its Mersenne Twister is seeded with 32
+    bits), so seeds such as (run seed << 32) + index would collide across run seeds."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed % (1 << SEED_BITS))))
 
 
 class PerSampleNoise:
-    """One CPU torch.Generator per sample; row i of every draw comes only from seed i's stream.
+    """One random stream per sample (seeded_generator); row i of every draw comes only from
+    seed i's stream.
 
     Noise is drawn in float32 on the CPU (so a seed gives the same numbers on any machine and for
     any dtype) and then moved and cast.
@@ -32,7 +43,7 @@ class PerSampleNoise:
             raise ValueError("PerSampleNoise needs at least one seed.")
         self.seeds = seeds
         self.device = torch.device(device)
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.generators = [seeded_generator(s) for s in seeds]
 
     @property
     def batch_size(self) -> int:
@@ -40,8 +51,9 @@ class PerSampleNoise:
 
     def randn(self, shape_per_sample, dtype=torch.float32) -> torch.Tensor:
         """Standard normal noise [B, *shape_per_sample]; row i drawn from generator i."""
-        rows = [torch.randn(tuple(shape_per_sample), generator=g) for g in self.generators]
-        return torch.stack(rows).to(device=self.device, dtype=dtype)
+        shape = tuple(shape_per_sample)
+        rows = np.stack([g.standard_normal(shape, dtype=np.float32) for g in self.generators])
+        return torch.from_numpy(rows).to(device=self.device, dtype=dtype)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Standard normal noise with x's shape [B, ...], dtype and device."""

@@ -21,7 +21,12 @@ def save_training_preview(
     steps = min(cfg.trainer.sample_steps, diffusion.num_timesteps)
     noise = PerSampleNoise(list(range(n)), device)
     x_T = noise.randn(tuple(shape))
-    x0 = get_sampler("ddpm")(ema_model, diffusion, x_T, steps=steps, noise=noise)
+    kwargs = {}
+    if getattr(ema_model, "num_classes", None):  # class i % K in grid cell i: one class a row
+        kwargs = {"y": torch.arange(n, device=device) % ema_model.num_classes}
+    x0 = get_sampler("ddpm")(
+        ema_model, diffusion, x_T, steps=steps, noise=noise, model_kwargs=kwargs
+    )
     out = Path(run_dir) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"step_{step:08d}.png"

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from diffuse_cli.build import build_data, build_diffusion, build_loss, build_model, data_shape
+from diffuse_cli.build import build_data, data_shape
 from diffuse_cli.data import random_hflip
 from diffuse_cli.diffusion import get_timestep_sampler
 from diffuse_cli.errors import UserError
@@ -32,6 +32,7 @@ from diffuse_cli.train.checkpoint import (
 from diffuse_cli.train.ema import EMA
 from diffuse_cli.train.loggers import MetricsFile, make_logger
 from diffuse_cli.train.preview import save_training_preview
+from diffuse_cli.train.tasks import make_task
 from diffuse_cli.train.validate import check_resumable, validate_train_config
 
 
@@ -51,10 +52,10 @@ class Trainer:
         self.run_dir = hydra_output_dir() or Path(cfg.run_dir)
         self.accelerator = self._setup_accelerator()
         check_resumable(cfg, self.run_dir)
-        self.diffusion = build_diffusion(cfg)
-        self.loss = build_loss(cfg)
-        self.timesteps = get_timestep_sampler(cfg.loss.timesteps, self.diffusion.num_timesteps)
         self.dataset = build_data(cfg, "train")
+        self.task = make_task(cfg, self.dataset)
+        self.diffusion = self.task.diffusion
+        self.timesteps = get_timestep_sampler(cfg.loss.timesteps, self.diffusion.num_timesteps)
         self._setup_model()
         self._setup_optimizer()
         self.start_step = self._resume()
@@ -80,7 +81,7 @@ class Trainer:
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.seed)
-        model = build_model(self.cfg)
+        model = self.task.build_model()
         self.ema = EMA(model, self.tc.ema_decay)
         self.ema.model.to(self.accelerator.device)
         self.model = model
@@ -142,6 +143,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resolved = OmegaConf.to_container(self.cfg, resolve=True)
             resolved["run_dir"] = str(self.run_dir)
+            if self.task.name == "classifier":
+                resolved["classifier"]["num_classes"] = self.task.num_classes
             OmegaConf.save(OmegaConf.create(resolved), self.run_dir / CONFIG_FILE)
             OmegaConf.save(OmegaConf.create(hydra_overrides()), self.run_dir / "overrides.yaml")
         self.accelerator.wait_for_everyone()
@@ -159,15 +162,16 @@ class Trainer:
         total = torch.zeros((), device=acc.device)
         grad_norm = torch.zeros((), device=acc.device)
         for micro in range(self.tc.grad_accum):
-            x, _ = next(batches)
+            x, y = next(batches)
             x = x.to(acc.device, non_blocking=True)
+            y = y.to(acc.device, non_blocking=True)
             seed = step_seed(self.cfg.seed, step, micro, rank)
             torch.manual_seed(seed)  # timesteps, noise and dropout of this micro-batch
             if self.cfg.data.hflip and x.dim() == 4:
                 x = random_hflip(x, torch.Generator(x.device).manual_seed(seed))
             with acc.accumulate(self.model):
                 t, weights = self.timesteps.sample(x.shape[0], acc.device)
-                losses = self.loss(self.diffusion, self.model, x, t)
+                losses = self.task.losses(self.model, x, y, t)
                 loss = (losses["loss"] * weights).mean()
                 acc.backward(loss)
                 if acc.sync_gradients:
@@ -177,6 +181,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             if self.timesteps.needs_losses:  # the same history on every process
                 self.timesteps.update(acc.gather(t), acc.gather(losses["vlb"].detach()))
+            if "correct" in losses:
+                self.task.observe(acc.gather(t), {"correct": acc.gather(losses["correct"])})
             total += loss.detach() / self.tc.grad_accum
         if not torch.isfinite(total):
             raise UserError(
@@ -216,7 +222,7 @@ class Trainer:
                     seen, tick = 0, time.perf_counter()
                 if step % tc.ckpt_every == 0 or step == tc.max_steps:
                     self.save(step)
-                if step % tc.sample_every == 0 or step == tc.max_steps:
+                if self.task.has_preview and (step % tc.sample_every == 0 or step == tc.max_steps):
                     self.preview(step)
         finally:
             bar.close()
@@ -236,6 +242,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "img_per_s": img_per_s,
             "world_size": self.accelerator.num_processes,
+            **self.task.summary(),
         }
         self.metrics.log(row)
         self.logger.log({k: v for k, v in row.items() if k != "step"}, step=step)

@@ -33,6 +33,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in POSITIVE:
         if not tc[key] > 0:
             raise UserError(f"trainer.{key}={tc[key]} must be > 0")
+    if cfg.task not in ("diffusion", "classifier"):
+        raise UserError(f"task={cfg.task!r} is not one of: diffusion, classifier")
+    if not 0.0 <= tc.label_dropout < 1.0:
+        raise UserError(f"trainer.label_dropout={tc.label_dropout} must be in [0, 1)")
     if not 0.0 <= tc.ema_decay < 1.0:
         raise UserError(f"trainer.ema_decay={tc.ema_decay} must be in [0, 1)")
     if cfg.schedule.num_timesteps < 1:
@@ -76,6 +80,11 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
     if latest_checkpoint(run_dir) is None or not saved.is_file():
         return
     old = OmegaConf.load(saved)
+    if old.get("task", "diffusion") != cfg.task:
+        raise UserError(
+            f"'{run_dir}' holds a task={old.get('task', 'diffusion')} run, not task={cfg.task}; "
+            "refusing to mix them: pick another name= or run_dir="
+        )
     for key in RESUME_KEYS:
         ours = OmegaConf.to_container(cfg[key], resolve=True)
         theirs = OmegaConf.to_container(old[key], resolve=True) if key in old else None

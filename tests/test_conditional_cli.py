@@ -1,0 +1,151 @@
+"""Conditional generation end to end: a class-conditional model and a noisy classifier trained
+through the CLI for a few steps, sampled with each kind of guidance; and the errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, run_cli
+
+import diffuse_cli as dc
+from diffuse_cli.errors import UserError
+from diffuse_cli.generate import sample_command
+
+QUICK = ["num_samples=6", "batch_size=4", "steps=5", "progress=false"]
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """runs/default: conditional on the 4 shape classes; runs/classifier: its noisy classifier."""
+    cwd = tmp_path_factory.mktemp("conditional")
+    run_cli("train", *TINY, "model.num_classes=4", cwd=cwd)
+    clf = run_cli("train", "task=classifier", *TINY, cwd=cwd)
+    return cwd, clf
+
+
+def sample(cwd: Path, *overrides: str) -> Path:
+    cfg = dc.compose_config([f"run_dir={cwd / 'runs' / 'default'}", *QUICK, *overrides], "sample")
+    return sample_command(cfg)
+
+
+def test_classifier_run_reports_accuracy_by_timestep(runs):
+    import json
+
+    cwd, _ = runs
+    run = cwd / "runs" / "classifier"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= rows[-1]["accuracy"] <= 1.0
+    assert any(k.startswith("accuracy_t") for k in rows[-1])
+    saved = dc.compose_config([], "train")  # a classifier knows its classes after training
+    cfg, classifier = dc.load_classifier(run)
+    assert cfg.task == "classifier" and cfg.classifier.num_classes == 4
+    assert classifier.num_outputs == 4 and saved.task == "diffusion"
+    assert not (run / "samples").exists()  # no sample grids for a classifier
+
+
+def test_labels_are_saved_and_taken_in_turn(runs):
+    cwd, _ = runs
+    out = sample(cwd, "class_labels=[3,1]")
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].shape == (6, 16, 16, 3) and npz["arr_0"].dtype == np.uint8
+        assert npz["arr_1"].tolist() == [3, 1, 3, 1, 3, 1]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("guidance=cfg", "guidance.scale=3"),
+        ("guidance=classifier", "guidance.scale=2"),
+        ("guidance=classifier", "sampler=ddim"),
+    ],
+)
+def test_each_guidance_samples_with_random_labels(runs, overrides):
+    cwd, _ = runs
+    out = sample(cwd, *overrides)
+    assert out.name.endswith(overrides[0].split("=")[1] + overrides[1].split("=")[1]) or (
+        "ddim" in out.name
+    )
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].shape == (6, 16, 16, 3)
+        labels = npz["arr_1"]
+    assert labels.shape == (6,) and ((labels >= 0) & (labels < 4)).all()
+    with np.load(sample(cwd, "batch_size=6", *overrides) / "samples.npz") as npz:
+        assert np.array_equal(npz["arr_1"], labels)  # labels do not depend on the batch size
+
+
+def test_unconditional_sampling_of_a_label_dropout_model(runs):
+    cwd, _ = runs
+    out = sample(cwd, "class_labels=null")
+    assert out.name.endswith("-unconditional")
+    with np.load(out / "samples.npz") as npz:
+        assert "arr_1" not in npz.files
+
+
+def test_guided_sampling_through_the_cli(runs):
+    cwd, _ = runs
+    proc = run_cli("sample", "guidance=classifier", "class_labels=[2]", *QUICK, cwd=cwd)
+    assert "classifier guidance x1" in proc.stdout and "network evaluations" in proc.stdout
+    with np.load(cwd / "runs/default/samples/ddpm-5-classifier1/samples.npz") as npz:
+        assert npz["arr_1"].tolist() == [2] * 6
+
+
+def test_eval_of_a_conditional_run_uses_its_labels(runs):
+    cwd, _ = runs
+    run_cli("eval", "eval.num_batches=1", "progress=false", cwd=cwd)
+    assert (cwd / "runs/default/eval/loss.json").is_file()
+
+
+def test_a_classifier_for_another_schedule_is_refused(runs, tmp_path):
+    cwd, _ = runs
+    run_cli("train", "task=classifier", "name=cosine_clf", "schedule=cosine", *TINY, cwd=cwd)
+    before = checksums(cwd / "runs")
+    proc = run_cli(
+        "sample", "guidance=classifier", "guidance.classifier=runs/cosine_clf", *QUICK,
+        cwd=cwd, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "another noise schedule (schedule.name='linear' (classifier: 'cosine')" in proc.stderr
+    assert checksums(cwd / "runs") == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("guidance=classifier", "guidance.classifier=runs/nowhere"), "no run found in"),
+        (("guidance=classifier", "guidance.classifier=runs/default"), "is not a classifier run"),
+        (("guidance=classifier", "guidance.classifier=null"), "needs guidance.classifier="),
+        (("guidance=cfg", "class_labels=null"), "class_labels=null has none"),
+        (("class_labels=[7]",), "[7] are not class indices 0..3"),
+        (("run_dir=runs/classifier",), "not a diffusion model"),
+    ],
+)
+def test_guidance_errors(runs, overrides, message):
+    cwd, _ = runs
+    before = checksums(cwd / "runs")
+    overrides = [o if "runs/" not in o or "=" not in o else o for o in overrides]
+    cfg = dc.compose_config(
+        [f"run_dir={cwd / 'runs' / 'default'}", *QUICK]
+        + [o.replace("runs/", f"{cwd}/runs/") for o in overrides],
+        "sample",
+    )
+    with pytest.raises(UserError) as err:
+        sample_command(cfg)
+    assert message in str(err.value)
+    assert checksums(cwd / "runs") == before
+
+
+def test_classifier_needs_labelled_data(cli):
+    proc = cli("train", "task=classifier", "data=swiss_roll", "model=mlp", *TINY[-10:], check=False)
+    assert proc.returncode == 2 and "data=swiss_roll has no class labels" in proc.stderr
+    assert "Traceback" not in proc.stderr
