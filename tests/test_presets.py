@@ -106,3 +106,35 @@ def test_adm_experiment_presets_hold_the_published_settings(compose, experiment)
         model = build_model(cfg)
     _, _, published = PUBLISHED[experiment]
     assert abs(count(model) - published) / published < 0.01
+
+
+def test_class_conditional_adm_preset_trains_on_labelled_data(compose, tmp_path):
+    """The ADM ImageNet presets are class-conditional (1000 classes): the trainer must hand the
+    data's labels to the network. Shrunk to CPU size; the labelled shapes data (4 classes)
+    stands in for ImageNet."""
+    from diffuse_cli.train.trainer import train
+
+    cfg = compose(
+        [
+            "experiment=adm_imagenet64",
+            "data=shapes",
+            "data.image_size=16",
+            "data.num_train=16",
+            "model.image_size=null",
+            "model.model_channels=16",
+            "model.channel_mult=[1,2]",
+            "model.num_res_blocks=1",
+            "model.attention_resolutions=[8]",
+            "model.num_head_channels=8",
+            "trainer.batch_size=4",
+            "trainer.max_steps=2",
+            "trainer.sample_every=100",
+            "trainer.sample_num=2",
+            "trainer.sample_steps=2",
+            "trainer.progress=false",
+            f"run_dir={tmp_path}",
+        ]
+    )
+    assert cfg.model.num_classes == 1000 and cfg.trainer.label_dropout == 0.0
+    train(cfg)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000002"
