@@ -43,7 +43,7 @@ def _task(command: str):
             if cfg.get("debug", False):
                 raise
             print(f"diffuse {command}: error: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(getattr(err, "exit_code", 2))
         except KeyboardInterrupt:
             print(f"diffuse {command}: interrupted", file=sys.stderr)
             sys.exit(130)

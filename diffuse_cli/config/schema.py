@@ -110,6 +110,7 @@ class TrainerConfig:
     # class-conditional models: probability of training a batch element with the null label
     # instead of its own, so the model also learns p(x) (classifier-free guidance)
     label_dropout: float = 0.1
+    max_bad_steps: int = 10  # stop after this many steps in a row with non-finite gradients
 
 
 @dataclass

@@ -64,18 +64,27 @@ def save_checkpoint(
     `timestep_state` (tensors; written only when non-empty) is the training timestep sampler's.
     """
     root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_contiguous(model_state), tmp / MODEL)
-    save_file(_contiguous(ema_state), tmp / EMA)
-    torch.save(optimizer_state, tmp / OPTIMIZER)
-    if timestep_state:
-        save_file(_contiguous(timestep_state), tmp / TIMESTEPS)
-    (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
-    _fsync_files(tmp)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(_contiguous(model_state), tmp / MODEL)
+        save_file(_contiguous(ema_state), tmp / EMA)
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+        if timestep_state:
+            save_file(_contiguous(timestep_state), tmp / TIMESTEPS)
+        (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
+        _fsync_files(tmp)
+    except OSError as err:  # e.g. no space left: nothing but the temporary folder was touched
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        kept = f"'{previous}' is intact" if previous else "there is no earlier checkpoint"
+        raise UserError(
+            f"could not write checkpoint {name} in '{root}' ({err.strerror or err}); {kept}; "
+            "fix the cause (free disk space, permissions) and run the same command to resume"
+        ) from err
     final = root / name
     if final.exists():  # re-saving the same step: move the old one aside first
         old = root / f".old-{name}"

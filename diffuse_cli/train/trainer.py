@@ -9,6 +9,7 @@ with the same gathered (t, loss) pairs after each micro-batch).
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from diffuse_cli.build import build_data, data_shape
 from diffuse_cli.data import random_hflip
 from diffuse_cli.diffusion import get_timestep_sampler
-from diffuse_cli.errors import UserError
+from diffuse_cli.errors import Interrupted, UserError
 from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides
 from diffuse_cli.train.batches import StepBatchSampler
 from diffuse_cli.train.checkpoint import (
@@ -38,6 +39,43 @@ from diffuse_cli.train.validate import check_resumable, validate_train_config
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 (Slurm's warning before a time limit or pre-emption) ask the
+    loop to stop after the current step, with a checkpoint. A second SIGINT stops at once
+    (KeyboardInterrupt). Under several processes the request is shared, so all stop at the same
+    step; outside the main thread (no signal handlers there) nothing is installed."""
+
+    SIGNALS = tuple(
+        s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s
+    )
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        try:
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread
+            self.restore()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+    def received(self, accelerator) -> int:
+        """The signal number asked to stop (on any process), else 0."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor(self.signum, device=accelerator.device)
+        return int(accelerator.reduce(flag, "max"))
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
 
 
 def train(cfg: DictConfig) -> Path:
@@ -59,6 +97,7 @@ class Trainer:
         self._setup_model()
         self._setup_optimizer()
         self.start_step = self._resume()
+        self.skipped_steps = 0
         self._write_config()
         self.loader = self._setup_data()
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl", self.start_step)
@@ -154,13 +193,19 @@ class Trainer:
         warm = self.tc.warmup_steps
         return self.tc.lr * min(1.0, (step + 1) / warm) if warm > 0 else self.tc.lr
 
-    def train_step(self, step: int, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step over grad_accum micro-batches; returns (loss, grad norm)."""
+    def train_step(self, step: int, batches) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, grad norm, skipped).
+
+        A step whose gradient norm is not finite is skipped: no update, no EMA update (with fp16
+        the loss scaler makes the same decision and lowers its scale). The norm is that of the
+        gradients after they are synchronized, so every process decides alike.
+        """
         acc, rank = self.accelerator, self.accelerator.process_index
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         total = torch.zeros((), device=acc.device)
         grad_norm = torch.zeros((), device=acc.device)
+        skipped = False
         for micro in range(self.tc.grad_accum):
             x, y = next(batches)
             x = x.to(acc.device, non_blocking=True)
@@ -177,21 +222,20 @@ class Trainer:
                 if acc.sync_gradients:
                     clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
                     grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
-                self.optimizer.step()
+                    skipped = acc.scaler is None and not bool(torch.isfinite(grad_norm))
+                if not skipped:
+                    self.optimizer.step()
+                if acc.sync_gradients and acc.scaler is not None:
+                    skipped = acc.optimizer_step_was_skipped
                 self.optimizer.zero_grad(set_to_none=True)
             if self.timesteps.needs_losses:  # the same history on every process
                 self.timesteps.update(acc.gather(t), acc.gather(losses["vlb"].detach()))
             if "correct" in losses:
                 self.task.observe(acc.gather(t), {"correct": acc.gather(losses["correct"])})
             total += loss.detach() / self.tc.grad_accum
-        if not torch.isfinite(total):
-            raise UserError(
-                f"the loss became {total.item()} at step {step}; lower trainer.lr "
-                "or use trainer.mixed_precision=no, then resume from the last "
-                "checkpoint"
-            )
-        self.ema.update(acc.unwrap_model(self.model))
-        return total, grad_norm
+        if not skipped:
+            self.ema.update(acc.unwrap_model(self.model))
+        return total, grad_norm, skipped
 
     def fit(self) -> Path:
         acc, tc = self.accelerator, self.tc
@@ -205,32 +249,62 @@ class Trainer:
             desc=f"train {self.cfg.name}",
         )
         loss_sum = torch.zeros((), device=acc.device)
-        seen, tick, step = 0, time.perf_counter(), self.start_step
+        seen, window, tick, step = 0, 0, time.perf_counter(), self.start_step
+        bad_in_a_row, saved = 0, self.start_step
+        stop = StopSignals()
         try:
             while step < tc.max_steps:
-                loss, grad_norm = self.train_step(step, batches)
+                loss, grad_norm, skipped = self.train_step(step, batches)
                 step += 1
-                loss_sum += loss
-                seen += 1
+                window += 1
                 bar.update(1)
+                if skipped:
+                    self.skipped_steps += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= tc.max_bad_steps:
+                        raise self._diverged(step, loss)
+                else:
+                    bad_in_a_row = 0
+                    loss_sum += loss
+                    seen += 1
                 if step % tc.log_every == 0 or step == tc.max_steps:
-                    mean_loss = acc.reduce(loss_sum / seen, "mean").item()
-                    rate = seen * tc.batch_size / (time.perf_counter() - tick)
+                    mean_loss = acc.reduce(loss_sum / max(seen, 1), "mean").item()
+                    rate = window * tc.batch_size / (time.perf_counter() - tick)
                     self._log(step, mean_loss, float(grad_norm), rate)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
                     loss_sum.zero_()
-                    seen, tick = 0, time.perf_counter()
+                    seen, window, tick = 0, 0, time.perf_counter()
                 if step % tc.ckpt_every == 0 or step == tc.max_steps:
                     self.save(step)
+                    saved = step
                 if self.task.has_preview and (step % tc.sample_every == 0 or step == tc.max_steps):
                     self.preview(step)
+                signum = stop.received(acc)
+                if signum:
+                    if saved != step:
+                        self.save(step)
+                    raise Interrupted(
+                        f"stopped by {signal.Signals(signum).name} at step {step}; the checkpoint "
+                        f"of step {step} is in '{self.run_dir}'; run the same command to resume",
+                        128 + signum,
+                    )
         finally:
+            stop.restore()
             bar.close()
             if self.logger is not None:
                 self.logger.finish()
         acc.wait_for_everyone()
         acc.end_training()
         return self.run_dir
+
+    def _diverged(self, step: int, loss: torch.Tensor) -> UserError:
+        last = latest_checkpoint(self.run_dir)
+        where = f"the last checkpoint is '{last}'" if last else "no checkpoint was written yet"
+        return UserError(
+            f"the loss or its gradients were not finite for {self.tc.max_bad_steps} steps in a "
+            f"row (last: step {step}, loss {loss.item():.4g}); lower trainer.lr, raise "
+            f"trainer.warmup_steps or use trainer.mixed_precision=no; {where}"
+        )
 
     def _log(self, step: int, loss: float, grad_norm: float, img_per_s: float) -> None:
         if not self.is_main:
@@ -242,6 +316,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "img_per_s": img_per_s,
             "world_size": self.accelerator.num_processes,
+            "skipped_steps": self.skipped_steps,
             **self.task.summary(),
         }
         self.metrics.log(row)
@@ -250,6 +325,14 @@ class Trainer:
     def save(self, step: int) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        model = acc.unwrap_model(self.model)
+        for name, weights in (("weights", model), ("EMA weights", self.ema.model)):
+            if not all(bool(torch.isfinite(p).all()) for p in weights.parameters()):
+                last = latest_checkpoint(self.run_dir)
+                raise UserError(
+                    f"the {name} are not finite at step {step}; no checkpoint was written "
+                    f"(the latest is still '{last}'); lower trainer.lr and resume"
+                )
         if self.is_main:
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
             save_checkpoint(

@@ -22,6 +22,7 @@ POSITIVE = (
     "log_every",
     "sample_num",
     "sample_steps",
+    "max_bad_steps",
 )
 
 

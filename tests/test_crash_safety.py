@@ -1,0 +1,185 @@
+"""Nothing a crash, a signal, a non-finite loss or a full disk does may lose more than the steps
+since the last checkpoint, or leave a checkpoint that cannot be resumed."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+from safetensors.torch import load_file
+
+from diffuse_cli.errors import UserError
+from diffuse_cli.train import checkpoint as ckpt
+from diffuse_cli.train.checkpoint import latest_checkpoint, save_checkpoint
+from diffuse_cli.train.trainer import Trainer
+
+QUIET = [*TINY, "trainer.sample_every=1000"]
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def nan_on(trainer: Trainer, calls: set[int]):
+    """Make the task's loss NaN on the given (0-based) calls, i.e. training steps."""
+    losses, count = trainer.task.losses, [0]
+
+    def patched(*args, **kwargs):
+        out = losses(*args, **kwargs)
+        if count[0] in calls:
+            out = {**out, "loss": out["loss"] * float("nan")}
+        count[0] += 1
+        return out
+
+    trainer.task.losses = patched
+
+
+def test_non_finite_steps_are_skipped_and_counted(compose, tmp_path):
+    trainer = Trainer(compose([*QUIET, "trainer.max_steps=6", f"run_dir={tmp_path}"]))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    nan_on(trainer, {0, 1, 3})
+    trainer.fit()
+    last = rows(tmp_path)[-1]
+    assert last["skipped_steps"] == 3 and last["step"] == 6
+    weights = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert any(not torch.equal(weights[k], before[k]) for k in weights)  # 3 good steps moved them
+
+
+def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_checkpoint(compose, tmp_path):
+    cfg = compose([*QUIET, "trainer.max_steps=8", "trainer.max_bad_steps=3", f"run_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    nan_on(trainer, set(range(2, 100)))
+    with pytest.raises(UserError, match="not finite for 3 steps in a row") as err:
+        trainer.fit()
+    # steps 3 and 4 were skipped, so step 4's checkpoint holds step 2's weights (all finite);
+    # step 5 is the third bad step in a row and stops the run before anything else is written
+    assert latest_checkpoint(tmp_path).name == "step_00000004"
+    assert "last: step 5" in str(err.value) and "step_00000004'" in str(err.value)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(compose, tmp_path):
+    trainer = Trainer(compose([*QUIET, "trainer.max_steps=2", f"run_dir={tmp_path}"]))
+    trainer.fit()
+    before = checksums(tmp_path / "checkpoints")
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("inf"))
+    with pytest.raises(UserError, match="weights are not finite at step 3; no checkpoint"):
+        trainer.save(3)
+    assert checksums(tmp_path / "checkpoints") == before
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    state = {"w": torch.ones(3)}
+    save_checkpoint(tmp_path, 1, state, state, {"state": {}, "param_groups": []}, {})
+    before = checksums(tmp_path)
+    real, calls = ckpt.save_file, []
+
+    def full(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the EMA file of the next checkpoint
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(UserError) as err:
+        save_checkpoint(tmp_path, 2, state, state, {"state": {}, "param_groups": []}, {})
+    message = str(err.value)
+    assert "could not write checkpoint step_00000002" in message
+    assert "No space left on device" in message and "step_00000001' is intact" in message
+    assert checksums(tmp_path) == before  # no temporary folder left behind either
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_exits_with_how_to_resume(tmp_path, signum):
+    args = [*QUIET, "trainer.max_steps=100000", "trainer.log_every=1", "trainer.ckpt_every=1000"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffuse_cli", "train", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = tmp_path / "runs" / "default" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, stderr
+    assert f"stopped by {signal.Signals(signum).name} at step" in stderr
+    assert "run the same command to resume" in stderr and "Traceback" not in stderr
+    step = int(stderr.split(" at step ")[1].split(";")[0])
+    assert latest_checkpoint(tmp_path / "runs" / "default").name == f"step_{step:08d}"
+    resumed = run_cli("train", *QUIET, f"trainer.max_steps={step + 1}", cwd=tmp_path)
+    assert f"from step {step}" in resumed.stdout
+
+
+# --- SIGKILL at chosen moments, then resume: the final weights equal an uninterrupted run's ---
+
+KILL_POINTS = {
+    # inside the save of step 4: after its model file, before its EMA file
+    "inside_save": "ckpt.save_file = kill_on_call(ckpt.save_file, 4)",
+    # after step 4's folder is in place, before `latest` moves to it
+    "before_pointer": "ckpt.os.replace = kill_on_call(ckpt.os.replace, 2)",
+    # in the middle of training, three steps after the last checkpoint
+    "mid_training": "Trainer.train_step = kill_on_call(Trainer.train_step, 5)",
+}
+
+KILLER = """
+import os, signal, sys
+from diffuse_cli.train import checkpoint as ckpt
+from diffuse_cli.train.trainer import Trainer
+
+def kill_on_call(fn, n):
+    count = [0]
+    def wrapped(*args, **kwargs):
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapped
+
+{patch}
+from diffuse_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, point):
+    common = [*QUIET, "trainer.max_steps=8", "trainer.ckpt_every=2", "model.dropout=0.1"]
+    run_cli("train", *common, "name=straight", cwd=tmp_path)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER.format(patch=KILL_POINTS[point]), "train", *common],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = tmp_path / "runs" / "default"
+    assert latest_checkpoint(run).name in ("step_00000002", "step_00000004")
+    run_cli("train", *common, cwd=tmp_path)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(latest_checkpoint(tmp_path / "runs" / "straight") / name)
+        b = load_file(latest_checkpoint(run) / name)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
