@@ -40,9 +40,7 @@ GUIDANCE = {
 
 def grid(name: str) -> dict[str, list[str]]:
     if name == "guidance":
-        return {
-            f"{s}/{g}": [*so, *go] for s, so in SAMPLERS.items() for g, go in GUIDANCE.items()
-        }
+        return {f"{s}/{g}": [*so, *go] for s, so in SAMPLERS.items() for g, go in GUIDANCE.items()}
     return {
         f"{s}-{n}/none": [f"sampler={s}", f"steps={n}"]
         for s in ("ddpm", "ddim", "dpm_solver")
