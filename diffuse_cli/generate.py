@@ -36,6 +36,8 @@ def output_dir(cfg: DictConfig, steps: int) -> Path:
     if cfg.out_dir:
         return Path(cfg.out_dir)
     name = f"{cfg.sampler.name}-{steps}"
+    if cfg.sampler.name == "langevin":  # L levels x T steps
+        name += f"x{cfg.sampler.steps_per_level}"
     if cfg.sampler.name == "ddim" and cfg.sampler.eta != 0:
         name += f"-eta{cfg.sampler.eta:g}"
     return Path(cfg.run_dir) / "samples" / name
@@ -73,7 +75,10 @@ def sample_command(cfg: DictConfig) -> Path:
     _, model, diffusion = load_run(cfg.run_dir, device=device)
     steps = resolve_steps(cfg, diffusion)
     out = output_dir(cfg, steps)
-    print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {steps} steps, on {device}")
+    what = f"{steps} steps"
+    if cfg.sampler.name == "langevin":
+        what = f"{steps} noise levels x {cfg.sampler.steps_per_level} steps"
+    print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {device}")
     counted = NFECounter(model)
     x = draw_samples(cfg, counted, diffusion, device, range(cfg.num_samples))
     batches = -(-cfg.num_samples // cfg.batch_size)
