@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from diffuse_cli.build import data_shape, resolve_steps, sample
+from diffuse_cli.build import check_family, data_shape, resolve_steps, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
 from diffuse_cli.runs import with_run_config
@@ -67,6 +67,7 @@ def sample_command(cfg: DictConfig) -> Path:
     from diffuse_cli.api import load_run
 
     cfg = with_run_config(cfg, cfg.run_dir)
+    check_family(cfg)  # a sampler of the other family fails before any weights are read
     if cfg.num_samples <= 0:
         raise UserError(f"num_samples={cfg.num_samples} must be > 0")
     if cfg.batch_size <= 0:
