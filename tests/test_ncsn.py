@@ -226,3 +226,39 @@ def test_eval_loss_of_an_ncsn_is_the_dsm_loss_per_level(ncsn_run, compose):
     assert report["buckets"][-1]["sigma_min"] == pytest.approx(0.01)
     assert math.isfinite(report["loss"]) and 0 < report["loss"] < 5
     json.dumps(report)
+
+
+def test_dc_sample_runs_langevin_on_noise_levels(compose):
+    """The Python API: dc.sample with sampler=langevin on an exact eps-model of the 2-D mixture."""
+    import diffuse_cli as dc
+
+    overrides = ["schedule=ncsn", "prediction=eps", "data=moons", "model=mlp", "sampler=langevin"]
+    cfg = compose([*overrides, "sampler.steps_per_level=2"], command="sample")
+    levels = dc.build_diffusion(cfg)
+    oracle = MixtureOracle()
+
+    def eps_model(x, i):
+        sigma = levels.sigmas[i].reshape(-1, 1).float()
+        return -sigma * oracle.score_sigma(x, levels.sigmas[i])
+
+    counted = NFECounter(eps_model)
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    x = dc.sample(cfg, counted, levels, noise=x_T, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (8, 2) and x.abs().max() <= 1 and counted.calls == 10 * 2 + 1
+
+
+def test_a_run_saved_before_the_ncsn_keys_still_resumes(compose, tmp_path):
+    """Runs written before schedule.sigma_max/sigma_min existed have no such keys; resuming
+    them must not count the new keys (at their defaults) as a different schedule."""
+    from diffuse_cli.train.validate import check_resumable
+
+    cfg = compose(TINY)
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["schedule"]["sigma_max"], saved["schedule"]["sigma_min"]
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
+    step = tmp_path / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text("{}")
+    check_resumable(cfg, tmp_path)
+    with pytest.raises(UserError, match="schedule.name='cosine' \\(saved: 'linear'\\)"):
+        check_resumable(compose([*TINY, "schedule=cosine"]), tmp_path)
