@@ -14,12 +14,25 @@ from omegaconf import DictConfig
 from diffuse_cli.errors import UserError
 
 
-def build_diffusion(cfg: DictConfig):
-    """The GaussianDiffusion the config describes (schedule, prediction, variance)."""
-    from diffuse_cli.diffusion import GaussianDiffusion, get_betas
+def is_score_model(cfg: DictConfig) -> bool:
+    """Whether the config describes an NCSN (noise levels, a score network) rather than a DDPM."""
+    from diffuse_cli.diffusion import NOISE_LEVEL_SCHEDULES
 
+    return cfg.schedule.name in NOISE_LEVEL_SCHEDULES
+
+
+def build_diffusion(cfg: DictConfig):
+    """What the config's network is trained against: the GaussianDiffusion of a DDPM schedule
+    (schedule, prediction, variance), or the NoiseLevels of schedule=ncsn (sigma_max, sigma_min,
+    L = num_timesteps, prediction). Groups that belong to the other family are refused."""
+    from diffuse_cli.diffusion import GaussianDiffusion, NoiseLevels, geometric_sigmas, get_betas
+
+    check_family(cfg)
     s = cfg.schedule
     try:
+        if is_score_model(cfg):
+            sigmas = geometric_sigmas(s.sigma_max, s.sigma_min, s.num_timesteps)
+            return NoiseLevels(sigmas, prediction=cfg.prediction.name)
         betas = get_betas(
             s.name,
             s.num_timesteps,
@@ -33,10 +46,69 @@ def build_diffusion(cfg: DictConfig):
         raise UserError(str(err)) from err
 
 
+def check_family(cfg: DictConfig) -> None:
+    """A DDPM (schedule linear/cosine) and an NCSN (schedule=ncsn) share the network, the data
+    and the trainer, but not their losses, predictions or samplers: refuse a mix in one line.
+    Checks the groups `cfg` has (loss for train/eval, sampler for sample)."""
+    from diffuse_cli.diffusion import NOISE_LEVEL_SCHEDULES, SCHEDULES, SCORE_PREDICTIONS
+    from diffuse_cli.samplers import SAMPLERS, SCORE_SAMPLERS
+
+    name = cfg.schedule.name
+    if name not in SCHEDULES and name not in NOISE_LEVEL_SCHEDULES:
+        choices = ", ".join(sorted((*SCHEDULES, *NOISE_LEVEL_SCHEDULES)))
+        raise UserError(f"schedule={name!r} is unknown; choose one of: {choices}")
+    prediction, loss, sampler = cfg.prediction.name, cfg.get("loss"), cfg.get("sampler")
+    if is_score_model(cfg):
+        if prediction not in SCORE_PREDICTIONS:
+            raise UserError(
+                f"prediction={prediction} has no meaning for schedule=ncsn; choose one of: "
+                f"{', '.join(sorted(SCORE_PREDICTIONS))}"
+            )
+        if cfg.variance.name in ("learned", "learned_range"):
+            raise UserError(
+                f"variance={cfg.variance.name} is the variance of a DDPM reverse step, which "
+                "schedule=ncsn does not have; leave variance=fixed_small"
+            )
+        if loss is not None and loss.name != "dsm":
+            raise UserError(
+                f"loss={loss.name} is a DDPM loss; schedule=ncsn trains with loss=dsm "
+                "(or use experiment=ncsn_shapes)"
+            )
+        guidance = cfg.get("guidance")
+        if guidance is not None and guidance.name == "classifier":
+            raise UserError(
+                "guidance=classifier shifts a DDPM sampler's mean or eps; an NCSN run "
+                "(schedule=ncsn) can use guidance=cfg"
+            )
+        if sampler is not None and sampler.name in SAMPLERS and sampler.name not in SCORE_SAMPLERS:
+            raise UserError(
+                f"sampler={sampler.name} samples a DDPM, but this run is an NCSN "
+                f"(schedule=ncsn); use sampler={' or sampler='.join(SCORE_SAMPLERS)}"
+            )
+        return
+    if prediction == "score":
+        raise UserError(
+            f"prediction=score (the raw score) is for schedule=ncsn; schedule={name} takes "
+            "prediction=eps, x0 or v"
+        )
+    if loss is not None and loss.name == "dsm":
+        raise UserError(
+            f"loss=dsm trains an NCSN and needs schedule=ncsn; schedule={name} trains with "
+            "loss=simple, vlb or hybrid"
+        )
+    if sampler is not None and sampler.name in SCORE_SAMPLERS:
+        raise UserError(
+            f"sampler={sampler.name} (annealed Langevin dynamics) samples an NCSN run "
+            f"(schedule=ncsn), but this run has schedule={name}; for Langevin steps on a DDPM "
+            "use sampler=pc"
+        )
+
+
 def build_loss(cfg: DictConfig):
     """The training loss of `cfg.loss`: loss(diffusion, model, x0, t) -> {"loss": [B], ...}."""
     from diffuse_cli.diffusion import get_loss
 
+    check_family(cfg)
     try:
         return get_loss(cfg.loss.name, lam=cfg.loss.lam)
     except ValueError as err:
@@ -228,11 +300,19 @@ def sampler_options(cfg: DictConfig) -> dict:
 
 
 def resolve_steps(cfg: DictConfig, diffusion) -> int:
-    """The step count to sample with: `steps` when set, otherwise the full chain T."""
+    """The step count to sample with: `steps` when set, otherwise the full chain T (for an NCSN,
+    the L noise levels, all of which annealed Langevin visits). Also checks that the sampler
+    fits the run and its options."""
+    check_family(cfg)
     T = diffusion.num_timesteps
     steps = cfg.get("steps") or T
     if cfg.get("steps") is not None and cfg.steps <= 0:
         raise UserError(f"steps={cfg.steps} must be a positive number of sampling steps")
+    if is_score_model(cfg) and steps != T:
+        raise UserError(
+            f"steps={steps}: sampler={cfg.sampler.name} visits all L={T} noise levels of this "
+            "NCSN run; drop steps= and set sampler.steps_per_level instead"
+        )
     if steps > T:
         raise UserError(
             f"steps={steps} is more than the {T} timesteps the model was trained "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.build import build_guidance, data_shape, resolve_steps, sample
+from diffuse_cli.build import build_guidance, check_family, data_shape, resolve_steps, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
 from diffuse_cli.runs import with_run_config
@@ -37,6 +37,8 @@ def output_dir(cfg: DictConfig, steps: int) -> Path:
     if cfg.out_dir:
         return Path(cfg.out_dir)
     name = f"{cfg.sampler.name}-{steps}"
+    if cfg.sampler.name == "langevin":  # L levels x T steps
+        name += f"x{cfg.sampler.steps_per_level}"
     if cfg.sampler.name == "ddim" and cfg.sampler.eta != 0:
         name += f"-eta{cfg.sampler.eta:g}"
     if cfg.guidance.name != "none":
@@ -146,6 +148,7 @@ def sample_command(cfg: DictConfig) -> Path:
     from diffuse_cli.api import load_run
 
     cfg = with_run_config(cfg, cfg.run_dir)
+    check_family(cfg)  # a sampler of the other family fails before any weights are read
     if cfg.num_samples <= 0:
         raise UserError(f"num_samples={cfg.num_samples} must be > 0")
     if cfg.batch_size <= 0:
@@ -160,12 +163,12 @@ def sample_command(cfg: DictConfig) -> Path:
     labels = sample_labels(cfg, num_classes, range(cfg.num_samples), null)
     guided, cond_fn = build_guidance(cfg, model, diffusion, classifier)
     out = output_dir(cfg, steps)
-    how = (
-        ""
-        if cfg.guidance.name == "none"
-        else f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
-    )
-    print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {steps} steps{how}, on {device}")
+    what = f"{steps} steps"
+    if cfg.sampler.name == "langevin":
+        what = f"{steps} noise levels x {cfg.sampler.steps_per_level} steps"
+    if cfg.guidance.name != "none":
+        what += f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
+    print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {device}")
     counted = NFECounter(guided)
     x = draw_samples(cfg, counted, diffusion, device, range(cfg.num_samples), labels, cond_fn)
     batches = -(-cfg.num_samples // cfg.batch_size)

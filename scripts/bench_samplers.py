@@ -4,7 +4,8 @@ Each sampler is driven by the exact model of the 2-D Gaussian mixture in tests/m
 (linear schedule, T = 1000, eps prediction, no clipping), from the same x_T, and its samples are
 compared with fresh mixture samples by the unbiased energy distance (noise ~5e-4 at n = 2000).
 The step count is chosen so the evaluations do not exceed each budget (heun: 2 steps - 1; pc:
-steps + (steps - 1) corrector steps). Prints a Markdown table.
+steps + (steps - 1) corrector steps). Prints a Markdown table; the measured one and what it
+shows are in docs/benchmarks/samplers.md.
 
     python scripts/bench_samplers.py [--n 2000] [--seed 0]
 """

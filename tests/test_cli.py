@@ -38,7 +38,8 @@ def test_top_level_help_lists_commands(cli):
 def test_command_help_lists_groups(cli):
     out = cli("train", "--help").stdout
     assert "schedule: cosine, linear" in out and "trainer:" in out
-    assert "sampler: ddim, ddpm, dpm_solver, euler, heun, pc" in cli("sample", "--help").stdout
+    samplers = "sampler: ddim, ddpm, dpm_solver, euler, heun, langevin, pc"
+    assert samplers in cli("sample", "--help").stdout
 
 
 def test_cfg_job_prints_the_composed_config(cli):

@@ -48,6 +48,8 @@ def test_train_option_composes_and_builds(compose, group, option):
         overrides.append("data=moons")
     if (group, option) == ("data", "image_folder") or group == "experiment":
         overrides.append("data.root=somewhere")  # the ImageNet presets read an image folder
+    if (group, option) in (("schedule", "ncsn"), ("loss", "dsm"), ("prediction", "score")):
+        overrides += ["schedule=ncsn", "loss=dsm"]  # the NCSN groups go together
     if group == "model":  # a published network is built for the image size it was published at
         published_size = OmegaConf.load(CONFIGS / "model" / f"{option}.yaml").get("image_size")
         if published_size:
@@ -55,8 +57,8 @@ def test_train_option_composes_and_builds(compose, group, option):
     cfg = compose(overrides)
     assert cfg[group].name == option if group not in ("trainer", "experiment") else True
     diffusion = build_diffusion(cfg)
-    assert diffusion.betas.dtype == torch.float64
-    assert diffusion.betas.shape == (cfg.schedule.num_timesteps,)
+    table = diffusion.sigmas if cfg.schedule.name == "ncsn" else diffusion.betas
+    assert table.dtype == torch.float64 and table.shape == (cfg.schedule.num_timesteps,)
     with torch.device("meta"):
         model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0

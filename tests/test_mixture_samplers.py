@@ -15,6 +15,7 @@ from mixture_oracle import COVS, MEANS, WEIGHTS, MixtureOracle, component_stats,
 from diffuse_cli.diffusion import GaussianDiffusion, get_betas
 from diffuse_cli.samplers import (
     SAMPLERS,
+    SCORE_SAMPLERS,
     NFECounter,
     annealed_langevin,
     ddim,
@@ -26,6 +27,8 @@ from diffuse_cli.samplers import (
     pc,
 )
 
+# The samplers of a GaussianDiffusion (langevin samples the NoiseLevels of an NCSN).
+DDPM_SAMPLERS = {k: v for k, v in SAMPLERS.items() if k not in SCORE_SAMPLERS}
 N = 2000
 DIFFUSION = GaussianDiffusion(get_betas("linear", 1000))
 
@@ -75,7 +78,7 @@ def test_euler_is_ddim_and_dpm_solver_order_1_is_ddim():
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(DDPM_SAMPLERS))
 def test_each_sampler_reports_its_network_evaluations(name):
     counted = NFECounter(MixtureOracle(DIFFUSION.alphas_cumprod))
     get_sampler(name)(counted, DIFFUSION, torch.zeros(3, 2), steps=6)
@@ -83,7 +86,7 @@ def test_each_sampler_reports_its_network_evaluations(name):
     assert evaluations("heun", 6) == 11 and evaluations("pc", 6, corrector_steps=2) == 16
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(DDPM_SAMPLERS))
 def test_every_sampler_takes_eps_x0_and_v_models(name):
     """The same exact model in three parameterizations gives the same samples (in float64: in
     float32 the conversions at abar_T ~ 4e-5 cost digits that the ODE can amplify)."""
@@ -138,11 +141,11 @@ def test_dpm_solver_beats_euler_and_ddim_at_10_evaluations():
 
 
 def test_heun_beats_euler_and_ddim_at_equal_evaluations():
-    """Heun is second order but unstable on steps that shrink sigma by large factors, so on
-    this schedule (sigma from 157 to 0.01) it only wins clearly from about 80 evaluations.
-    Measured exactly (moments by linearity) on Gaussian data with std 0.1: the relative variance
-    error of heun with 40 steps (79 NFE) is ~0.026, of euler and ddim with 79 steps ~0.1; at 39
-    NFE heun is only slightly better (0.16 against 0.19)."""
+    """Heun is second order, but on this schedule (sigma from 157 to 0.01) it only wins from
+    about 40 evaluations: a few steps of a rho = 7 grid cross the data's scale in one step.
+    Measured exactly (moments by linearity) on Gaussian data with std 0.1, relative variance
+    error: heun with 40 steps (79 NFE) ~0.048, euler with 79 steps ~0.10, ddim ~0.27; at 39 NFE
+    heun 0.14 against euler 0.19; at 19 NFE they tie (0.37 against 0.34)."""
     oracle = GaussianOracle(torch.tensor([0.3]), torch.tensor([0.1]), DIFFUSION.alphas_cumprod)
     x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
 
@@ -151,10 +154,26 @@ def test_heun_beats_euler_and_ddim_at_equal_evaluations():
         return abs(float((y[1] - y[0]) ** 2) / 0.1**2 - 1)
 
     best = var_error(heun, 40, "karras")
-    assert 2 * best < var_error(euler, 79, "karras")
-    assert 2 * best < var_error(ddim, 79, "even")
+    assert 1.5 * best < var_error(euler, 79, "karras")
+    assert 4 * best < var_error(ddim, 79, "even")
     assert var_error(heun, 20, "karras") < var_error(euler, 39, "karras")
     assert var_error(dpm_solver, 39, "logsnr") < var_error(euler, 39, "logsnr")
+
+
+def test_heun_does_not_amplify_errors_on_short_grids():
+    """Steps that shrink sigma 50-600 times (3 or 5 karras steps from sigma 157): EDM's slope
+    average multiplied the proposal's error by ~sigma / (2 sigma') and gave variances 845 and 8
+    times too large (energy distance 1.9 at 5 NFE); the denoiser average is a convex
+    combination, its error stays below 1 (the variance shrinks, as euler's does)."""
+    oracle = GaussianOracle(torch.tensor([0.3]), torch.tensor([0.1]), DIFFUSION.alphas_cumprod)
+    x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    for steps in (3, 5):
+        y = heun(oracle, DIFFUSION, x, steps=steps, spacing="karras", clip_denoised=False)
+        assert abs(float((y[1] - y[0]) ** 2) / 0.1**2 - 1) < 1
+    ref, x_T = data_and_noise(0)
+    mixture = MixtureOracle(DIFFUSION.alphas_cumprod)
+    x = heun(mixture, DIFFUSION, x_T, steps=3, spacing="karras", clip_denoised=False)
+    assert energy_distance(x, ref) < 0.6  # measured 0.42 (euler at 5 NFE: 0.08)
 
 
 @pytest.mark.parametrize("predictor", ["ddpm", "ddim"])

@@ -138,3 +138,31 @@ def test_class_conditional_adm_preset_trains_on_labelled_data(compose, tmp_path)
     assert cfg.model.num_classes == 1000 and cfg.trainer.label_dropout == 0.0
     train(cfg)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+
+
+def test_ncsn_cifar10_preset_holds_the_published_settings(compose):
+    """Song & Ermon 2019 (and the released configs/anneal.yml): L = 10 levels from 1 to 0.01 on
+    [0, 1] data (2 to 0.02 on diffuse's [-1, 1]), DSM weighted by sigma^2, Adam lr 1e-3, batch
+    128, 200k iterations, flips, no EMA; sampled with T = 100 Langevin steps per level."""
+    from diffuse_cli.build import build_diffusion
+
+    cfg = compose(["experiment=ncsn_cifar10", "data.root=somewhere"])
+    assert (cfg.schedule.name, cfg.loss.name, cfg.prediction.name) == ("ncsn", "dsm", "score")
+    levels = build_diffusion(cfg)
+    assert levels.num_timesteps == 10
+    assert float(levels.sigmas[0]) == pytest.approx(2 * 1.0)
+    assert float(levels.sigmas[-1]) == pytest.approx(2 * 0.01)
+    t = cfg.trainer
+    assert (t.lr, t.batch_size, t.max_steps, t.optimizer) == (1e-3, 128, 200_000, "adam")
+    assert (t.ema_decay, t.grad_clip, t.warmup_steps, cfg.data.hflip) == (0.0, 0.0, 0, True)
+    sampler = compose(["sampler=langevin"], command="sample").sampler
+    assert (sampler.steps_per_level, sampler.epsilon, sampler.denoise) == (100, None, True)
+    with torch.device("meta"):
+        assert abs(count(build_model(cfg)) - 35.7e6) / 35.7e6 < 0.01
+
+
+def test_ncsn_shapes_preset_is_cpu_sized(compose):
+    cfg = compose(["experiment=ncsn_shapes"])
+    assert (cfg.schedule.name, cfg.loss.name, cfg.prediction.name) == ("ncsn", "dsm", "eps")
+    assert (cfg.model.name, cfg.data.name, cfg.trainer.max_steps) == ("small", "shapes", 1000)
+    assert cfg.schedule.sigma_max / cfg.schedule.sigma_min == pytest.approx(100)

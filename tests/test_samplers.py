@@ -16,6 +16,7 @@ from gaussian_oracle import GaussianOracle, reverse_moments
 from diffuse_cli.diffusion import GaussianDiffusion, get_betas, respace, space_timesteps
 from diffuse_cli.samplers import (
     SAMPLERS,
+    SCORE_SAMPLERS,
     PerSampleNoise,
     as_noise_source,
     ddim,
@@ -25,6 +26,8 @@ from diffuse_cli.samplers import (
 )
 from diffuse_cli.samplers.noise import seeded_generator
 
+# The samplers of a GaussianDiffusion (langevin samples the NoiseLevels of an NCSN).
+DDPM_SAMPLERS = {k: v for k, v in SAMPLERS.items() if k not in SCORE_SAMPLERS}
 MU = torch.tensor([0.5, -0.3, 0.2, 0.0])
 STD = torch.tensor([0.3, 0.5, 0.8, 1.0])
 PREDICTIONS = ["eps", "x0", "v"]
@@ -189,7 +192,7 @@ def test_ddim_eta_0_is_deterministic_given_x_T():
 
 
 @pytest.mark.parametrize("spacing", ["even", "trailing", "leading", "linspace"])
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(DDPM_SAMPLERS))
 def test_the_model_sees_original_timesteps_in_reverse_order(name, spacing):
     diffusion, oracle = make(record=True)
     get_sampler(name)(oracle, diffusion, torch.zeros(3, 4), steps=7, spacing=spacing)
@@ -202,7 +205,7 @@ def test_the_model_sees_original_timesteps_in_reverse_order(name, spacing):
 
 
 @pytest.mark.parametrize("shape", [(4,), (4, 2), (4, 3, 8, 8)])
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(DDPM_SAMPLERS))
 def test_any_data_shape(name, shape):
     diffusion = GaussianDiffusion(get_betas("linear", 100), prediction="v")
     oracle = GaussianOracle(0.2, 0.5, diffusion.alphas_cumprod, prediction="v")
@@ -212,7 +215,7 @@ def test_any_data_shape(name, shape):
     assert x.abs().max() <= 1  # clip_denoised: the last step returns the clipped x0
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(DDPM_SAMPLERS))
 def test_one_step_returns_the_predicted_x0(name):
     diffusion, oracle = make("linear", "eps")
     x_T = torch.randn(5, 4, generator=torch.Generator().manual_seed(5))
@@ -230,10 +233,10 @@ def test_samplers_run_without_grad_and_pass_model_kwargs():
         seen.append(y)
         return oracle(x, t) * weight
 
-    for sampler in SAMPLERS.values():
+    for sampler in DDPM_SAMPLERS.values():
         x = sampler(model, diffusion, torch.zeros(2, 4), steps=3, model_kwargs={"y": "label"})
         assert not x.requires_grad
-    assert seen == ["label"] * sum(evaluations(name, 3) for name in SAMPLERS)
+    assert seen == ["label"] * sum(evaluations(name, 3) for name in DDPM_SAMPLERS)
 
 
 def test_progress_bar(capsys):
@@ -262,7 +265,8 @@ def test_bad_options_fail_loudly():
 
 def test_get_sampler():
     assert get_sampler("ddim") is ddim and get_sampler("ddpm") is ddpm
-    with pytest.raises(ValueError, match="'eulr'.*ddim, ddpm, dpm_solver, euler, heun, pc"):
+    choices = "ddim, ddpm, dpm_solver, euler, heun, langevin, pc"
+    with pytest.raises(ValueError, match=f"'eulr'.*{choices}"):
         get_sampler("eulr")
 
 

@@ -20,11 +20,13 @@ class ScheduleConfig:
     beta_end: float = 0.02
     s: float = 0.008  # cosine offset (Nichol & Dhariwal 2021)
     max_beta: float = 0.999  # cosine clipping
+    sigma_max: float = 1.0  # ncsn: sigma_1 (Song & Ermon 2019); num_timesteps is L
+    sigma_min: float = 0.01  # ncsn: sigma_L
 
 
 @dataclass
 class PredictionConfig:
-    name: str = MISSING  # eps | x0 | v
+    name: str = MISSING  # eps | x0 | v; score (ncsn only: the output is the score itself)
 
 
 @dataclass
@@ -34,14 +36,14 @@ class VarianceConfig:
 
 @dataclass
 class LossConfig:
-    name: str = MISSING  # simple | vlb | hybrid
+    name: str = MISSING  # simple | vlb | hybrid (DDPM); dsm (ncsn)
     lam: float = 0.001  # hybrid: L_simple + lam * L_VLB (Nichol & Dhariwal 2021)
     timesteps: str = "uniform"  # uniform | importance (needs a VLB term: vlb or hybrid)
 
 
 @dataclass
 class SamplerConfig:
-    name: str = MISSING  # ddpm | ddim | euler | heun | dpm_solver | pc
+    name: str = MISSING  # ddpm | ddim | euler | heun | dpm_solver | pc (DDPM); langevin (ncsn)
     eta: float = 0.0  # ddim
     spacing: str = "even"  # linspace | leading | trailing | even | karras | logsnr
     clip_denoised: bool = True
@@ -49,6 +51,9 @@ class SamplerConfig:
     predictor: str = "ddpm"  # pc: ddpm (ancestral) | ddim
     corrector_steps: int = 1  # pc: Langevin steps after each predictor step
     snr: float = 0.16  # pc: the corrector's target signal-to-noise ratio
+    steps_per_level: int = 100  # langevin: T, Langevin steps at each noise level
+    epsilon: float | None = None  # langevin: alpha_L (null: 0.4 sigma_L^2, NCSN's released code)
+    denoise: bool = True  # langevin: end with x + sigma_L^2 s(x, sigma_L)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The mathematics of diffusion models: schedules, the Gaussian diffusion, likelihoods, losses,
-respacing and training timestep samplers.
+"""The mathematics of diffusion models: schedules, the Gaussian diffusion, the noise levels of
+score models (NCSN), likelihoods, losses, respacing and training timestep samplers.
 
 Pure torch; imports nothing else from diffuse_cli.
 """
@@ -15,25 +15,35 @@ from .gaussian import (
 )
 from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, quantize
 from .losses import LOSSES, get_loss
+from .ncsn import (
+    NOISE_LEVEL_SCHEDULES,
+    SCORE_PREDICTIONS,
+    NoiseLevels,
+    geometric_sigmas,
+)
 from .respace import SPACINGS, respace, space_timesteps
 from .schedules import SCHEDULES, get_betas
 from .timesteps import TIMESTEP_SAMPLERS, ImportanceSampler, UniformSampler, get_timestep_sampler
 
 __all__ = [
     "LOSSES",
+    "NOISE_LEVEL_SCHEDULES",
     "PREDICTIONS",
     "SCHEDULES",
+    "SCORE_PREDICTIONS",
     "SPACINGS",
     "TIMESTEP_SAMPLERS",
     "VARIANCES",
     "GaussianDiffusion",
     "ImportanceSampler",
+    "NoiseLevels",
     "Prediction",
     "UniformSampler",
     "Variance",
     "bits_per_dim",
     "discretized_gaussian_log_likelihood",
     "gather",
+    "geometric_sigmas",
     "get_betas",
     "get_loss",
     "get_timestep_sampler",

@@ -1,4 +1,5 @@
-"""Training losses by config name: L_simple, the variational bound L_VLB and L_hybrid.
+"""Training losses by config name: L_simple, the variational bound L_VLB and L_hybrid for a
+GaussianDiffusion, and denoising score matching (`dsm`) for the noise levels of an NCSN.
 
 Each loss is a small object called as
 
@@ -16,6 +17,8 @@ one-sample estimate of it (and with importance weights 1 / (T p_t) it stays unbi
 from __future__ import annotations
 
 import torch
+
+from .gaussian import gather, mean_flat
 
 
 def _forward(diffusion, model, x0, t, noise, model_kwargs):
@@ -85,7 +88,34 @@ class HybridLoss:
         return {"loss": mse + self.lam * estimate, "mse": mse, "vlb": term}
 
 
-LOSSES = {cls.name: cls for cls in (SimpleLoss, VLBLoss, HybridLoss)}
+class DSMLoss:
+    """Denoising score matching over noise levels, weighted by lambda(sigma) = sigma^2 (Song &
+    Ermon 2019, eq. 2, 5 and 6; the denoising objective of Vincent 2011):
+
+        l(i) = 1/2 sigma_i^2 E ||s(x0 + sigma_i z, sigma_i) + z / sigma_i||^2
+             = 1/2 E ||sigma_i s + z||^2,                z ~ N(0, I)
+
+    The weight makes every level's term of order 1, since ||sigma s|| ~ ||z|| at the optimum.
+    As everywhere in losses.py the squared norm is averaged over dimensions, not summed as in
+    the paper: a constant factor that Adam does not see. For Gaussian data N(mu, s^2 I) the
+    optimal score is -(x - mu) / (s^2 + sigma^2) and l(i) = s^2 / (2 (s^2 + sigma_i^2)) per
+    dimension. `levels` is a diffusion.ncsn.NoiseLevels; t are level indices [B].
+    """
+
+    name = "dsm"
+
+    def __call__(self, levels, model, x0, t, noise=None, model_kwargs=None):
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x = levels.q_sample(x0, t, noise)
+        score = levels.score(model, x, t, model_kwargs)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        sigma = gather(levels.sigmas, t, x0.to(dtype))
+        loss = 0.5 * mean_flat((sigma * score.to(dtype) + noise.to(dtype)) ** 2)
+        return {"loss": loss, "mse": loss}
+
+
+LOSSES = {cls.name: cls for cls in (SimpleLoss, VLBLoss, HybridLoss, DSMLoss)}
 
 
 def get_loss(name: str, lam: float = 0.001):

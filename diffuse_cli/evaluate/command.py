@@ -1,7 +1,9 @@
 """`diffuse eval`: the metrics named in `metrics`, on a run's latest EMA checkpoint.
 
     loss   held-out training loss per timestep bucket    eval/loss.json, loss_by_timestep.png
+           (an NCSN run: the DSM loss per noise level)
     nll    bits/dim by the full T-step variational bound  eval/nll.json, nll_terms.png
+           (DDPM runs only)
 
 Under `accelerate launch` each process takes a shard of the work where a metric supports it
 (nll), and the main process writes the reports.
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffuse_cli.build import is_score_model
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import loss_metric
 from diffuse_cli.evaluate.nll import nll_metric
@@ -35,6 +38,11 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
     for key in ("num_batches", "batch_size", "buckets", "repeats"):
         if cfg.eval[key] <= 0:
             raise UserError(f"eval.{key}={cfg.eval[key]} must be > 0")
+    if "nll" in metrics and is_score_model(cfg):
+        raise UserError(
+            "metrics=[nll] is the variational bound of a DDPM, which an NCSN run "
+            "(schedule=ncsn) does not have; use metrics=[loss] (held-out DSM loss per noise level)"
+        )
     return metrics
 
 

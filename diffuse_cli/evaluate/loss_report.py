@@ -42,9 +42,10 @@ def label_kwargs(model, y: torch.Tensor, device) -> dict:
 def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     ec = cfg.eval
     dataset = build_data(cfg, "test")
-    edges = bucket_edges(diffusion.num_timesteps, ec.buckets)
-    sums = torch.zeros(ec.buckets, dtype=torch.float64)
-    counts = torch.zeros(ec.buckets, dtype=torch.float64)
+    buckets = min(ec.buckets, diffusion.num_timesteps)  # an NCSN has only L levels
+    edges = bucket_edges(diffusion.num_timesteps, buckets)
+    sums = torch.zeros(buckets, dtype=torch.float64)
+    counts = torch.zeros(buckets, dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
     loss_fn = build_loss(cfg)
     loader = DataLoader(dataset, batch_size=ec.batch_size, shuffle=False)
@@ -70,18 +71,24 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
             bar.update(1)
     bar.close()
     per_bucket = sums / counts.clamp(min=1)
+    rows = [
+        {
+            "t_min": edges[b],
+            "t_max": edges[b + 1] - 1,
+            "loss": float(per_bucket[b]),
+            "count": int(counts[b]),
+        }
+        for b in range(buckets)
+    ]
+    sigmas = getattr(diffusion, "sigmas", None)  # NCSN: index 0 is the largest level
+    if sigmas is not None:
+        for row in rows:
+            row["sigma_max"] = float(sigmas[row["t_min"]])
+            row["sigma_min"] = float(sigmas[row["t_max"]])
     return {
         "loss": float(per_bucket[counts > 0].mean()),
         "num_examples": int(counts.sum()),
-        "buckets": [
-            {
-                "t_min": edges[b],
-                "t_max": edges[b + 1] - 1,
-                "loss": float(per_bucket[b]),
-                "count": int(counts[b]),
-            }
-            for b in range(ec.buckets)
-        ],
+        "buckets": rows,
     }
 
 
@@ -96,7 +103,8 @@ def plot_buckets(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(mids, [b["loss"] for b in report["buckets"]], marker="o")
     ax.set_yscale("log")
-    ax.set_xlabel("timestep t")
+    ncsn = "sigma_max" in report["buckets"][0]
+    ax.set_xlabel("noise level index i (0: the largest sigma)" if ncsn else "timestep t")
     ax.set_ylabel(report["metric"])
     ax.set_title(f"{report['run_dir']} @ {report['checkpoint']}")
     fig.tight_layout()

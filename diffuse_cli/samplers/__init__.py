@@ -6,16 +6,24 @@ They import nothing from diffuse_cli except diffusion/.
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver
-from .langevin import annealed_langevin
+from .langevin import annealed_langevin, langevin
 from .nfe import NFECounter
 from .noise import GeneratorNoise, PerSampleNoise, as_noise_source
 from .ode import euler, heun
 from .pc import pc
-from .registry import SAMPLER_OPTIONS, SAMPLERS, check_options, evaluations, get_sampler
+from .registry import (
+    SAMPLER_OPTIONS,
+    SAMPLERS,
+    SCORE_SAMPLERS,
+    check_options,
+    evaluations,
+    get_sampler,
+)
 
 __all__ = [
     "SAMPLERS",
     "SAMPLER_OPTIONS",
+    "SCORE_SAMPLERS",
     "GeneratorNoise",
     "NFECounter",
     "PerSampleNoise",
@@ -29,5 +37,6 @@ __all__ = [
     "evaluations",
     "get_sampler",
     "heun",
+    "langevin",
     "pc",
 ]

@@ -114,10 +114,25 @@ def heun(
     model_kwargs: dict | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Heun's second-order method on the probability-flow ODE in sigma (EDM Algorithm 1, with
-    S_churn = 0, on the diffusion's own timesteps): each step takes an Euler proposal to sigma',
-    evaluates eps there and steps with the average of both slopes; the last step, to sigma = 0,
-    is an Euler step (as in EDM). `steps` steps cost 2 * steps - 1 network evaluations.
+    """Heun's second-order method on the probability-flow ODE (EDM Algorithm 1 with S_churn = 0,
+    on the diffusion's own timesteps): an Euler proposal to sigma', a second evaluation there,
+    and the step taken with the average of both; the last step, to sigma = 0, is an Euler step
+    (as in EDM). `steps` steps cost 2 * steps - 1 network evaluations.
+
+    The average is taken over the two denoised estimates x0 rather than over the two slopes
+    eps = (x~ - x0) / sigma as EDM writes it (x~ = x / sqrt(abar)):
+
+        x~' = (sigma' / sigma) x~ + (1 - sigma' / sigma) (x0 + x0') / 2
+
+    which is Heun's (trapezoidal) rule for y = x~ / sigma against u = 1 / sigma, where
+    dy/du = x0 (the exponential-integrator form of the ODE; Lu et al. 2022, DPM-Solver++(2S) with
+    r = 1). Both are second order and agree for small steps, and with x0' = x0 both are the Euler
+    step. Why not EDM's form: its correction weighs the proposal's slope (x~_p - x0') / sigma' by
+    (sigma - sigma') / 2, so any error of the proposal is multiplied by about sigma / (2 sigma').
+    A short rho = 7 grid from sigma_max ~157 (linear betas, T = 1000) ends with steps that shrink
+    sigma 50-600 times, where that factor made heun diverge (energy distance 1.9 at 5 network
+    evaluations on the mixture of tests/mixture_oracle.py, against euler's 0.08). Here x~' is a
+    convex combination of x~ and denoised estimates and cannot be amplified.
 
     Args:
         model, diffusion, x_T, steps, noise, spacing, clip_denoised, model_kwargs, progress:
@@ -135,6 +150,14 @@ def heun(
         if j == len(grid) - 1:
             return x0
         proposal = euler_step(x, eps, abars[j], abars[j + 1])
-        _, eps_next = denoise(model, diffusion, proposal, grid[j + 1], clip_denoised, model_kwargs)
-        x = euler_step(x, 0.5 * (eps + eps_next), abars[j], abars[j + 1])
+        x0_next, _ = denoise(model, diffusion, proposal, grid[j + 1], clip_denoised, model_kwargs)
+        x = denoiser_step(x, 0.5 * (x0 + x0_next), abars[j], abars[j + 1])
     return x
+
+
+def denoiser_step(x, x0, abar, abar_next):
+    """x at abar_next from x at abar for a denoised estimate x0 held fixed over the step, in the
+    x_t scaling: x~' = (sigma' / sigma) x~ + (1 - sigma' / sigma) x0. With x0 from the model at
+    x this is euler_step (the Euler step in sigma is exact for a constant x0)."""
+    ratio = sigma_of(abar_next) / sigma_of(abar)
+    return ratio * (abar_next / abar) ** 0.5 * x + (1 - ratio) * abar_next**0.5 * x0

@@ -5,11 +5,15 @@
 
 and rejects options it does not know with a TypeError. SAMPLER_OPTIONS names each sampler's own
 options (keys of the sampler config), so a config can pass exactly those.
+
+The samplers of a DDPM take a GaussianDiffusion; `langevin` (NCSN) takes the NoiseLevels of a
+score model instead, and SCORE_SAMPLERS names the samplers of that family.
 """
 
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver
+from .langevin import langevin
 from .ode import euler, heun
 from .pc import PREDICTORS, pc
 
@@ -20,7 +24,9 @@ SAMPLERS = {
     "heun": heun,
     "dpm_solver": dpm_solver,
     "pc": pc,
+    "langevin": langevin,
 }
+SCORE_SAMPLERS = ("langevin",)
 
 SAMPLER_OPTIONS = {
     "ddpm": (),
@@ -29,6 +35,7 @@ SAMPLER_OPTIONS = {
     "heun": (),
     "dpm_solver": ("order",),
     "pc": ("predictor", "corrector_steps", "snr"),
+    "langevin": ("steps_per_level", "epsilon", "denoise"),
 }
 
 
@@ -49,6 +56,8 @@ def evaluations(name: str, steps: int, **options) -> int:
         return 2 * steps - 1
     if name == "pc":
         return steps + options.get("corrector_steps", 1) * (steps - 1)
+    if name == "langevin":
+        return steps * options.get("steps_per_level", 100) + int(options.get("denoise", True))
     return steps
 
 
@@ -61,6 +70,9 @@ def check_options(**options) -> None:
         "predictor": (lambda v: v in PREDICTORS, f"must be one of: {', '.join(PREDICTORS)}"),
         "corrector_steps": (lambda v: v >= 0, "must be >= 0"),
         "snr": (lambda v: v > 0, "must be > 0"),
+        "steps_per_level": (lambda v: v >= 1, "must be >= 1"),
+        "epsilon": (lambda v: v is None or v > 0, "must be > 0 (or null: 0.4 sigma_L^2)"),
+        "denoise": (lambda v: isinstance(v, bool), "must be true or false"),
     }
     for key, value in options.items():
         ok, message = rules[key]

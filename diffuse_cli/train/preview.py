@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from diffuse_cli.diffusion import NoiseLevels
 from diffuse_cli.images import save_preview
 from diffuse_cli.samplers import PerSampleNoise, get_sampler
 
@@ -16,17 +17,27 @@ def save_training_preview(
     cfg: DictConfig, ema_model, diffusion, shape, run_dir: Path, step: int, device, dataset=None
 ) -> Path:
     """Strided ancestral sampling with fixed per-sample seeds, so grids of different steps
-    compare; ancestral sampling forgives an early, imperfect model more than DDIM does."""
+    compare; ancestral sampling forgives an early, imperfect model more than DDIM does. An NCSN
+    run (NoiseLevels) is previewed with annealed Langevin dynamics at its default step size,
+    trainer.sample_steps network evaluations spread over its L levels."""
     n = cfg.trainer.sample_num
-    steps = min(cfg.trainer.sample_steps, diffusion.num_timesteps)
     noise = PerSampleNoise(list(range(n)), device)
     x_T = noise.randn(tuple(shape))
     kwargs = {}
     if getattr(ema_model, "num_classes", None):  # class i % K in grid cell i: one class a row
         kwargs = {"y": torch.arange(n, device=device) % ema_model.num_classes}
-    x0 = get_sampler("ddpm")(
-        ema_model, diffusion, x_T, steps=steps, noise=noise, model_kwargs=kwargs
-    )
+    L = diffusion.num_timesteps
+    if isinstance(diffusion, NoiseLevels):
+        per_level = max(1, cfg.trainer.sample_steps // L)
+        x0 = get_sampler("langevin")(
+            ema_model, diffusion, x_T, steps=L, noise=noise, steps_per_level=per_level,
+            model_kwargs=kwargs,
+        )  # fmt: skip
+    else:
+        steps = min(cfg.trainer.sample_steps, L)
+        x0 = get_sampler("ddpm")(
+            ema_model, diffusion, x_T, steps=steps, noise=noise, model_kwargs=kwargs
+        )
     out = Path(run_dir) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"step_{step:08d}.png"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.config import MODEL_DEFINING
+from diffuse_cli.build import check_family
+from diffuse_cli.config import MODEL_DEFINING, SCHEMAS
 from diffuse_cli.errors import UserError
 from diffuse_cli.runs import CONFIG_FILE
 from diffuse_cli.train.checkpoint import latest_checkpoint
@@ -43,6 +46,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     if cfg.schedule.num_timesteps < 1:
         raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
     validate_loss_config(cfg)
+    check_family(cfg)
 
 
 def validate_loss_config(cfg: DictConfig) -> None:
@@ -58,10 +62,10 @@ def validate_loss_config(cfg: DictConfig) -> None:
         )
     if not loss.lam >= 0:
         raise UserError(f"loss.lam={loss.lam} must be >= 0")
-    if loss.timesteps == "importance" and loss.name == "simple":
+    if loss.timesteps == "importance" and loss.name in ("simple", "dsm"):
         raise UserError(
             "loss.timesteps=importance samples t by the history of the VLB term, which "
-            "loss=simple does not compute; use loss=vlb or loss=hybrid"
+            f"loss={loss.name} does not compute; use loss=vlb or loss=hybrid"
         )
     variance = VARIANCES.get(cfg.variance.name)
     if variance is not None and variance.channel_factor > 1 and loss.name == "simple":
@@ -88,7 +92,7 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
         )
     for key in RESUME_KEYS:
         ours = OmegaConf.to_container(cfg[key], resolve=True)
-        theirs = OmegaConf.to_container(old[key], resolve=True) if key in old else None
+        theirs = saved_group(old, key)
         if ours != theirs:
             diff = ", ".join(
                 f"{key}.{k}={ours.get(k)!r} (saved: {(theirs or {}).get(k)!r})"
@@ -99,3 +103,16 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
                 f"'{run_dir}' holds a run with other {key} settings ({diff}); "
                 "refusing to mix them: pick another name= or run_dir="
             )
+
+
+def saved_group(saved: DictConfig, key: str) -> dict | None:
+    """A group of a saved run config as a dict, keys added to the schema since the run was
+    written (e.g. schedule.sigma_max) filled in with their defaults, so they do not count as
+    a difference."""
+    if key not in saved:
+        return None
+    schema = typing.get_type_hints(SCHEMAS["train"]).get(key)
+    group = saved[key]
+    if dataclasses.is_dataclass(schema):
+        group = OmegaConf.merge(OmegaConf.structured(schema), group)
+    return OmegaConf.to_container(group, resolve=True)

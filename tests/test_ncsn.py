@@ -1,0 +1,264 @@
+"""NCSN (Song & Ermon 2019): the noise levels, the sigma^2-weighted DSM loss against its closed
+form, the langevin sampler's wiring, and the one-line errors for DDPM/NCSN mixes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from mixture_oracle import MixtureOracle
+from omegaconf import OmegaConf
+
+from diffuse_cli.build import build_diffusion, build_loss
+from diffuse_cli.diffusion import NoiseLevels, geometric_sigmas, get_loss
+from diffuse_cli.errors import UserError
+from diffuse_cli.samplers import NFECounter, annealed_langevin, evaluations, langevin
+
+NCSN = ["schedule=ncsn", "loss=dsm", "prediction=eps", "schedule.num_timesteps=10"]
+
+
+def test_geometric_levels_run_from_sigma_max_to_sigma_min_with_equal_ratios():
+    sigmas = geometric_sigmas(1.0, 0.01, 10)
+    assert sigmas.dtype == torch.float64 and sigmas.shape == (10,)
+    assert float(sigmas[0]) == pytest.approx(1.0) and float(sigmas[-1]) == pytest.approx(0.01)
+    ratios = sigmas[:-1] / sigmas[1:]
+    torch.testing.assert_close(ratios, torch.full((9,), 100 ** (1 / 9), dtype=torch.float64))
+    assert geometric_sigmas(0.5, 0.5, 1).tolist() == [0.5]
+    with pytest.raises(ValueError, match="sigma_min <= sigma_max"):
+        geometric_sigmas(0.01, 1.0, 10)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        geometric_sigmas(1.0, 0.01, 0)
+
+
+def test_schedule_ncsn_builds_the_noise_levels(compose):
+    cfg = compose([*NCSN, "schedule.sigma_max=2", "schedule.sigma_min=0.02"])
+    levels = build_diffusion(cfg)
+    assert isinstance(levels, NoiseLevels) and levels.num_timesteps == 10
+    assert levels.sigmas[0] == pytest.approx(2.0) and levels.sigmas[-1] == pytest.approx(0.02)
+    x0, i, z = torch.zeros(3, 2), torch.tensor([0, 4, 9]), torch.ones(3, 2)
+    torch.testing.assert_close(levels.q_sample(x0, i, z)[:, 0], levels.sigmas[i].float())
+
+
+def gaussian_score_model(mu, s, sigmas, prediction):
+    """The exact network for data N(mu, s^2 I): score -(x - mu) / (s^2 + sigma^2), written as
+    the output of each prediction type."""
+
+    def model(x, i):
+        sigma = sigmas[i].reshape(-1, 1).to(x.dtype)
+        score = -(x - mu) / (s**2 + sigma**2)
+        return {"score": score, "eps": -sigma * score, "x0": x + sigma**2 * score}[prediction]
+
+    return model
+
+
+@pytest.mark.parametrize("prediction", ["score", "eps", "x0"])
+def test_dsm_loss_of_the_exact_score_is_the_closed_form(prediction):
+    """x = x0 + sigma z with x0 ~ N(mu, s^2): the optimal score gives, per dimension,
+    1/2 E (sigma s + z)^2 = s^2 / (2 (s^2 + sigma^2)). A loss weighted by 1 instead of sigma^2
+    would give that divided by sigma^2 (10 000 times more at sigma = 0.01), one without the 1/2
+    twice as much: both fail."""
+    mu, s = 0.3, 0.5
+    levels = NoiseLevels(geometric_sigmas(2.0, 0.01, 6), prediction)
+    model = gaussian_score_model(mu, s, levels.sigmas, prediction)
+    g = torch.Generator().manual_seed(0)
+    n, dim = 20000, 4
+    loss = get_loss("dsm")
+    for level in range(6):
+        x0 = mu + s * torch.randn(n, dim, generator=g, dtype=torch.float64)
+        i = torch.full((n,), level)
+        z = torch.randn(n, dim, generator=g, dtype=torch.float64)
+        got = loss(levels, model, x0, i, noise=z)["loss"]
+        sigma = float(levels.sigmas[level])
+        want = s**2 / (2 * (s**2 + sigma**2))
+        assert float(got.mean()) == pytest.approx(want, rel=0.02), (level, sigma)
+        worse = loss(levels, lambda x, i: 1.1 * model(x, i), x0, i, noise=z)["loss"]
+        assert float(worse.mean()) > float(got.mean())  # the exact score is the minimizer
+
+
+def test_every_prediction_reads_the_same_score():
+    sigmas = geometric_sigmas(1.0, 0.01, 5)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    i = torch.tensor([0, 1, 3, 4])
+    scores = [
+        NoiseLevels(sigmas, p).score(gaussian_score_model(0.1, 0.4, sigmas, p), x, i)
+        for p in ("score", "eps", "x0")
+    ]
+    torch.testing.assert_close(scores[1], scores[0])
+    torch.testing.assert_close(scores[2], scores[0])
+    with pytest.raises(ValueError, match="no meaning for a score model"):
+        NoiseLevels(sigmas, "v")
+
+
+def test_langevin_is_annealed_langevin_from_sigma_1_with_the_default_step():
+    """The registry's langevin on an eps-model of the mixture equals NCSN Algorithm 1 on its
+    exact score, started at sigma_1 x_T, with epsilon = 0.4 sigma_L^2; L T + 1 evaluations."""
+    oracle = MixtureOracle()
+    levels = NoiseLevels(geometric_sigmas(2.0, 0.02, 5), "eps")
+    sig = levels.sigmas
+
+    def eps_model(x, i):
+        return -sig[i].reshape(-1, 1).float() * oracle.score_sigma(x, sig[i])
+
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    counted = NFECounter(eps_model)
+    got = langevin(
+        counted,
+        levels,
+        x_T,
+        steps=5,
+        noise=torch.Generator().manual_seed(4),
+        steps_per_level=3,
+        clip_denoised=False,
+    )
+    assert counted.calls == evaluations("langevin", 5, steps_per_level=3) == 16
+    want = annealed_langevin(
+        lambda x, i: oracle.score_sigma(x, sig[i]),
+        sig,
+        2.0 * x_T,
+        steps_per_level=3,
+        epsilon=0.4 * 0.02**2,
+        noise=torch.Generator().manual_seed(4),
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="visits all 5 noise levels"):
+        langevin(eps_model, levels, x_T, steps=3)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["schedule=ncsn"], "loss=simple is a DDPM loss; schedule=ncsn trains with loss=dsm"),
+        (["loss=dsm"], "loss=dsm trains an NCSN and needs schedule=ncsn"),
+        (["schedule=ncsn", "loss=dsm", "prediction=v"], "prediction=v has no meaning"),
+        (["prediction=score"], "prediction=score (the raw score) is for schedule=ncsn"),
+        (["schedule=ncsn", "loss=dsm", "variance=learned_range"], "variance=learned_range"),
+        (
+            ["schedule=ncsn", "loss=dsm", "loss.timesteps=importance"],
+            "loss=dsm does not compute",
+        ),
+    ],
+)
+def test_train_refuses_a_ddpm_ncsn_mix_in_one_line(compose, tmp_path, capsys, overrides, message):
+    """What the CLI runs after composing (cli._task): exit status 2, one line, nothing written."""
+    from diffuse_cli.cli import _task
+
+    cfg = compose([*TINY, *overrides, f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        _task("train")(cfg)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def ncsn_run(tmp_path_factory):
+    """A tiny NCSN trained once through the CLI: 4 steps, a Langevin preview."""
+    from conftest import run_cli
+
+    cwd = tmp_path_factory.mktemp("ncsn")
+    run_cli("train", *TINY, *NCSN, "name=ncsn", cwd=cwd)
+    return cwd, cwd / "runs" / "ncsn"
+
+
+def test_cli_trains_an_ncsn_and_samples_it_with_langevin(ncsn_run):
+    from conftest import run_cli
+
+    cwd, run = ncsn_run
+    assert OmegaConf.load(run / "config.yaml").schedule.name == "ncsn"
+    assert (run / "samples" / "step_00000004.png").is_file()  # the Langevin preview
+    args = ["sampler=langevin", "sampler.steps_per_level=2", "num_samples=3", "progress=false"]
+    proc = run_cli("sample", "run_dir=runs/ncsn", *args, cwd=cwd)
+    assert "10 noise levels x 2 steps" in proc.stdout
+    assert "21 network evaluations per sample" in proc.stdout
+    arr = np.load(run / "samples" / "langevin-10x2" / "samples.npz")["arr_0"]
+    assert arr.shape == (3, 16, 16, 3) and arr.dtype == np.uint8
+
+
+def test_sampling_an_ncsn_with_a_ddpm_sampler_is_one_line(ncsn_run):
+    from conftest import run_cli
+
+    cwd, run = ncsn_run
+    proc = run_cli("sample", "run_dir=runs/ncsn", "sampler=ddim", cwd=cwd, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "sampler=ddim samples a DDPM, but this run is an NCSN" in proc.stderr
+    assert not (run / "samples" / "ddim-10").exists()
+
+
+def test_langevin_on_a_ddpm_run_and_nll_on_an_ncsn_run_are_refused(
+    ncsn_run, compose, tmp_path, capsys
+):
+    from diffuse_cli.cli import _task
+
+    cwd, run = ncsn_run
+    ddpm_run = tmp_path / "ddpm"
+    ddpm_run.mkdir()
+    OmegaConf.save(compose(TINY), ddpm_run / "config.yaml")  # no checkpoint is needed to refuse
+    cases = [
+        ("sample", ["sampler=langevin", f"run_dir={ddpm_run}"], "sampler=langevin (annealed"),
+        ("eval", ["metrics=[nll]", f"run_dir={run}"], "metrics=[nll] is the variational bound"),
+        ("sample", ["steps=5", f"run_dir={run}", "sampler=langevin"], "visits all L=10 noise"),
+    ]
+    for command, overrides, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            _task(command)(compose(overrides, command=command))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err, err
+
+
+def test_eval_loss_of_an_ncsn_is_the_dsm_loss_per_level(ncsn_run, compose):
+    from diffuse_cli.api import load_run
+    from diffuse_cli.evaluate.loss_report import held_out_loss
+    from diffuse_cli.runs import with_run_config
+
+    _, run = ncsn_run
+    _, model, levels = load_run(run)
+    cfg = compose(["eval.num_batches=1", "eval.batch_size=20", "progress=false"], "eval")
+    cfg = OmegaConf.merge(with_run_config(cfg, run), {"loss": {"name": "dsm"}})
+    with pytest.raises(UserError, match="loss=simple is a DDPM loss"):
+        build_loss(with_run_config(compose([], "eval"), run))  # the run's loss is read back
+    report = held_out_loss(cfg, model, levels, "cpu")
+    assert [b["t_min"] for b in report["buckets"]] == list(range(10))
+    assert report["buckets"][0]["sigma_max"] == pytest.approx(1.0)
+    assert report["buckets"][-1]["sigma_min"] == pytest.approx(0.01)
+    assert math.isfinite(report["loss"]) and 0 < report["loss"] < 5
+    json.dumps(report)
+
+
+def test_dc_sample_runs_langevin_on_noise_levels(compose):
+    """The Python API: dc.sample with sampler=langevin on an exact eps-model of the 2-D mixture."""
+    import diffuse_cli as dc
+
+    overrides = ["schedule=ncsn", "prediction=eps", "data=moons", "model=mlp", "sampler=langevin"]
+    cfg = compose([*overrides, "sampler.steps_per_level=2"], command="sample")
+    levels = dc.build_diffusion(cfg)
+    oracle = MixtureOracle()
+
+    def eps_model(x, i):
+        sigma = levels.sigmas[i].reshape(-1, 1).float()
+        return -sigma * oracle.score_sigma(x, levels.sigmas[i])
+
+    counted = NFECounter(eps_model)
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    x = dc.sample(cfg, counted, levels, noise=x_T, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (8, 2) and x.abs().max() <= 1 and counted.calls == 10 * 2 + 1
+
+
+def test_a_run_saved_before_the_ncsn_keys_still_resumes(compose, tmp_path):
+    """Runs written before schedule.sigma_max/sigma_min existed have no such keys; resuming
+    them must not count the new keys (at their defaults) as a different schedule."""
+    from diffuse_cli.train.validate import check_resumable
+
+    cfg = compose(TINY)
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["schedule"]["sigma_max"], saved["schedule"]["sigma_min"]
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
+    step = tmp_path / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text("{}")
+    check_resumable(cfg, tmp_path)
+    with pytest.raises(UserError, match="schedule.name='cosine' \\(saved: 'linear'\\)"):
+        check_resumable(compose([*TINY, "schedule=cosine"]), tmp_path)
