@@ -132,7 +132,7 @@ def test_api_compose_matches_module_level_import():
     assert dc.compose_config(["schedule=cosine"]).schedule.name == "cosine"
 
 
-def test_plain_install_ships_the_config_tree(tmp_path):
+def test_plain_install_ships_the_config_tree_and_extractor_weights(tmp_path):
     """`pip install .` (not editable) must carry every YAML of configs/ inside the package."""
     import subprocess
     import sys
@@ -156,8 +156,11 @@ def test_plain_install_ships_the_config_tree(tmp_path):
         capture_output=True,
     )
     (wheel,) = tmp_path.glob("diffuse-*.whl")
-    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {n for n in names if n.endswith(".yaml")}
     expected = {
         "diffuse_cli/configs/" + str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
     }
     assert expected and expected == shipped
+    # the built-in feature extractor's weights (diffuse eval on the embedded data needs them)
+    assert "diffuse_cli/evaluate/features/builtin_shapes.safetensors" in names
