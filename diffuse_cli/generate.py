@@ -32,13 +32,19 @@ def sample_seed(seed: int, index: int) -> int:
     return (seed << 32) + index
 
 
-def output_dir(cfg: DictConfig, steps: int) -> Path:
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
+def sampler_tag(cfg: DictConfig, steps: int) -> str:
+    """'<sampler>-<steps>' (with '-eta<eta>' for stochastic DDIM): names sample folders and
+    eval reports, so runs of one sampler setting land in one place."""
     name = f"{cfg.sampler.name}-{steps}"
     if cfg.sampler.name == "ddim" and cfg.sampler.eta != 0:
         name += f"-eta{cfg.sampler.eta:g}"
-    return Path(cfg.run_dir) / "samples" / name
+    return name
+
+
+def output_dir(cfg: DictConfig, steps: int) -> Path:
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    return Path(cfg.run_dir) / "samples" / sampler_tag(cfg, steps)
 
 
 def draw_samples(
