@@ -216,81 +216,96 @@ def write_json(report: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
+    """(source(range) -> samples, num, report folder name, NFE counter or None, provenance):
+    the samples of eval.samples, or the run's, drawn with the configured sampler."""
+    from diffuse_cli.generate import sampler_tag
+    from diffuse_cli.samplers import NFECounter
+
+    if cfg.eval.samples:
+        given = read_samples(cfg)
+        num = len(given) if cfg.eval.num_samples is None else cfg.eval.num_samples
+        if num > len(given):
+            raise UserError(f"eval.num_samples={num}, but eval.samples has only {len(given)}")
+        tag = f"file-{Path(cfg.eval.samples).resolve().parent.name}"
+        provenance = {"samples": str(cfg.eval.samples), "checkpoint": None,
+                      "checkpoint_step": None, "ema": None, "sampler": None, "steps": None,
+                      "eta": None}  # fmt: skip
+        return (lambda chunk: given[chunk.start : chunk.stop]), num, tag, None, provenance
+    model, diffusion, checkpoint = load_model()
+    steps = resolve_steps(cfg, diffusion)
+    nfe = NFECounter(model)
+    provenance = {"samples": None, "checkpoint": checkpoint.name,
+                  "checkpoint_step": int(checkpoint.name.split("_")[-1]), "ema": cfg.eval.ema,
+                  "sampler": OmegaConf.to_container(cfg.sampler), "steps": steps,
+                  "eta": cfg.sampler.eta}  # fmt: skip
+    return (
+        lambda chunk: generated_batch(cfg, nfe, diffusion, device, chunk),
+        cfg.eval.num_samples or default_num_samples(cfg),
+        sampler_tag(cfg, steps),
+        nfe,
+        provenance,
+    )
+
+
+def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, device) -> dict:
+    """{"extractor", "reference", "metrics"}: the gathered samples against the reference
+    features (images) or fresh data samples (2-D)."""
+    if extractor is None:
+        num = len(gathered["points"])
+        fresh = fresh_points(cfg, num)
+        return {
+            "extractor": None,
+            "reference": {"fresh_samples": num, "stream": [cfg.data.seed, 2, cfg.seed]},
+            "metrics": point_metrics(cfg, wanted, gathered["points"], fresh),
+        }
+    from diffuse_cli.evaluate.reference import reference_features
+
+    reference = reference_features(cfg, extractor, device)
+    return {
+        "extractor": {"name": extractor.name, "key": extractor.key, **extractor.implementation},
+        "reference": {k: reference[k] for k in ("split", "num", "cache", "cached")},
+        "metrics": image_metrics(cfg, wanted, gathered, reference, extractor),
+    }
+
+
 def quality_metric(
     cfg: DictConfig, names: list[str], load_model: Callable, device, state
 ) -> Path | None:
     """Draw or read the samples, extract on every process, gather once, and (main process)
     compare with the reference and write the report. Returns its path on the main process."""
     from diffuse_cli.evaluate.features import build_extractor
-    from diffuse_cli.generate import sampler_tag
-    from diffuse_cli.samplers import NFECounter
 
     tick = time.perf_counter()
     wanted = check_quality(cfg, names)
-    images = cfg.data.image_size > 0
-    record = {"kind": "sample_quality", "run_dir": str(cfg.run_dir)}
-    if cfg.eval.samples:
-        given = read_samples(cfg)
-        num = len(given) if cfg.eval.num_samples is None else cfg.eval.num_samples
-        if num > len(given):
-            raise UserError(f"eval.num_samples={num}, but eval.samples has only {len(given)}")
-        source, nfe = (lambda chunk: given[chunk.start : chunk.stop]), None
-        tag = f"file-{Path(cfg.eval.samples).resolve().parent.name}"
-        record |= {"samples": str(cfg.eval.samples), "checkpoint": None, "checkpoint_step": None,
-                   "ema": None, "sampler": None, "steps": None, "eta": None}  # fmt: skip
-    else:
-        model, diffusion, checkpoint = load_model()
-        steps = resolve_steps(cfg, diffusion)
-        num = cfg.eval.num_samples or default_num_samples(cfg)
-        nfe = NFECounter(model)
-        source = lambda chunk: generated_batch(cfg, nfe, diffusion, device, chunk)  # noqa: E731
-        tag = sampler_tag(cfg, steps)
-        record |= {"samples": None, "checkpoint": checkpoint.name,
-                   "checkpoint_step": int(checkpoint.name.split("_")[-1]), "ema": cfg.eval.ema,
-                   "sampler": OmegaConf.to_container(cfg.sampler), "steps": steps,
-                   "eta": cfg.sampler.eta}  # fmt: skip
-    record |= {"guidance": None, "seed": cfg.seed, "num_samples": num}
-    extractor = build_extractor(cfg, device) if images else None
+    source, num, tag, nfe, provenance = sample_source(cfg, load_model, device)
+    extractor = build_extractor(cfg, device) if cfg.data.image_size > 0 else None
     indices = shard(num, state.process_index, state.num_processes)
-    progress = cfg.progress and state.is_main_process
-    mine = my_share(cfg, source, indices, extractor, progress)
+    mine = my_share(cfg, source, indices, extractor, cfg.progress and state.is_main_process)
     seconds_samples = time.perf_counter() - tick
     gathered = gather_exact(mine, num)
     if not state.is_main_process:
         return None
+    record = {"kind": "sample_quality", "run_dir": str(cfg.run_dir), **provenance,
+              "guidance": None, "seed": cfg.seed, "num_samples": num}  # fmt: skip
     if nfe is not None and len(indices):
         record["nfe_per_sample"] = nfe.calls // len(list(batches(indices, cfg.batch_size)))
     tock = time.perf_counter()
-    if images:
-        from diffuse_cli.evaluate.reference import reference_features
-
-        reference = reference_features(cfg, extractor, device)
-        record["extractor"] = {"name": extractor.name, "key": extractor.key,
-                               **extractor.implementation}  # fmt: skip
-        record["reference"] = {k: reference[k] for k in ("split", "num", "cache", "cached")}
-        seconds_reference = time.perf_counter() - tock
-        metrics = image_metrics(cfg, wanted, gathered, reference, extractor)
-    else:
-        fresh = fresh_points(cfg, num)
-        record["extractor"] = None
-        record["reference"] = {"fresh_samples": num, "stream": [cfg.data.seed, 2, cfg.seed]}
-        seconds_reference = time.perf_counter() - tock
-        metrics = point_metrics(cfg, wanted, gathered["points"], fresh)
+    record |= compare(cfg, wanted, gathered, extractor, device)
     record |= {
         "data": {k: cfg.data[k] for k in ("name", "image_size", "channels")},
-        "metrics": metrics,
         "versions": versions(),
         "num_processes": state.num_processes,
         "device": str(device),
         "seconds": {
             "samples_and_features": seconds_samples,
-            "reference": seconds_reference,
+            "reference_and_metrics": time.perf_counter() - tock,
             "total": time.perf_counter() - tick,
         },  # fmt: skip
     }
     path = Path(cfg.run_dir) / "eval" / tag / f"{extractor.name if extractor else 'points'}.json"
     write_json(record, path)
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if not k.endswith(("_std",
-                      "_subset_size", "_splits")))  # fmt: skip
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items()
+                      if not k.endswith(("_std", "_subset_size", "_splits")))  # fmt: skip
     print(f"{shown} over {num} samples in {record['seconds']['total']:.1f} s; wrote {path}")
     return path
