@@ -218,3 +218,14 @@ def test_eval_samples_of_the_wrong_shape_are_refused(run32, compose, tmp_path):
     np.savez(bad, arr_0=np.zeros((4, 16, 16, 3), dtype=np.uint8))
     with pytest.raises(UserError, match=r"need uint8 \[N, 32, 32, 3\] \(NHWC\)"):
         eval_in_process(compose, run, ["metrics=[fid]", f"eval.samples={bad}"])
+
+
+def test_builtin_extractor_refuses_other_data_and_is_the_default_only_for_shapes32(compose):
+    from diffuse_cli.evaluate.features import build_extractor, default_features
+
+    small = compose(["data.image_size=16", "eval.features=builtin"], "eval")
+    with pytest.raises(UserError, match="judges the embedded shapes data .32x32 RGB., but"):
+        build_extractor(small, torch.device("cpu"))
+    assert default_features(compose([], "eval")) == "builtin"
+    assert default_features(small) == "inception"
+    assert default_features(compose(["data=cifar10"], "eval")) == "inception"

@@ -57,10 +57,6 @@ def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
         )
     judge = load_builtin_extractor(device)
 
-    def extract(x: torch.Tensor):
-        features = judge.features(x)
-        return features, judge.heads(features)["shape"]
-
     return Extractor(
         name="builtin",
         key=f"builtin-{weights_digest()}",
@@ -69,7 +65,7 @@ def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
             "version": __version__,
             "weights_sha256": weights_digest(),
         },  # fmt: skip
-        extract=extract,
+        extract=judge.features_and_logits,
     )
 
 
