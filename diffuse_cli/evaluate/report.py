@@ -84,11 +84,12 @@ def plot(records: list[dict], path: Path) -> None:
     cols = min(3, max(1, len(names)))
     rows = -(-max(1, len(names)) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), dpi=100, squeeze=False)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(series)}  # one colour per line
     for ax, name in zip(axes.flat, names, strict=False):
         for label, rs in series.items():
             points = [(r["steps"], r["metrics"][name]) for r in rs if name in r["metrics"]]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+                ax.plot(*zip(*points, strict=True), marker="o", label=label, color=colours[label])
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps")
         ax.set_title(name)
