@@ -8,6 +8,7 @@ COMMANDS = {
     "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
     "sample": "draw samples from a run's latest EMA checkpoint into <run_dir>/samples/",
     "eval": "evaluate a run's latest EMA checkpoint and write JSON reports to <run_dir>/eval/",
+    "report": "gather the eval reports below a run or sweep folder into report.md and report.png",
 }
 
 USAGE = """usage: diffuse <command> [key=value ...] [hydra flags]
@@ -20,6 +21,8 @@ Examples:
   diffuse train schedule=cosine
   diffuse sample sampler=ddim steps=50
   diffuse eval
+  diffuse eval -m metrics=[fid] sampler=ddim,ddpm steps=10,20,50,100
+  diffuse report runs/default
   diffuse train -m schedule=linear,cosine
 """
 
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    if command == "report":  # reads files only: no config to compose
+        from diffuse_cli.evaluate.report import main as report
+
+        sys.exit(report(rest))
 
     import hydra
 

@@ -33,19 +33,26 @@ def sample_seed(seed: int, index: int) -> int:
     return (seed << 32) + index
 
 
-def output_dir(cfg: DictConfig, steps: int) -> Path:
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
+def sampler_tag(cfg: DictConfig, steps: int) -> str:
+    """'<sampler>-<steps>' (with '-eta<eta>' for stochastic DDIM): names sample folders and
+    eval reports, so runs of one sampler setting land in one place."""
     name = f"{cfg.sampler.name}-{steps}"
     if cfg.sampler.name == "langevin":  # L levels x T steps
         name += f"x{cfg.sampler.steps_per_level}"
     if cfg.sampler.name == "ddim" and cfg.sampler.eta != 0:
         name += f"-eta{cfg.sampler.eta:g}"
-    if cfg.guidance.name != "none":
-        name += f"-{cfg.guidance.name}{cfg.guidance.scale:g}"
-    if cfg.class_labels is None:
+    guidance = cfg.get("guidance")
+    if guidance is not None and guidance.name != "none":
+        name += f"-{guidance.name}{guidance.scale:g}"
+    if "class_labels" in cfg and cfg.class_labels is None:
         name += "-unconditional"
-    return Path(cfg.run_dir) / "samples" / name
+    return name
+
+
+def output_dir(cfg: DictConfig, steps: int) -> Path:
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    return Path(cfg.run_dir) / "samples" / sampler_tag(cfg, steps)
 
 
 def draw_samples(

@@ -4,7 +4,8 @@
 
 Trains `diffuse_cli.evaluate.features.builtin.ShapesJudge` on the shapes *test* split (1000
 images, data seed 0), never on the training split that diffusion runs learn from, to predict
-shape, colour, size and position (random horizontal flips; targets read from the pixels). Then
+shape, colour, size and position (random horizontal flips; targets read from the pixels), and
+sets the feature scale (the RMS of the embedding over those images). Then
 it measures the shape accuracy, colour accuracy and geometry error on shapes the judge never
 saw: 2000 images generated with another seed (data seed 1), and the first 2000 images of the
 training split. Deterministic on a given machine (fixed seeds, deterministic algorithms, fixed
@@ -48,7 +49,7 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 
 def loss_fn(model: ShapesJudge, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     targets = shapes_targets(images)
-    out = model.heads(model.features(to_input(images)))
+    out = model.heads(model.embed(to_input(images)))
     return (
         F.cross_entropy(out["shape"], labels)
         + F.cross_entropy(out["colour"], targets["colour"])
@@ -81,13 +82,22 @@ def train(model: ShapesJudge, epochs: int, batch: int, lr: float) -> None:
             total += float(loss)
         print(f"epoch {epoch + 1}/{epochs}: loss {total / (len(images) // batch):.4f}")
     model.eval()
+    set_feature_scale(model, images)
+
+
+@torch.no_grad()
+def set_feature_scale(model: ShapesJudge, images: torch.Tensor) -> None:
+    """feature_scale = the RMS of the embedding over the training images, so that the
+    features (embedding / scale) are of order 1."""
+    embedding = torch.cat([model.embed(to_input(x)) for x in images.split(500)])
+    model.feature_scale.fill_(embedding.double().pow(2).mean().sqrt().float())
 
 
 @torch.no_grad()
 def check(model: ShapesJudge, split: str, num: int, seed: int) -> dict:
     images, labels = uint8_images(split, num, seed)
     targets = shapes_targets(images)
-    outs = [model.heads(model.features(to_input(x))) for x in images.split(500)]
+    outs = [model.heads(model.embed(to_input(x))) for x in images.split(500)]
     shape = torch.cat([o["shape"] for o in outs]).argmax(1)
     colour = torch.cat([o["colour"] for o in outs]).argmax(1)
     geometry = torch.cat([o["geometry"] for o in outs])

@@ -30,6 +30,11 @@ TINY = [
     "trainer.warmup_steps=2",
     "trainer.progress=false",
 ]
+# TINY at the built-in feature extractor's 32x32 (attention at 16 px): for sample-quality evals
+TINY32 = [
+    *(o for o in TINY if not o.startswith(("data.image_size", "model.attention"))),
+    "model.attention_resolutions=[16]",
+]
 
 
 @pytest.fixture

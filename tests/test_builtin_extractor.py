@@ -32,13 +32,16 @@ def test_interface_shapes_and_no_gradients(judge, fresh):
     x, _, _ = fresh
     assert judge.logits(x[:5]).shape == (5, len(CLASS_NAMES))
     assert judge.features(x[:5]).shape == (5, FEATURE_DIM)
+    features, logits = judge.features_and_logits(x[:5])
+    assert torch.equal(features, judge.features(x[:5])) and torch.equal(logits, judge(x[:5]))
+    assert 0.5 < float(judge.features(x).pow(2).mean().sqrt()) < 2  # features of order 1
     assert not judge.training and not any(p.requires_grad for p in judge.parameters())
 
 
 def test_judges_shape_and_colour_of_unseen_images(judge, fresh):
     x, labels, images = fresh
     with torch.no_grad():
-        heads = judge.heads(judge.features(x))
+        heads = judge.heads(judge.embed(x))
     assert (heads["shape"].argmax(1) == labels).float().mean() >= 0.98
     colour = shapes_targets(images)["colour"]
     assert (heads["colour"].argmax(1) == colour).float().mean() >= 0.98

@@ -164,7 +164,7 @@ def test_eval_refuses_an_unknown_metric(trained):
     cwd, run, _ = trained
     proc = run_cli("eval", "metrics=[nll,fid9]", cwd=cwd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "unknown metric (fid9); choose from: loss, nll" in proc.stderr
+    assert "unknown metric (fid9); choose from: loss, nll, fid, kid, is, pr, swd" in proc.stderr
 
 
 def test_train_again_resumes_and_extends(trained, tmp_path):

@@ -1,6 +1,7 @@
 """Two CPU processes under `accelerate launch`: importance-sampled training keeps one history on
-every process, and `eval metrics=[nll]` shards the images and gathers the same numbers as one
-process does (each image's noise is seeded by its index)."""
+every process, `eval metrics=[nll]` shards the images and gathers the same numbers as one
+process does (each image's noise is seeded by its index), and `eval metrics=[fid,pr]` samples
+disjoint seeds on each process and gathers exactly num_samples features."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, TINY32, run_cli
 from safetensors.torch import load_file
 
 from diffuse_cli.train.checkpoint import latest_checkpoint
@@ -70,3 +71,20 @@ def test_two_processes_train_with_importance_and_shard_the_nll(tmp_path):
     assert two["num_examples"] == one["num_examples"] == 5
     assert two["bpd"] == pytest.approx(one["bpd"], rel=1e-5)
     assert [r["bpd"] for r in two["terms"]] == pytest.approx([r["bpd"] for r in one["terms"]])
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_samples_of_a_quality_eval(tmp_path):
+    run_cli("train", *TINY32, cwd=tmp_path)
+    report = tmp_path / "runs" / "default" / "eval" / "ddim-2" / "builtin.json"
+    args = ["eval", "metrics=[fid,pr]", "sampler=ddim", "steps=2", "eval.num_samples=7",
+            "batch_size=3", "progress=false"]  # fmt: skip
+    launch(*args, cwd=tmp_path)  # 7 samples: shards of 3 and 4, no padding
+    two = json.loads(report.read_text())
+    run_cli(*args, cwd=tmp_path)
+    one = json.loads(report.read_text())
+    assert (two["num_processes"], one["num_processes"]) == (2, 1)
+    assert two["num_samples"] == one["num_samples"] == 7
+    assert two["metrics"]["fd_builtin"] == pytest.approx(one["metrics"]["fd_builtin"], rel=1e-5)
+    assert two["metrics"]["precision"] == one["metrics"]["precision"]
+    assert two["metrics"]["recall"] == one["metrics"]["recall"]

@@ -150,6 +150,20 @@ class EvalConfig:
     buckets: int = 10
     repeats: int = 1
     nll_examples: int | None = 256  # nll: held-out examples for the full bound; null: all
+    # sample quality (fid, kid, is, pr; swd, energy for 2-D data)
+    num_samples: int | None = None  # null: 50000 for published model presets, else 1000
+    samples: str | None = None  # a samples.npz (uint8 NHWC arr_0) to read instead of sampling
+    ema: bool = True  # sample with the EMA weights (false: the raw weights)
+    features: str | None = None  # inception | builtin | <classifier run>; null: by data
+    inception_weights: str | None = None  # torch-fidelity's Inception file; null: hub cache
+    reference_split: str | None = None  # train | test; null: train for presets, else test
+    reference_num: int | None = None  # first N images of the reference split; null: all
+    cache_dir: str | None = None  # reference statistics; null: <data.root>/reference_stats
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    is_splits: int = 10
+    pr_neighborhood: int = 3  # k of the k-NN balls (Kynkaanniemi et al. 2019)
+    swd_projections: int = 1000
 
 
 @dataclass
@@ -194,8 +208,14 @@ class SampleConfig(_Common):
 class EvalCommandConfig(_Common):
     loss: LossConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
-    metrics: list[str] = field(default_factory=lambda: ["loss"])  # loss | nll
-    batch_size: int = 256
+    metrics: list[str] = field(
+        default_factory=lambda: ["loss"]
+    )  # loss nll fid kid is pr swd energy
+    sampler: SamplerConfig = MISSING  # sample quality: how the samples are drawn
+    guidance: GuidanceConfig = MISSING  # sample quality: guided sampling, as `diffuse sample`
+    class_labels: Any = "random"  # sample quality of a conditional run: labels, as `sample`
+    steps: int | None = None  # None: the full chain, T steps
+    batch_size: int = 256  # samples per sampling batch
     device: str = "auto"
     progress: bool = True
 

@@ -1,12 +1,16 @@
-"""`diffuse eval`: the metrics named in `metrics`, on a run's latest EMA checkpoint.
+"""`diffuse eval`: the metrics named in `metrics`, on a run's latest checkpoint (EMA weights
+unless eval.ema=false).
 
-    loss   held-out training loss per timestep bucket    eval/loss.json, loss_by_timestep.png
-           (an NCSN run: the DSM loss per noise level)
-    nll    bits/dim by the full T-step variational bound  eval/nll.json, nll_terms.png
-           (DDPM runs only)
+    loss    held-out training loss per timestep bucket    eval/loss.json, loss_by_timestep.png
+            (an NCSN run: the DSM loss per noise level)
+    nll     bits/dim by the full T-step variational bound  eval/nll.json, nll_terms.png
+            (DDPM runs only)
+    fid kid is pr    sample quality of images (quality.py)  eval/<sampler>-<steps>/<extractor>.json
+    swd energy       sample quality of 2-D points           eval/<sampler>-<steps>/points.json
 
-Under `accelerate launch` each process takes a shard of the work where a metric supports it
-(nll), and the main process writes the reports.
+The sample-quality metrics share one set of samples. Under `accelerate launch` each process
+takes a shard of the work where a metric supports it (nll, sampling and features), and the main
+process writes the reports.
 """
 
 from __future__ import annotations
@@ -20,20 +24,22 @@ from diffuse_cli.build import is_score_model
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import loss_metric
 from diffuse_cli.evaluate.nll import nll_metric
+from diffuse_cli.evaluate.quality import QUALITY, quality_metric
 from diffuse_cli.runs import read_run_config, with_run_config
 
 METRICS = {"loss": loss_metric, "nll": nll_metric}
+LISTED = ("fid", "kid", "is", "pr", "swd", "energy")  # QUALITY also takes fd and kd
 
 
 def check_eval_config(cfg: DictConfig) -> list[str]:
     """The metrics to run, in order and without repeats; UserError for bad settings."""
     metrics = list(dict.fromkeys(cfg.metrics))
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in METRICS and m not in QUALITY]
     if unknown or not metrics:
         named = ", ".join(unknown) if unknown else "none given"
         raise UserError(
-            f"metrics={list(cfg.metrics)}: unknown metric ({named}); "
-            f"choose from: {', '.join(METRICS)} (e.g. metrics=[loss,nll])"
+            f"metrics={list(cfg.metrics)}: unknown metric ({named}); choose from: "
+            f"{', '.join([*METRICS, *LISTED])} (e.g. metrics=[loss,nll] or metrics=[fid,kid])"
         )
     for key in ("num_batches", "batch_size", "buckets", "repeats"):
         if cfg.eval[key] <= 0:
@@ -59,16 +65,31 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     metrics = check_eval_config(cfg)
     state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
-    _, model, diffusion = load_run(run_dir, device=device)
-    header = {
-        "run_dir": str(run_dir),
-        "checkpoint": latest_checkpoint(run_dir).name,
-        "weights": "ema",
-        "split": "test",
-        "config": {
-            k: OmegaConf.to_container(cfg[k])
-            for k in ("schedule", "prediction", "variance", "loss")
-        },
-    }
-    paths = [METRICS[m](cfg, model, diffusion, device, header, state) for m in metrics]
+    loaded = {}
+
+    def load_model():
+        """(model, diffusion, checkpoint folder), loaded once and only when needed."""
+        if not loaded:
+            _, model, diffusion = load_run(run_dir, device=device, ema=cfg.eval.ema)
+            loaded.update(model=model, diffusion=diffusion, checkpoint=latest_checkpoint(run_dir))
+        return loaded["model"], loaded["diffusion"], loaded["checkpoint"]
+
+    paths = []
+    quality = [m for m in metrics if m in QUALITY]
+    for m in metrics:
+        if m in METRICS:
+            model, diffusion, checkpoint = load_model()
+            header = {
+                "run_dir": str(run_dir),
+                "checkpoint": checkpoint.name,
+                "weights": "ema" if cfg.eval.ema else "model",
+                "split": "test",
+                "config": {
+                    k: OmegaConf.to_container(cfg[k])
+                    for k in ("schedule", "prediction", "variance", "loss")
+                },
+            }
+            paths.append(METRICS[m](cfg, model, diffusion, device, header, state))
+        elif m == quality[0]:
+            paths.append(quality_metric(cfg, quality, load_model, device, state))
     return [p for p in paths if p is not None]

@@ -82,7 +82,8 @@ def example_seed(seed: int, index: int) -> int:
     return (seed << 32) + index
 
 
-def _shard(num: int, rank: int, world: int) -> range:
+def shard(num: int, rank: int, world: int) -> range:
+    """Process `rank`'s contiguous share of items 0..num-1: disjoint, together exactly all."""
     return range(rank * num // world, (rank + 1) * num // world)
 
 
@@ -95,7 +96,7 @@ def held_out_nll(cfg: DictConfig, model, diffusion, device, rank: int = 0, world
     ec = cfg.eval
     dataset = build_data(cfg, "test")
     num = len(dataset) if ec.nll_examples is None else min(ec.nll_examples, len(dataset))
-    indices = _shard(num, rank, world)
+    indices = shard(num, rank, world)
     loader = DataLoader(Subset(dataset, indices), batch_size=ec.batch_size, shuffle=False)
     parts, start = [], indices.start
     bar = tqdm(total=len(indices), desc="nll", unit="img", disable=not (cfg.progress and rank == 0))

@@ -1,0 +1,89 @@
+"""Feature extractors for sample-quality metrics, chosen with `eval.features`.
+
+    inception   torch-fidelity's Inception-v3 (pool3 features, 1008 logits): FID, KID, IS
+    builtin     the shapes data's own judge (builtin.py): fd_builtin, kd_builtin, is_builtin
+    <path>      a classifier run (`diffuse train task=classifier`): not available yet
+
+Every extractor takes 8-bit images as float in [-1, 1], NCHW, and gives `features` [B, D] and
+class `logits` [B, K]. `name` goes into metric names: only Inception's distance is called FID;
+with another extractor it is fd_<name>, so numbers from different feature spaces are never
+mistaken for one another. `key` names the weights too, so cached reference statistics of one
+extractor are never reused for another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from diffuse_cli.errors import UserError
+
+
+@dataclass
+class Extractor:
+    name: str  # inception | builtin | ...: in metric names (fid or fd_<name>, ...)
+    key: str  # name + weights digest: in cache file names
+    implementation: dict  # {"implementation": ..., "version": ...} for the report
+    extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> features, logits
+
+    def metric_name(self, short: str) -> str:
+        """'fd' -> 'fid' for Inception, 'fd_builtin' for the built-in extractor."""
+        if self.name == "inception":
+            return {"fd": "fid", "kd": "kid", "is": "is"}[short]
+        return f"{short}_{self.name}"
+
+
+def default_features(cfg: DictConfig) -> str:
+    """`eval.features` when unset: the built-in judge for the embedded shapes at its size and
+    channels, Inception for other images."""
+    d = cfg.data
+    return "builtin" if (d.name, d.image_size, d.channels) == ("shapes", 32, 3) else "inception"
+
+
+def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
+    from diffuse_cli import __version__
+    from diffuse_cli.evaluate.features.builtin import load_builtin_extractor, weights_digest
+
+    d = cfg.data
+    if (d.name, d.image_size, d.channels) != ("shapes", 32, 3):
+        raise UserError(
+            f"eval.features=builtin judges the embedded shapes data (32x32 RGB), but this run's "
+            f"data is {d.name} at {d.image_size}x{d.image_size} with {d.channels} channels; "
+            "use eval.features=inception"
+        )
+    judge = load_builtin_extractor(device)
+
+    return Extractor(
+        name="builtin",
+        key=f"builtin-{weights_digest()}",
+        implementation={
+            "implementation": "diffuse builtin shapes judge",
+            "version": __version__,
+            "weights_sha256": weights_digest(),
+        },  # fmt: skip
+        extract=judge.features_and_logits,
+    )
+
+
+def build_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
+    """The extractor `eval.features` names (see the module docstring)."""
+    from diffuse_cli.evaluate.features.inception import inception_extractor
+
+    choice = cfg.eval.features or default_features(cfg)
+    if choice == "builtin":
+        return builtin_extractor(cfg, device)
+    if choice == "inception":
+        return inception_extractor(cfg, device)
+    if Path(choice).exists():
+        raise UserError(
+            f"eval.features={choice}: features of a classifier run (diffuse train "
+            "task=classifier) are not available yet in this version; use eval.features=builtin "
+            "(shapes) or eval.features=inception"
+        )
+    raise UserError(
+        f"eval.features={choice}: choose inception, builtin, or the folder of a classifier run"
+    )

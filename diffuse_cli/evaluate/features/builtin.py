@@ -46,7 +46,13 @@ def _conv(c_in: int, c_out: int) -> list[nn.Module]:
 class ShapesJudge(nn.Module):
     """CNN over 32x32 RGB: three conv stages (32, 64, 64 channels at 32, 16, 8 pixels), a
     linear embedding of the 4x4 map (flattened, not averaged, so position survives) into
-    `FEATURE_DIM` features, and three heads on ReLU(features): shape, colour, geometry."""
+    `FEATURE_DIM` numbers, and three heads on ReLU(embedding): shape, colour, geometry.
+
+    `features` is the embedding divided by `feature_scale` (one number, stored with the
+    weights: the RMS of the embedding over the images it was trained on), so features are of
+    order 1, like Inception's pool3 features. KID's kernel (x.y / D + 1)^3 then stays in a
+    range where torch-fidelity's float32 sums keep their precision.
+    """
 
     def __init__(self):
         super().__init__()
@@ -60,6 +66,7 @@ class ShapesJudge(nn.Module):
         self.shape_head = nn.Linear(FEATURE_DIM, len(CLASS_NAMES))
         self.colour_head = nn.Linear(FEATURE_DIM, NUM_COLOURS)
         self.geometry_head = nn.Linear(FEATURE_DIM, NUM_GEOMETRY)
+        self.register_buffer("feature_scale", torch.ones(()))
 
     @staticmethod
     def check_input(x: torch.Tensor) -> None:
@@ -73,22 +80,32 @@ class ShapesJudge(nn.Module):
                 f"the built-in shapes extractor takes float images in [-1, 1], got {x.dtype}"
             )
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, 32, 32] in [-1, 1] -> [B, FEATURE_DIM] penultimate features."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, 32, 32] in [-1, 1] -> [B, FEATURE_DIM] unscaled embedding (what the heads
+        read)."""
         self.check_input(x)
         return self.body(x.float())
 
-    def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = torch.relu(features)
+    def heads(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(embedding)
         return {
             "shape": self.shape_head(h),
             "colour": self.colour_head(h),
             "geometry": self.geometry_head(h),
         }
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both at the cost of one pass: ([B, FEATURE_DIM], [B, 4])."""
+        embedding = self.embed(x)
+        return embedding / self.feature_scale, self.heads(embedding)["shape"]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, 32, 32] in [-1, 1] -> [B, FEATURE_DIM] penultimate features, of order 1."""
+        return self.embed(x) / self.feature_scale
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, 32, 32] in [-1, 1] -> [B, 4] shape-class logits (CLASS_NAMES order)."""
-        return self.heads(self.features(x))["shape"]
+        return self.heads(self.embed(x))["shape"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)

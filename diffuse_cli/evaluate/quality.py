@@ -1,0 +1,332 @@
+"""`diffuse eval metrics=[fid,kid,is,pr]` (images) or `metrics=[swd,energy]` (2-D data): how
+close a run's samples are to the data.
+
+The samples are drawn with the configured sampler and steps (`eval.num_samples` of them, sample
+i seeded by (seed, i) as in `diffuse sample`), or read from `eval.samples=<samples.npz>`. Under
+`accelerate launch` each process takes a contiguous, disjoint range of sample indices, turns its
+samples into features batch by batch, and the features are gathered once: the count is exact,
+with no padding and no duplicates, and the numbers do not depend on the process count.
+
+Images are rounded to 8 bits first, so generated samples and the same samples read back from a
+samples.npz give the same features. The main process compares them with the reference features
+of the data (reference.py, cached) and writes
+
+    <run_dir>/eval/<sampler>-<steps>/<extractor>.json       (file-<folder>/ for eval.samples)
+
+with everything needed to reproduce the number (see `record`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from diffuse_cli.build import data_shape, resolve_steps, sample
+from diffuse_cli.diffusion import quantize
+from diffuse_cli.errors import UserError
+from diffuse_cli.evaluate.nll import shard
+
+# metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
+QUALITY = {"fid": "fd", "fd": "fd", "kid": "kd", "kd": "kd", "is": "is", "pr": "pr",
+           "swd": "swd", "energy": "energy"}  # fmt: skip
+IMAGE_METRICS = ("fd", "kd", "is", "pr")
+POINT_METRICS = ("swd", "energy")
+PRESET_NUM_SAMPLES, DEFAULT_NUM_SAMPLES = 50000, 1000
+
+
+def check_quality(cfg: DictConfig, names: list[str]) -> list[str]:
+    """The computed metrics for the names asked for (in order, without repeats)."""
+    wanted = list(dict.fromkeys(QUALITY[n] for n in names))
+    images = cfg.data.image_size > 0
+    wrong = [m for m in wanted if m not in (IMAGE_METRICS if images else POINT_METRICS)]
+    if wrong:
+        ask = [n for n in names if QUALITY[n] in wrong]
+        fix = "fid, kid, is, pr" if images else "swd, energy"
+        kind = "images" if images else "2-D points"
+        raise UserError(
+            f"metrics {', '.join(ask)} do not apply to data={cfg.data.name} ({kind}); use {fix}"
+        )
+    ec = cfg.eval
+    for key in ("kid_subsets", "kid_subset_size", "is_splits", "pr_neighborhood",
+                "swd_projections", "batch_size"):  # fmt: skip
+        if ec[key] <= 0:
+            raise UserError(f"eval.{key}={ec[key]} must be > 0")
+    if cfg.batch_size <= 0:
+        raise UserError(f"batch_size={cfg.batch_size} must be > 0")
+    if ec.num_samples is not None and ec.num_samples <= 0:
+        raise UserError(f"eval.num_samples={ec.num_samples} must be > 0 (or null: the default)")
+    return wanted
+
+
+def default_num_samples(cfg: DictConfig) -> int:
+    """50000 for a published model preset (as the papers), 1000 for everything else."""
+    return PRESET_NUM_SAMPLES if cfg.model.image_size else DEFAULT_NUM_SAMPLES
+
+
+def read_samples(cfg: DictConfig) -> torch.Tensor:
+    """eval.samples as float [-1, 1] NCHW images (from uint8 NHWC arr_0) or [N, D] points."""
+    path = Path(cfg.eval.samples)
+    if not path.is_file():
+        raise UserError(
+            f"eval.samples={path}: no such file; give a samples.npz from diffuse sample"
+        )
+    try:
+        with np.load(path) as npz:
+            arr = npz["arr_0"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"eval.samples={path}: not an .npz with an arr_0 array ({err})") from err
+    shape = data_shape(cfg)
+    if len(shape) == 3:
+        c, h, w = shape
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (h, w, c):
+            raise UserError(
+                f"eval.samples={path}: arr_0 is {arr.dtype} {list(arr.shape)}, but this run's "
+                f"images need uint8 [N, {h}, {w}, {c}] (NHWC)"
+            )
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if arr.ndim != 2 or arr.shape[1] != shape[0]:
+        raise UserError(
+            f"eval.samples={path}: arr_0 is {list(arr.shape)}, expected [N, {shape[0]}]"
+        )
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def batches(indices: range, size: int):
+    for start in range(indices.start, indices.stop, size):
+        yield range(start, min(start + size, indices.stop))
+
+
+def generated_batch(
+    cfg, model, diffusion, device, chunk: range, labels=None, cond_fn=None
+) -> torch.Tensor:
+    """Samples number `chunk`, seeded (and labelled) per sample exactly as `diffuse sample`
+    does; `labels` [len(chunk)] go to the (guided) model as y."""
+    from diffuse_cli.generate import sample_seed
+    from diffuse_cli.samplers import PerSampleNoise
+
+    noise = PerSampleNoise([sample_seed(cfg.seed, i) for i in chunk], device)
+    kwargs = {} if labels is None else {"y": labels.to(device)}
+    x_T = noise.randn(data_shape(cfg))
+    return sample(cfg, model, diffusion, x_T, noise, kwargs, cond_fn=cond_fn)
+
+
+@torch.no_grad()
+def my_share(cfg, source: Callable[[range], torch.Tensor], indices: range, extractor, progress):
+    """This process's samples `indices` as {"index", "features", "logits"} (images, through
+    the extractor) or {"index", "points"} (2-D), on the CPU."""
+    parts = []
+    bar = tqdm(total=len(indices), desc="eval samples", unit="sample", disable=not progress)
+    for chunk in batches(indices, cfg.batch_size):
+        x = source(chunk)
+        part = {"index": torch.tensor(list(chunk), dtype=torch.int64)}
+        if extractor is None:
+            part["points"] = x.float().cpu()
+        else:
+            features, logits = extractor.extract(quantize(x))
+            part |= {"features": features.float().cpu(), "logits": logits.float().cpu()}
+        parts.append(part)
+        bar.update(len(chunk))
+    bar.close()
+    if not parts:
+        return {}
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def gather_exact(mine: dict, num: int) -> dict:
+    """Every process's share, concatenated in index order; checks that each of the `num`
+    samples is there exactly once."""
+    from accelerate.utils import gather_object
+
+    shares = [s for s in gather_object([mine]) if s]
+    result = {k: torch.cat([s[k] for s in shares]) for k in shares[0]}
+    order = result["index"].argsort()
+    result = {k: v[order] for k, v in result.items()}
+    if not torch.equal(result["index"], torch.arange(num)):
+        raise RuntimeError(f"gathered {len(result['index'])} samples, expected 0..{num - 1} once")
+    return result
+
+
+def fresh_points(cfg: DictConfig, num: int) -> torch.Tensor:
+    """`num` new points of the 2-D data, from a stream neither split uses (stream 2)."""
+    from diffuse_cli.data.toy2d import TOY_SETS
+
+    if cfg.data.name not in TOY_SETS:
+        raise UserError(f"metrics swd, energy need a 2-D toy dataset, not data={cfg.data.name}")
+    draw = TOY_SETS[cfg.data.name][0]
+    points, _ = draw(np.random.default_rng([cfg.data.seed, 2, cfg.seed]), num)
+    return torch.as_tensor(points, dtype=torch.float32)
+
+
+def image_metrics(cfg, wanted, gathered, reference, extractor) -> dict:
+    from diffuse_cli.evaluate import distances as D
+
+    ec, out = cfg.eval, {}
+    features = gathered["features"]
+    if "fd" in wanted:
+        ref = {"mu": reference["mu"], "sigma": reference["sigma"]}
+        out[extractor.metric_name("fd")] = D.frechet_distance(D.feature_statistics(features), ref)
+    if "kd" in wanted:
+        kd = D.kernel_distance(features, reference["features"], ec.kid_subsets,
+                               ec.kid_subset_size, seed=cfg.seed)  # fmt: skip
+        name = extractor.metric_name("kd")
+        out |= {
+            name: kd["mean"],
+            f"{name}_std": kd["std"],
+            f"{name}_subset_size": kd["subset_size"],
+        }
+    if "is" in wanted:
+        score = D.inception_score(gathered["logits"], ec.is_splits, seed=cfg.seed)
+        name = extractor.metric_name("is")
+        out |= {name: score["mean"], f"{name}_std": score["std"], f"{name}_splits": score["splits"]}
+    if "pr" in wanted:
+        out |= D.precision_recall(features, reference["features"], ec.pr_neighborhood)
+    return out
+
+
+def point_metrics(cfg, wanted, points: torch.Tensor, fresh: torch.Tensor) -> dict:
+    from diffuse_cli.evaluate import distances as D
+
+    out = {}
+    if "swd" in wanted:
+        out["swd"] = D.sliced_wasserstein(points, fresh, cfg.eval.swd_projections, seed=cfg.seed)
+    if "energy" in wanted:
+        out["energy"] = D.energy_distance(points, fresh)
+    return out
+
+
+def versions() -> dict:
+    import accelerate
+    import torch_fidelity
+
+    from diffuse_cli import __version__
+
+    return {"diffuse": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "torch_fidelity": torch_fidelity.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}  # fmt: skip
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+
+
+def plain(value):
+    """A config value as plain Python (ListConfig -> list) for the JSON report."""
+    return list(value) if isinstance(value, ListConfig) else value
+
+
+def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
+    """(source(range) -> samples, num, report folder name, NFE counter or None, provenance):
+    the samples of eval.samples, or the run's, drawn with the configured sampler."""
+    from diffuse_cli.build import build_guidance
+    from diffuse_cli.generate import conditioning, guidance_classifier, sampler_tag
+    from diffuse_cli.samplers import NFECounter
+    from diffuse_cli.sampling_labels import sample_labels
+
+    if cfg.eval.samples:
+        given = read_samples(cfg)
+        num = len(given) if cfg.eval.num_samples is None else cfg.eval.num_samples
+        if num > len(given):
+            raise UserError(f"eval.num_samples={num}, but eval.samples has only {len(given)}")
+        tag = f"file-{Path(cfg.eval.samples).resolve().parent.name}"
+        provenance = {"samples": str(cfg.eval.samples), "checkpoint": None,
+                      "checkpoint_step": None, "ema": None, "sampler": None, "steps": None,
+                      "eta": None, "guidance": None, "class_labels": None}  # fmt: skip
+        return (lambda chunk: given[chunk.start : chunk.stop]), num, tag, None, provenance
+    model, diffusion, checkpoint = load_model()
+    steps = resolve_steps(cfg, diffusion)
+    classifier = guidance_classifier(cfg, device) if cfg.guidance.name == "classifier" else None
+    num_classes, null = conditioning(cfg, model, classifier)
+    guided, cond_fn = build_guidance(cfg, model, diffusion, classifier)
+    nfe = NFECounter(guided)
+    guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
+    provenance = {"samples": None, "checkpoint": checkpoint.name,
+                  "checkpoint_step": int(checkpoint.name.split("_")[-1]), "ema": cfg.eval.ema,
+                  "sampler": OmegaConf.to_container(cfg.sampler), "steps": steps,
+                  "eta": cfg.sampler.eta, "guidance": guidance,
+                  "class_labels": plain(cfg.class_labels) if num_classes else None}  # fmt: skip
+
+    def labels(chunk: range):
+        return sample_labels(cfg, num_classes, chunk, null)
+
+    return (
+        lambda chunk: generated_batch(cfg, nfe, diffusion, device, chunk, labels(chunk), cond_fn),
+        cfg.eval.num_samples or default_num_samples(cfg),
+        sampler_tag(cfg, steps),
+        nfe,
+        provenance,
+    )
+
+
+def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, device) -> dict:
+    """{"extractor", "reference", "metrics"}: the gathered samples against the reference
+    features (images) or fresh data samples (2-D)."""
+    if extractor is None:
+        num = len(gathered["points"])
+        fresh = fresh_points(cfg, num)
+        return {
+            "extractor": None,
+            "reference": {"fresh_samples": num, "stream": [cfg.data.seed, 2, cfg.seed]},
+            "metrics": point_metrics(cfg, wanted, gathered["points"], fresh),
+        }
+    from diffuse_cli.evaluate.reference import reference_features
+
+    reference = reference_features(cfg, extractor, device)
+    return {
+        "extractor": {"name": extractor.name, "key": extractor.key, **extractor.implementation},
+        "reference": {k: reference[k] for k in ("split", "num", "cache", "cached")},
+        "metrics": image_metrics(cfg, wanted, gathered, reference, extractor),
+    }
+
+
+def quality_metric(
+    cfg: DictConfig, names: list[str], load_model: Callable, device, state
+) -> Path | None:
+    """Draw or read the samples, extract on every process, gather once, and (main process)
+    compare with the reference and write the report. Returns its path on the main process."""
+    from diffuse_cli.evaluate.features import build_extractor
+
+    tick = time.perf_counter()
+    wanted = check_quality(cfg, names)
+    source, num, tag, nfe, provenance = sample_source(cfg, load_model, device)
+    extractor = build_extractor(cfg, device) if cfg.data.image_size > 0 else None
+    indices = shard(num, state.process_index, state.num_processes)
+    mine = my_share(cfg, source, indices, extractor, cfg.progress and state.is_main_process)
+    seconds_samples = time.perf_counter() - tick
+    gathered = gather_exact(mine, num)
+    if not state.is_main_process:
+        return None
+    record = {"kind": "sample_quality", "run_dir": str(cfg.run_dir), **provenance,
+              "seed": cfg.seed, "num_samples": num}  # fmt: skip
+    if nfe is not None and len(indices):
+        record["nfe_per_sample"] = nfe.calls // len(list(batches(indices, cfg.batch_size)))
+    tock = time.perf_counter()
+    record |= compare(cfg, wanted, gathered, extractor, device)
+    record |= {
+        "data": {k: cfg.data[k] for k in ("name", "image_size", "channels")},
+        "versions": versions(),
+        "num_processes": state.num_processes,
+        "device": str(device),
+        "seconds": {
+            "samples_and_features": seconds_samples,
+            "reference_and_metrics": time.perf_counter() - tock,
+            "total": time.perf_counter() - tick,
+        },  # fmt: skip
+    }
+    path = Path(cfg.run_dir) / "eval" / tag / f"{extractor.name if extractor else 'points'}.json"
+    write_json(record, path)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items()
+                      if not k.endswith(("_std", "_subset_size", "_splits")))  # fmt: skip
+    print(f"{shown} over {num} samples in {record['seconds']['total']:.1f} s; wrote {path}")
+    return path

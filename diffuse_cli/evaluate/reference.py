@@ -1,0 +1,101 @@
+"""Reference features of a dataset split: computed once, cached, reused.
+
+The cache file is keyed by dataset, split, resolution, channels, number of images, the
+extractor (with its weights) and a digest of the data settings that change the images, so a
+changed setting never picks up stale statistics:
+
+    <eval.cache_dir or data.root/reference_stats>/
+        shapes-test-32px-3ch-n1000-builtin-af881375-<digest>.safetensors
+
+It holds the features [N, D] (KID and precision/recall need them), their mean [D] and
+covariance [D, D] in float64 (the Frechet distance needs those), and, as metadata, what it was
+made from. Written to a temporary file and renamed, so a crash leaves no half file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from diffuse_cli.build import build_data
+from diffuse_cli.diffusion import quantize
+from diffuse_cli.errors import UserError
+
+
+def reference_split(cfg: DictConfig) -> str:
+    """`eval.reference_split`, by default the training split for a published model preset (as
+    the papers compare with it) and the held-out split otherwise."""
+    split = cfg.eval.reference_split or ("train" if cfg.model.image_size else "test")
+    if split not in ("train", "test"):
+        raise UserError(f"eval.reference_split={split}: choose train or test")
+    return split
+
+
+def cache_path(cfg: DictConfig, split: str, num: int, extractor_key: str) -> Path:
+    d = cfg.data
+    folder = Path(cfg.eval.cache_dir) if cfg.eval.cache_dir else Path(d.root) / "reference_stats"
+    settings = {k: d[k] for k in ("name", "root", "image_size", "channels", "seed")}
+    settings["num"] = d.num_train if split == "train" else d.num_test
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{d.name}-{split}-{d.image_size}px-{d.channels}ch-n{num}-{extractor_key}-{digest}"
+    return folder / f"{name}.safetensors"
+
+
+@torch.no_grad()
+def compute_features(cfg: DictConfig, dataset, extractor, device, progress: bool):
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
+    parts = []
+    for x, _ in tqdm(loader, desc="reference", disable=not progress, leave=False):
+        features, _ = extractor.extract(quantize(x).to(device))
+        parts.append(features.float().cpu())
+    return torch.cat(parts)
+
+
+def reference_features(cfg: DictConfig, extractor, device) -> dict:
+    """{"features": [N, D], "mu": [D], "sigma": [D, D] (numpy float64), "split", "num",
+    "cache": path, "cached": whether it was read from the cache}."""
+    from safetensors.torch import load_file, save_file
+
+    from diffuse_cli.evaluate.distances import feature_statistics
+
+    split = reference_split(cfg)
+    dataset = build_data(cfg, split)
+    limit = cfg.eval.reference_num
+    if limit is not None and limit <= 0:
+        raise UserError(f"eval.reference_num={limit} must be > 0 (or null: the whole split)")
+    num = len(dataset) if limit is None else min(limit, len(dataset))
+    path = cache_path(cfg, split, num, extractor.key)
+    cached = path.is_file()
+    if cached:
+        stored = load_file(path)
+    else:
+        features = compute_features(cfg, Subset(dataset, range(num)), extractor, device,
+                                    cfg.progress)  # fmt: skip
+        stats = feature_statistics(features)
+        stored = {
+            "features": features.contiguous(),
+            "mu": torch.from_numpy(stats["mu"]).contiguous(),
+            "sigma": torch.from_numpy(stats["sigma"]).contiguous(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        meta = {"dataset": cfg.data.name, "split": split, "num": str(num),
+                "extractor": extractor.key}  # fmt: skip
+        save_file(stored, tmp, metadata=meta)
+        os.replace(tmp, path)
+    return {
+        "features": stored["features"],
+        "mu": stored["mu"].numpy(),
+        "sigma": stored["sigma"].numpy(),
+        "split": split,
+        "num": num,
+        "cache": str(path),
+        "cached": cached,
+    }

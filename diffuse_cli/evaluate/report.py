@@ -1,0 +1,135 @@
+"""`diffuse report <run or sweep dir>`: gather the sample-quality JSONs below a folder into a
+Markdown table and a plot of each metric against sampling steps, one line per run and sampler
+(the way papers compare samplers, e.g. Song et al. 2021, Table 1 and Fig. 3).
+
+    diffuse eval -m sampler=ddim,ddpm steps=10,20,50,100 metrics=[fid]
+    diffuse report runs/default          # -> runs/default/report.md, runs/default/report.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+AUXILIARY = ("_std", "_subset_size", "_splits")  # stored beside a metric, not plotted
+
+
+def collect(root: Path) -> list[dict]:
+    """Every sample-quality report below `root` (eval/<tag>/<extractor>.json), each with a
+    "run" key: its run folder relative to `root` ('.' for root itself)."""
+    records = []
+    for path in sorted(Path(root).rglob("eval/*/*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and record.get("kind") == "sample_quality":
+            run = path.parent.parent.parent
+            records.append({**record, "run": str(run.relative_to(root)), "path": str(path)})
+    return records
+
+
+def metric_names(records: list[dict]) -> list[str]:
+    names = dict.fromkeys(k for r in records for k in r["metrics"] if not k.endswith(AUXILIARY))
+    return list(names)
+
+
+def _sampler(record: dict) -> str:
+    if record["sampler"] is None:
+        return f"file {record['samples']}"
+    s = record["sampler"]
+    return s["name"] + (f" (eta {s['eta']:g})" if s["name"] == "ddim" and s["eta"] else "")
+
+
+def _cell(metrics: dict, name: str) -> str:
+    if name not in metrics:
+        return ""
+    value, std = metrics[name], metrics.get(f"{name}_std")
+    return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+
+
+def _key(record: dict):
+    return (record["run"], _sampler(record), record["steps"] or 0)
+
+
+def table(records: list[dict]) -> str:
+    """A Markdown table: one row per report, sorted by run, sampler and steps."""
+    names = metric_names(records)
+    head = ["run", "sampler", "steps", "NFE", "samples", "features", *names]
+    rows = [head, ["---"] * len(head)]
+    for r in sorted(records, key=_key):
+        rows.append([
+            r["run"], _sampler(r), str(r["steps"] or ""), str(r.get("nfe_per_sample") or ""),
+            str(r["num_samples"]), (r["extractor"] or {}).get("name", "points"),
+            *(_cell(r["metrics"], n) for n in names),
+        ])  # fmt: skip
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """One panel per metric: the metric against steps (log scale), a line per run + sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = metric_names(records)
+    series: dict[str, list[dict]] = {}
+    for r in sorted(records, key=_key):
+        if r["steps"] is not None:
+            label = _sampler(r) if r["run"] == "." else f"{r['run']}: {_sampler(r)}"
+            series.setdefault(label, []).append(r)
+    cols = min(3, max(1, len(names)))
+    rows = -(-max(1, len(names)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), dpi=100, squeeze=False)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(series)}  # one colour per line
+    for ax, name in zip(axes.flat, names, strict=False):
+        for label, rs in series.items():
+            points = [(r["steps"], r["metrics"][name]) for r in rs if name in r["metrics"]]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=label, color=colours[label])
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    if series:
+        axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(root: Path, out: Path | None = None) -> tuple[Path, Path]:
+    """report.md and report.png in `out` (default `root`) from the reports below `root`."""
+    root = Path(root)
+    records = collect(root)
+    if not records:
+        raise FileNotFoundError(
+            f"no sample-quality reports under {root} (eval/<sampler>-<steps>/*.json); run "
+            "`diffuse eval metrics=[fid]` there first"
+        )
+    out = Path(out) if out else root
+    out.mkdir(parents=True, exist_ok=True)
+    md, png = out / "report.md", out / "report.png"
+    md.write_text(table(records))
+    plot(records, png)
+    return md, png
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffuse report", description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="a run folder or a sweep folder")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: root)")
+    args = parser.parse_args(argv)
+    try:
+        md, png = write_report(args.root, args.out)
+    except FileNotFoundError as err:
+        print(f"diffuse report: error: {err}", file=sys.stderr)
+        return 2
+    print(md.read_text(), end="")
+    print(f"wrote {md} and {png}")
+    return 0

@@ -1,0 +1,231 @@
+"""`diffuse eval metrics=[fid,kid,is,pr]` on the embedded data with the built-in extractor,
+sweeps and `diffuse report`, 2-D metrics, and the Inception path with the network replaced."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY32, run_cli
+
+import diffuse_cli as dc
+from diffuse_cli.errors import UserError
+
+QUICK = ["sampler=ddim", "steps=3", "eval.num_samples=12", "batch_size=12", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def run32(tmp_path_factory):
+    """A tiny 32x32 shapes run in <cwd>/runs/default, trained once (in this process: the CLI's
+    train is tested elsewhere)."""
+    from diffuse_cli.train.trainer import train
+
+    cwd = tmp_path_factory.mktemp("quality")
+    run = cwd / "runs" / "default"
+    train(dc.compose_config([*TINY32, f"run_dir={run}"]))
+    return cwd, run
+
+
+def eval_in_process(compose, run, overrides):
+    """`diffuse eval` as the CLI runs it, in this process (no interpreter start-up)."""
+    from diffuse_cli.evaluate.command import eval_command
+
+    cfg = compose([f"run_dir={run}", f"eval.cache_dir={run / 'cache'}", *overrides], "eval")
+    return eval_command(cfg)
+
+
+def test_eval_report_has_everything_to_reproduce_the_number(run32):
+    cwd, run = run32
+    proc = run_cli("eval", "metrics=[fid,kid,is,pr]", *QUICK, cwd=cwd)
+    report = json.loads((run / "eval" / "ddim-3" / "builtin.json").read_text())
+    assert (
+        "fd_builtin" in proc.stdout and "wrote runs/default/eval/ddim-3/builtin.json" in proc.stdout
+    )
+    assert report["run_dir"] == "runs/default" and report["checkpoint_step"] == 4
+    assert report["checkpoint"] == "step_00000004" and report["ema"] is True
+    assert report["sampler"]["name"] == "ddim" and report["steps"] == 3 and report["eta"] == 0.0
+    assert report["guidance"] is None and report["seed"] == 0 and report["num_samples"] == 12
+    assert report["nfe_per_sample"] == 3 and report["num_processes"] == 1
+    assert report["extractor"]["name"] == "builtin" and report["extractor"]["weights_sha256"]
+    assert {"torch", "torch_fidelity", "diffuse", "numpy"} <= set(report["versions"])
+    assert report["seconds"]["total"] > 0
+    metrics = report["metrics"]
+    assert {"fd_builtin", "kd_builtin", "is_builtin", "precision", "recall"} <= set(metrics)
+    assert not any(k.startswith(("fid", "kid")) for k in metrics)  # not Inception: never FID
+    assert metrics["kd_builtin_subset_size"] == 12 and 1 <= metrics["is_builtin"] <= 4
+    assert report["reference"]["split"] == "test" and report["reference"]["num"] == 32
+    assert report["reference"]["cached"] is False
+    # the reference statistics are cached under the data root, keyed by data and extractor
+    cache = cwd / report["reference"]["cache"]
+    assert cache.parent == cwd / "data" / "reference_stats"
+    assert cache.name.startswith("shapes-test-32px-3ch-n32-builtin-")
+    from diffuse_cli.evaluate.command import eval_command
+
+    again = [f"run_dir={run}", "metrics=[fid]", *QUICK, f"eval.cache_dir={cache.parent}"]
+    (path,) = eval_command(dc.compose_config(again, "eval"))
+    second = json.loads(path.read_text())
+    assert second["reference"]["cached"] is True and second["reference"]["cache"] == str(cache)
+    assert second["metrics"]["fd_builtin"] == pytest.approx(metrics["fd_builtin"], rel=1e-6)
+
+
+def test_a_samples_npz_gives_the_numbers_of_the_same_samples_generated(run32, compose):
+    from diffuse_cli.generate import sample_command
+
+    cwd, run = run32
+    npz = cwd / "npz"
+    sample_command(
+        compose(
+            [
+                f"run_dir={run}",
+                "sampler=ddim",
+                "steps=3",
+                "num_samples=12",
+                "progress=false",
+                f"out_dir={npz}",
+            ],
+            "sample",
+        )  # fmt: skip
+    )
+    generated = eval_in_process(compose, run, ["metrics=[fid,pr]", *QUICK])[0]
+    read = eval_in_process(
+        compose, run, ["metrics=[fid,pr]", f"eval.samples={npz / 'samples.npz'}", "progress=false"]
+    )[0]
+    assert read == run / "eval" / "file-npz" / "builtin.json"
+    a, b = json.loads(generated.read_text()), json.loads(read.read_text())
+    assert b["num_samples"] == 12 and b["samples"].endswith("samples.npz") and b["steps"] is None
+    assert b["metrics"]["fd_builtin"] == pytest.approx(a["metrics"]["fd_builtin"], rel=1e-5)
+    assert (b["metrics"]["precision"], b["metrics"]["recall"]) == (
+        a["metrics"]["precision"],
+        a["metrics"]["recall"],
+    )
+
+
+def test_a_sweep_writes_one_report_per_job_and_report_makes_a_table_and_plot(run32, capsys):
+    from diffuse_cli.evaluate.report import main as report
+
+    cwd, run = run32
+    sweep = ["eval", "-m", "metrics=[fid,is]", "sampler=ddim,ddpm", "steps=1,2"]
+    run_cli(*sweep, "eval.num_samples=4", "batch_size=4", "progress=false", cwd=cwd)
+    for tag in ("ddim-1", "ddim-2", "ddpm-1", "ddpm-2"):
+        assert (run / "eval" / tag / "builtin.json").is_file()
+    assert report([str(run)]) == 0  # what `diffuse report runs/default` runs
+    table = (run / "report.md").read_text()
+    assert table in capsys.readouterr().out and (run / "report.png").stat().st_size > 1000
+    lines = table.splitlines()
+    assert lines[0].split(" | ")[:3] == ["| run", "sampler", "steps"] and "fd_builtin" in lines[0]
+    rows = [line.split(" | ") for line in lines[2:]]
+    assert ["ddpm", "2"] in [row[1:3] for row in rows] and ["ddim", "1"] in [r[1:3] for r in rows]
+
+
+def test_report_of_a_folder_without_reports_is_one_line(tmp_path, capsys):
+    from diffuse_cli.evaluate.report import main as report
+
+    assert report([str(tmp_path)]) == 2
+    assert f"no sample-quality reports under {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["metrics=[swd]"], "metrics swd do not apply to data=shapes (images); use fid, kid"),
+        (["metrics=[fid]", "eval.features=RUN"], "not available yet"),
+        (["metrics=[fid]", "eval.features=vgg"], "choose inception, builtin, or the folder"),
+        (["metrics=[fid]", "eval.num_samples=0"], "eval.num_samples=0 must be > 0"),
+        (["metrics=[fid]", "eval.samples=none.npz"], "eval.samples=none.npz: no such file"),
+        (
+            ["metrics=[fid]", "eval.features=inception", "eval.inception_weights=no.pth"],
+            "eval.inception_weights=no.pth: no such file",
+        ),  # fmt: skip
+    ],
+)
+def test_eval_quality_user_errors(run32, compose, args, message):
+    _, run = run32
+    args = [a.replace("RUN", str(run)) for a in args]
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        eval_in_process(compose, run, args)
+
+
+def test_missing_inception_weights_names_the_file_and_the_folder(tmp_path, monkeypatch):
+    from diffuse_cli.evaluate.features import inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(inception, "URL", "http://127.0.0.1:9/unreachable.pth")
+    with pytest.raises(UserError) as err:
+        inception.resolve_weights(None)
+    message = str(err.value)
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert f"place {inception.FILENAME}" in message and f"in {folder}/" in message
+    assert "eval.inception_weights=<file>" in message and "\n" not in message
+
+
+class FakeInception(torch.nn.Module):
+    """Stands in for torch-fidelity's network (weights cannot be downloaded here): the same
+    input (uint8 NCHW, 3 channels) and outputs (pool3 features, 1008 logits)."""
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 4).flatten(1)  # [B, 48]
+        return pooled.repeat(1, 2), pooled @ torch.ones(48, 1008) / 48
+
+
+def test_inception_path_with_the_network_replaced(run32, compose, monkeypatch):
+    import torch_fidelity
+
+    from diffuse_cli.evaluate.features import inception
+
+    monkeypatch.setattr(inception, "load_inception", lambda weights, device: FakeInception())
+    _, run = run32
+    (path,) = eval_in_process(
+        compose, run, ["metrics=[fid,kid,is,pr]", "eval.features=inception", *QUICK]
+    )
+    report = json.loads(path.read_text())
+    assert path.name == "inception.json"
+    assert {"fid", "kid", "is", "precision", "recall"} <= set(report["metrics"])
+    assert report["extractor"]["implementation"] == "torch-fidelity"
+    assert report["extractor"]["version"] == torch_fidelity.__version__
+    assert "-inception-v3-compat-" in report["reference"]["cache"]
+
+
+def test_2d_data_gets_sliced_wasserstein_and_energy_distance(compose, tmp_path):
+    from diffuse_cli.build import build_data
+    from diffuse_cli.evaluate.distances import energy_distance
+    from diffuse_cli.evaluate.quality import fresh_points
+    from diffuse_cli.train.trainer import train
+
+    run = tmp_path / "toy"
+    train(compose(["experiment=toy2d", "trainer.max_steps=3", "trainer.batch_size=16",
+                   "trainer.sample_num=20", "trainer.sample_steps=5", "trainer.progress=false",
+                   "schedule.num_timesteps=20", f"run_dir={run}"]))  # fmt: skip
+    (path,) = eval_in_process(
+        compose, run, ["metrics=[swd,energy]", "sampler=ddim", "steps=5", "eval.num_samples=200"]
+    )
+    report = json.loads(path.read_text())
+    assert path == run / "eval" / "ddim-5" / "points.json" and report["extractor"] is None
+    assert report["reference"]["fresh_samples"] == 200 and report["num_samples"] == 200
+    assert report["metrics"]["swd"] > 0 and report["metrics"]["energy"] > 0
+    # the fresh reference: repeatable, not the test split, but the same distribution
+    cfg = compose(["data=moons", "model=mlp"], "eval")
+    fresh, test = fresh_points(cfg, 500), build_data(cfg, "test").points[:500]
+    assert torch.equal(fresh, fresh_points(cfg, 500)) and not torch.equal(fresh, test)
+    assert energy_distance(fresh, test) < 0.05
+
+
+def test_eval_samples_of_the_wrong_shape_are_refused(run32, compose, tmp_path):
+    _, run = run32
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, arr_0=np.zeros((4, 16, 16, 3), dtype=np.uint8))
+    with pytest.raises(UserError, match=r"need uint8 \[N, 32, 32, 3\] \(NHWC\)"):
+        eval_in_process(compose, run, ["metrics=[fid]", f"eval.samples={bad}"])
+
+
+def test_builtin_extractor_refuses_other_data_and_is_the_default_only_for_shapes32(compose):
+    from diffuse_cli.evaluate.features import build_extractor, default_features
+
+    small = compose(["data.image_size=16", "eval.features=builtin"], "eval")
+    with pytest.raises(UserError, match="judges the embedded shapes data .32x32 RGB., but"):
+        build_extractor(small, torch.device("cpu"))
+    assert default_features(compose([], "eval")) == "builtin"
+    assert default_features(small) == "inception"
+    assert default_features(compose(["data=cifar10"], "eval")) == "inception"
