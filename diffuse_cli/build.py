@@ -27,7 +27,7 @@ def build_diffusion(cfg: DictConfig):
     L = num_timesteps, prediction). Groups that belong to the other family are refused."""
     from diffuse_cli.diffusion import GaussianDiffusion, NoiseLevels, geometric_sigmas, get_betas
 
-    check_family(cfg)
+    check_family(cfg, sampler=False)  # samplers are checked where they are used (resolve_steps)
     s = cfg.schedule
     try:
         if is_score_model(cfg):
@@ -46,7 +46,7 @@ def build_diffusion(cfg: DictConfig):
         raise UserError(str(err)) from err
 
 
-def check_family(cfg: DictConfig) -> None:
+def check_family(cfg: DictConfig, sampler: bool = True) -> None:
     """A DDPM (schedule linear/cosine) and an NCSN (schedule=ncsn) share the network, the data
     and the trainer, but not their losses, predictions or samplers: refuse a mix in one line.
     Checks the groups `cfg` has (loss for train/eval, sampler for sample)."""
@@ -57,7 +57,8 @@ def check_family(cfg: DictConfig) -> None:
     if name not in SCHEDULES and name not in NOISE_LEVEL_SCHEDULES:
         choices = ", ".join(sorted((*SCHEDULES, *NOISE_LEVEL_SCHEDULES)))
         raise UserError(f"schedule={name!r} is unknown; choose one of: {choices}")
-    prediction, loss, sampler = cfg.prediction.name, cfg.get("loss"), cfg.get("sampler")
+    prediction, loss = cfg.prediction.name, cfg.get("loss")
+    sampler = cfg.get("sampler") if sampler else None  # eval's loss metrics draw no samples
     if is_score_model(cfg):
         if prediction not in SCORE_PREDICTIONS:
             raise UserError(
@@ -108,7 +109,7 @@ def build_loss(cfg: DictConfig):
     """The training loss of `cfg.loss`: loss(diffusion, model, x0, t) -> {"loss": [B], ...}."""
     from diffuse_cli.diffusion import get_loss
 
-    check_family(cfg)
+    check_family(cfg, sampler=False)
     try:
         return get_loss(cfg.loss.name, lam=cfg.loss.lam)
     except ValueError as err:

@@ -149,3 +149,24 @@ def test_classifier_needs_labelled_data(cli):
     proc = cli("train", "task=classifier", "data=swiss_roll", "model=mlp", *TINY[-10:], check=False)
     assert proc.returncode == 2 and "data=swiss_roll has no class labels" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_samples_a_conditional_run_with_guidance_and_classifier_features(runs):
+    """Sample quality of a conditional run: labels and guidance as `diffuse sample` uses them,
+    recorded in the report; features from the task=classifier run (fd_classifier)."""
+    import json
+
+    from diffuse_cli.evaluate.command import eval_command
+
+    cwd, _ = runs
+    run, clf = cwd / "runs" / "default", cwd / "runs" / "classifier"
+    cfg = dc.compose_config(
+        [f"run_dir={run}", "metrics=[fid,is]", f"eval.features={clf}", "eval.num_samples=6",
+         f"eval.cache_dir={cwd / 'cache'}", "steps=3", "guidance=cfg", "progress=false"],
+        "eval",
+    )  # fmt: skip
+    eval_command(cfg)
+    report = json.loads((run / "eval" / "ddpm-3-cfg3" / "classifier.json").read_text())
+    assert report["guidance"]["name"] == "cfg" and report["class_labels"] == "random"
+    assert "fd_classifier" in report["metrics"] and "is_classifier" in report["metrics"]
+    assert report["extractor"]["run"] == str(clf)

@@ -46,7 +46,9 @@ def test_eval_report_has_everything_to_reproduce_the_number(run32):
     assert report["run_dir"] == "runs/default" and report["checkpoint_step"] == 4
     assert report["checkpoint"] == "step_00000004" and report["ema"] is True
     assert report["sampler"]["name"] == "ddim" and report["steps"] == 3 and report["eta"] == 0.0
-    assert report["guidance"] is None and report["seed"] == 0 and report["num_samples"] == 12
+    assert report["guidance"] == {"name": "none", "scale": 1.0, "classifier": None}
+    assert report["class_labels"] is None  # an unconditional run
+    assert report["seed"] == 0 and report["num_samples"] == 12
     assert report["nfe_per_sample"] == 3 and report["num_processes"] == 1
     assert report["extractor"]["name"] == "builtin" and report["extractor"]["weights_sha256"]
     assert {"torch", "torch_fidelity", "diffuse", "numpy"} <= set(report["versions"])
@@ -130,7 +132,7 @@ def test_report_of_a_folder_without_reports_is_one_line(tmp_path, capsys):
     "args,message",
     [
         (["metrics=[swd]"], "metrics swd do not apply to data=shapes (images); use fid, kid"),
-        (["metrics=[fid]", "eval.features=RUN"], "not available yet"),
+        (["metrics=[fid]", "eval.features=RUN"], "is not a classifier run"),
         (["metrics=[fid]", "eval.features=vgg"], "choose inception, builtin, or the folder"),
         (["metrics=[fid]", "eval.num_samples=0"], "eval.num_samples=0 must be > 0"),
         (["metrics=[fid]", "eval.samples=none.npz"], "eval.samples=none.npz: no such file"),

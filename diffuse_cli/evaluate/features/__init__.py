@@ -2,7 +2,8 @@
 
     inception   torch-fidelity's Inception-v3 (pool3 features, 1008 logits): FID, KID, IS
     builtin     the shapes data's own judge (builtin.py): fd_builtin, kd_builtin, is_builtin
-    <path>      a classifier run (`diffuse train task=classifier`): not available yet
+    <path>      a classifier run (`diffuse train task=classifier`, classifier.noised=false for a
+                clean-image one): pooled features and logits at t = 0: fd_classifier, ...
 
 Every extractor takes 8-bit images as float in [-1, 1], NCHW, and gives `features` [B, D] and
 class `logits` [B, K]. `name` goes into metric names: only Inception's distance is called FID;
@@ -69,6 +70,46 @@ def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
     )
 
 
+def classifier_extractor(cfg: DictConfig, device: torch.device, path: str) -> Extractor:
+    """The pooled features (and logits) of a task=classifier run's image classifier, at t = 0."""
+    import hashlib
+
+    from diffuse_cli import __version__
+    from diffuse_cli.api import load_classifier
+    from diffuse_cli.build import data_shape
+    from diffuse_cli.train.checkpoint import MODEL, latest_checkpoint
+
+    clf_cfg, classifier = load_classifier(path, device=device)
+    if not hasattr(classifier, "features"):
+        raise UserError(f"eval.features={path}: a classifier of 2-D points has no image features")
+    if data_shape(clf_cfg) != data_shape(cfg):
+        raise UserError(
+            f"eval.features={path}: the classifier takes data of shape {data_shape(clf_cfg)}, "
+            f"this run makes {data_shape(cfg)}"
+        )
+    weights = latest_checkpoint(path) / MODEL
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
+    classifier.requires_grad_(False)
+
+    def extract(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        features = classifier.features(x, t)
+        return features, classifier.classify(features)
+
+    return Extractor(
+        name="classifier",
+        key=f"classifier-{digest}",
+        implementation={
+            "implementation": "diffuse task=classifier run",
+            "version": __version__,
+            "run": str(path),
+            "weights": str(weights),
+            "weights_sha256": digest,
+        },
+        extract=extract,
+    )
+
+
 def build_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
     """The extractor `eval.features` names (see the module docstring)."""
     from diffuse_cli.evaluate.features.inception import inception_extractor
@@ -79,11 +120,7 @@ def build_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
     if choice == "inception":
         return inception_extractor(cfg, device)
     if Path(choice).exists():
-        raise UserError(
-            f"eval.features={choice}: features of a classifier run (diffuse train "
-            "task=classifier) are not available yet in this version; use eval.features=builtin "
-            "(shapes) or eval.features=inception"
-        )
+        return classifier_extractor(cfg, device, choice)
     raise UserError(
         f"eval.features={choice}: choose inception, builtin, or the folder of a classifier run"
     )
