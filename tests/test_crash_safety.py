@@ -178,6 +178,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, point):
     run = tmp_path / "runs" / "default"
     assert latest_checkpoint(run).name in ("step_00000002", "step_00000004")
     run_cli("train", *common, cwd=tmp_path)
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # a half-written save is cleaned up
     for name in ("model.safetensors", "ema.safetensors"):
         a = load_file(latest_checkpoint(tmp_path / "runs" / "straight") / name)
         b = load_file(latest_checkpoint(run) / name)

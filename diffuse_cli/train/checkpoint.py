@@ -68,7 +68,8 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".tmp-step_*"):  # left by a crash inside an earlier save
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         save_file(_contiguous(model_state), tmp / MODEL)
         save_file(_contiguous(ema_state), tmp / EMA)
