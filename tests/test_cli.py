@@ -310,3 +310,42 @@ def test_wandb_offline_needs_no_account(cli, tmp_path):
         env={"WANDB_MODE": None, "NETRC": str(tmp_path / "no-netrc")},
     )
     assert list((cli.cwd / "runs" / "default" / "wandb").glob("offline-run-*"))
+
+
+def _bad_image_folders(cwd: Path) -> None:
+    from PIL import Image
+
+    (cwd / "empty").mkdir(exist_ok=True)
+    (cwd / "empty" / "readme.txt").write_text("no images here")
+    for cls in ("a", "b"):
+        (cwd / "corrupt" / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(cwd / "corrupt" / cls / f"{i}.png")
+    data = (cwd / "corrupt" / "a" / "0.png").read_bytes()
+    (cwd / "corrupt" / "a" / "0.png").write_bytes(data[: len(data) // 2])  # truncated
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["sample", "sampler=ddimm"], 1, "Could not find 'sampler/ddimm'"),
+        (["train", *TINY, "trainer.lr=fast"], 1, "trainer.lr"),
+        (["eval", "run_dir=nowhere"], 2, "no run found in 'nowhere'"),
+        (["train", *TINY, "name=e", "data=image_folder", "data.root=empty"], 2, "empty"),
+        (["train", *TINY, "name=c", "data=image_folder", "data.root=corrupt"], 2, "0.png"),
+        (["train", *TINY, "name=w", "logger=wandb"], 2, "logger.mode=offline"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_existing_runs_unchanged(trained, args, code, message):
+    """Each bad input of the user-error list: the exit status, a message that names the
+    problem, no traceback, and the files of the existing run unchanged."""
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    _bad_image_folders(cwd)
+    before = checksums(run)
+    env = {"WANDB_MODE": None, "NETRC": str(cwd / "no-netrc"), "HOME": str(cwd)}
+    proc = run_cli(*args, cwd=cwd, check=False, env=env)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert checksums(run) == before
