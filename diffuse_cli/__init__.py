@@ -1,22 +1,9 @@
-"""diffuse: train, sample and evaluate diffusion models from one Hydra config."""
+"""diffuse: train, sample and evaluate diffusion models from one Hydra config.
 
-from diffuse_cli.api import (
-    build_diffusion,
-    build_model,
-    compose_config,
-    load_classifier,
-    load_run,
-    nll_bpd,
-    sample,
-)
+The public names are those of diffuse_cli.api (its __all__), re-exported here.
+"""
 
-__all__ = [
-    "build_diffusion",
-    "build_model",
-    "compose_config",
-    "load_classifier",
-    "load_run",
-    "nll_bpd",
-    "sample",
-]
+from diffuse_cli.api import *  # noqa: F403
+from diffuse_cli.api import __all__  # noqa: F401
+
 __version__ = "0.1.0"

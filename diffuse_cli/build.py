@@ -168,6 +168,26 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
     raise UserError(f"model.arch={m.arch!r} is unknown; choose one of: unet, mlp")
 
 
+def unet_options(m: DictConfig, image_size: int) -> dict:
+    """The UNet settings of model config `m` that the denoiser and the classifier (its encoder
+    half) share: everything but the channels in and out and the labels."""
+    return dict(
+        model_channels=m.model_channels,
+        channel_mult=tuple(m.channel_mult),
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=tuple(m.attention_resolutions),
+        dropout=m.dropout,
+        num_heads=m.num_heads,
+        num_head_channels=m.num_head_channels,
+        image_size=image_size,
+        resblock_updown=m.resblock_updown,
+        use_scale_shift_norm=m.use_scale_shift_norm,
+        residual_rescale=m.residual_rescale,
+        use_checkpoint=m.use_checkpoint,
+        channels_last=m.channels_last,
+    )
+
+
 def build_unet(m: DictConfig, in_channels: int, out_channels: int, image_size: int):
     """The UNet of model config `m` for images of `image_size` pixels (meta device works)."""
     from diffuse_cli.models import UNet
@@ -176,20 +196,8 @@ def build_unet(m: DictConfig, in_channels: int, out_channels: int, image_size: i
         return UNet(
             in_channels=in_channels,
             out_channels=out_channels,
-            model_channels=m.model_channels,
-            channel_mult=tuple(m.channel_mult),
-            num_res_blocks=m.num_res_blocks,
-            attention_resolutions=tuple(m.attention_resolutions),
-            dropout=m.dropout,
-            num_heads=m.num_heads,
-            num_head_channels=m.num_head_channels,
-            image_size=image_size,
             num_classes=m.num_classes,
-            resblock_updown=m.resblock_updown,
-            use_scale_shift_norm=m.use_scale_shift_norm,
-            residual_rescale=m.residual_rescale,
-            use_checkpoint=m.use_checkpoint,
-            channels_last=m.channels_last,
+            **unet_options(m, image_size),
         )
     except ValueError as err:
         raise UserError(f"model={m.name}: {err}") from err
@@ -246,23 +254,7 @@ def build_classifier(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     if m.arch != "unet" or len(shape) != 3:
         build_model(cfg)  # raises the same clear error a diffusion model would
     try:
-        return EncoderClassifier(
-            num_classes,
-            in_channels=shape[0],
-            model_channels=m.model_channels,
-            channel_mult=tuple(m.channel_mult),
-            num_res_blocks=m.num_res_blocks,
-            attention_resolutions=tuple(m.attention_resolutions),
-            dropout=m.dropout,
-            num_heads=m.num_heads,
-            num_head_channels=m.num_head_channels,
-            image_size=shape[1],
-            resblock_updown=m.resblock_updown,
-            use_scale_shift_norm=m.use_scale_shift_norm,
-            residual_rescale=m.residual_rescale,
-            use_checkpoint=m.use_checkpoint,
-            channels_last=m.channels_last,
-        )
+        return EncoderClassifier(num_classes, in_channels=shape[0], **unet_options(m, shape[1]))
     except ValueError as err:
         raise UserError(f"model={m.name}: {err}") from err
 

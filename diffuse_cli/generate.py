@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse_cli.build import build_guidance, check_family, data_shape, resolve_steps, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
-from diffuse_cli.runs import with_run_config
+from diffuse_cli.runs import differences, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
 
@@ -106,11 +106,7 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
     ours = OmegaConf.to_container(cfg.schedule, resolve=True)
     theirs = OmegaConf.to_container(clf_cfg.schedule, resolve=True)
     if ours != theirs:
-        diff = ", ".join(
-            f"schedule.{k}={ours.get(k)!r} (classifier: {theirs.get(k)!r})"
-            for k in sorted(set(ours) | set(theirs))
-            if ours.get(k) != theirs.get(k)
-        )
+        diff = differences("schedule", ours, theirs, "classifier")
         raise UserError(
             f"the classifier in '{path}' was trained for another noise schedule ({diff}); "
             "train one with the generator's schedule: `diffuse train task=classifier "

@@ -52,6 +52,17 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def differences(key: str, ours: dict, theirs: dict | None, label: str) -> str:
+    """ "key.k=ours (label: theirs), ..." for every k where two versions of a config group
+    differ: the one-line detail of the errors that refuse to mix runs."""
+    theirs = theirs or {}
+    return ", ".join(
+        f"{key}.{k}={ours.get(k)!r} ({label}: {theirs.get(k)!r})"
+        for k in sorted(set(ours) | set(theirs))
+        if ours.get(k) != theirs.get(k)
+    )
+
+
 def overridden_roots(overrides: list[str]) -> set[str]:
     """Top-level keys named on the command line: 'schedule.num_timesteps=10' -> 'schedule'."""
     roots = set()
@@ -78,14 +89,9 @@ def with_run_config(cfg: DictConfig, run_dir: str | Path) -> DictConfig:
             )
         ours, theirs = OmegaConf.to_container(cfg[key]), OmegaConf.to_container(run_cfg[key])
         if key in named and ours != theirs:
-            diff = [
-                f"{key}.{k}={ours.get(k)!r} (run: {theirs.get(k)!r})"
-                for k in sorted(set(ours) | set(theirs))
-                if ours.get(k) != theirs.get(k)
-            ]
             raise UserError(
-                f"{', '.join(diff)}: the run in '{run_dir}' was trained with other "
-                f"{key} settings; drop the override or pick another run_dir"
+                f"{differences(key, ours, theirs, 'run')}: the run in '{run_dir}' was trained "
+                f"with other {key} settings; drop the override or pick another run_dir"
             )
         merged[key] = theirs
     merged["run_dir"] = str(run_dir)

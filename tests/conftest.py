@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -35,6 +36,15 @@ TINY32 = [
     *(o for o in TINY if not o.startswith(("data.image_size", "model.attention"))),
     "model.attention_resolutions=[16]",
 ]
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file below `folder`: equal before and after means nothing changed."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture

@@ -3,26 +3,17 @@ through the CLI for a few steps, sampled with each kind of guidance; and the err
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, checksums, run_cli
 
 import diffuse_cli as dc
 from diffuse_cli.errors import UserError
 from diffuse_cli.generate import sample_command
 
 QUICK = ["num_samples=6", "batch_size=4", "steps=5", "progress=false"]
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ since the last checkpoint, or leave a checkpoint that cannot be resumed."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, checksums, run_cli
 from safetensors.torch import load_file
 
 from diffuse_cli.errors import UserError
@@ -24,14 +23,6 @@ from diffuse_cli.train.checkpoint import latest_checkpoint, save_checkpoint
 from diffuse_cli.train.trainer import Trainer
 
 QUIET = [*TINY, "trainer.sample_every=1000"]
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def rows(run: Path) -> list[dict]:

@@ -8,8 +8,6 @@ equal-width buckets) estimates the uniform-t loss with less variance.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data, build_loss
+from diffuse_cli.evaluate.output import write_json
 
 
 def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
@@ -123,11 +122,8 @@ def loss_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) 
         **held_out_loss(cfg, model, diffusion, device),
     }
     out = Path(cfg.run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "loss.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    write_json(report, path)
     plot = out / "loss_by_timestep.png"
     plot_buckets(report, plot)
     print(

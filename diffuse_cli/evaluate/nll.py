@@ -16,9 +16,7 @@ process count.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from diffuse_cli.build import build_data
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import label_kwargs
+from diffuse_cli.evaluate.output import write_json
 from diffuse_cli.samplers import PerSampleNoise, as_noise_source
 
 
@@ -190,11 +189,8 @@ def nll_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) -
         **summarize(result, seconds),
     }
     out = Path(cfg.run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "nll.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    write_json(report, path)
     plot = out / "nll_terms.png"
     plot_terms(report, plot)
     stderr = report["bpd_stderr"]

@@ -18,8 +18,6 @@ with everything needed to reproduce the number (see `record`).
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ from diffuse_cli.build import data_shape, resolve_steps, sample
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.nll import shard
+from diffuse_cli.evaluate.output import write_json
 
 # metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
 QUALITY = {"fid": "fd", "fd": "fd", "kid": "kd", "kd": "kd", "is": "is", "pr": "pr",
@@ -212,13 +211,6 @@ def versions() -> dict:
     return {"diffuse": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "torch_fidelity": torch_fidelity.__version__, "accelerate": accelerate.__version__,
             "python": platform.python_version()}  # fmt: skip
-
-
-def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
 
 
 def plain(value):

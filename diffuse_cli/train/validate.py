@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse_cli.build import check_family
 from diffuse_cli.config import MODEL_DEFINING, SCHEMAS
 from diffuse_cli.errors import UserError
-from diffuse_cli.runs import CONFIG_FILE
+from diffuse_cli.runs import CONFIG_FILE, differences
 from diffuse_cli.train.checkpoint import latest_checkpoint
 
 CHOICES = {"mixed_precision": ("no", "fp16", "bf16"), "optimizer": ("adam", "adamw")}
@@ -94,13 +94,9 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
         ours = OmegaConf.to_container(cfg[key], resolve=True)
         theirs = saved_group(old, key)
         if ours != theirs:
-            diff = ", ".join(
-                f"{key}.{k}={ours.get(k)!r} (saved: {(theirs or {}).get(k)!r})"
-                for k in sorted(set(ours) | set(theirs or {}))
-                if ours.get(k) != (theirs or {}).get(k)
-            )
             raise UserError(
-                f"'{run_dir}' holds a run with other {key} settings ({diff}); "
+                f"'{run_dir}' holds a run with other {key} settings "
+                f"({differences(key, ours, theirs, 'saved')}); "
                 "refusing to mix them: pick another name= or run_dir="
             )
 
