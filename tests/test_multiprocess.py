@@ -45,6 +45,7 @@ def launch(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_train_with_importance_and_shard_the_nll(tmp_path):
     common = [
         *TINY,
@@ -74,6 +75,7 @@ def test_two_processes_train_with_importance_and_shard_the_nll(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_share_the_samples_of_a_quality_eval(tmp_path):
     run_cli("train", *TINY32, cwd=tmp_path)
     report = tmp_path / "runs" / "default" / "eval" / "ddim-2" / "builtin.json"

@@ -92,4 +92,14 @@ def eval_command(cfg: DictConfig) -> list[Path]:
             paths.append(METRICS[m](cfg, model, diffusion, device, header, state))
         elif m == quality[0]:
             paths.append(quality_metric(cfg, quality, load_model, device, state))
+    finish(state)
     return [p for p in paths if p is not None]
+
+
+def finish(state) -> None:
+    """Orderly teardown of a multi-process eval: every process waits, then the process group is
+    freed. gloo runs that reach interpreter exit with the group still up can abort there
+    ("terminate called without an active exception"), failing a finished eval."""
+    if state.num_processes > 1 and torch.distributed.is_initialized():
+        state.wait_for_everyone()
+        torch.distributed.destroy_process_group()
