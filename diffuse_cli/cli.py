@@ -36,12 +36,15 @@ def _task(command: str):
     """The function Hydra calls with the composed config; user errors become one line."""
 
     def task(cfg) -> None:
-        from diffuse_cli import api
+        from diffuse_cli import api, distributed
         from diffuse_cli.data import DataError
         from diffuse_cli.errors import UserError
 
+        distributed.export_slurm_environment()  # a no-op outside a multi-task Slurm job
+        ok = False
         try:
             api.COMMANDS[command](cfg)
+            ok = True
         except (UserError, DataError) as err:
             if cfg.get("debug", False):
                 raise
@@ -50,8 +53,26 @@ def _task(command: str):
         except KeyboardInterrupt:
             print(f"diffuse {command}: interrupted", file=sys.stderr)
             sys.exit(130)
+        finally:
+            if distributed.under_submitit():  # one job per process there: leave the group now
+                distributed.teardown(ok)
 
     return task
+
+
+def _missing_launcher(args: list[str]) -> str | None:
+    """The submitit launchers come with an extra; say so instead of Hydra's 'could not find'."""
+    import importlib.util
+
+    for arg in args:
+        name = arg.partition("hydra/launcher=")[2]
+        if name in ("slurm", "submitit_slurm", "submitit_local"):
+            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+                return (
+                    f"hydra/launcher={name} needs Hydra's submitit launcher: "
+                    'pip install "diffuse[cluster]"'
+                )
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(report(rest))
 
+    missing = _missing_launcher(rest)
+    if missing:
+        print(f"diffuse {command}: error: {missing}", file=sys.stderr)
+        sys.exit(2)
+
     import hydra
 
     from diffuse_cli.config import register_configs
@@ -80,7 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     run = hydra.main(
         config_path="pkg://diffuse_cli.configs", config_name=command, version_base="1.3"
     )(_task(command))
-    run()
+    try:
+        run()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)
+    from diffuse_cli import distributed
+
+    if distributed.in_process_group():  # after the last job of a launched run: see distributed
+        distributed.leave(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

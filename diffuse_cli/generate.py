@@ -1,7 +1,8 @@
 """`diffuse sample`: draw samples from a run's latest EMA checkpoint and write them to disk.
 
 Every sample i is seeded by (seed, i), so a sample does not depend on the batch size or on how
-many processes share the work.
+many processes share the work: under `accelerate launch` each process draws a contiguous share
+of the indices and the main process writes them all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse_cli.build import build_guidance, check_family, data_shape, resolve_steps, sample
+from diffuse_cli.distributed import gather_exact, process_state, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
 from diffuse_cli.runs import differences, with_run_config
@@ -63,6 +65,7 @@ def draw_samples(
     indices: range,
     labels: torch.Tensor | None = None,
     cond_fn=None,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Samples number `indices` (on the CPU), in batches of cfg.batch_size; `labels` [len]
     (one per index) go to the model as y."""
@@ -76,11 +79,9 @@ def draw_samples(
         if labels is not None:
             offset = start - indices.start
             kwargs = {"y": labels[offset : offset + len(chunk)].to(device)}
-        x = sample(
-            cfg, model, diffusion, x_T, noise, kwargs, progress=cfg.progress, cond_fn=cond_fn
-        )
+        x = sample(cfg, model, diffusion, x_T, noise, kwargs, progress=progress, cond_fn=cond_fn)
         out.append(x.cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0, *shape)
 
 
 def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
@@ -156,7 +157,8 @@ def sample_command(cfg: DictConfig) -> Path:
         raise UserError(f"num_samples={cfg.num_samples} must be > 0")
     if cfg.batch_size <= 0:
         raise UserError(f"batch_size={cfg.batch_size} must be > 0")
-    device = pick_device(cfg.device)
+    state = process_state()
+    device = state.device if state.num_processes > 1 else pick_device(cfg.device)
     _, model, diffusion = load_run(cfg.run_dir, device=device)
     steps = resolve_steps(cfg, diffusion)
     if cfg.guidance.name not in ("none", "classifier", "cfg"):
@@ -171,14 +173,24 @@ def sample_command(cfg: DictConfig) -> Path:
         what = f"{steps} noise levels x {cfg.sampler.steps_per_level} steps"
     if cfg.guidance.name != "none":
         what += f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
-    print(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {device}")
+    where = f"{state.num_processes} processes" if state.num_processes > 1 else str(device)
+    say = print if state.is_main_process else (lambda *a, **k: None)
+    say(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}")
     counted = NFECounter(guided)
-    x = draw_samples(cfg, counted, diffusion, device, range(cfg.num_samples), labels, cond_fn)
-    batches = -(-cfg.num_samples // cfg.batch_size)
+    mine = shard(cfg.num_samples, state.process_index, state.num_processes)
+    mine_labels = None if labels is None else labels[mine.start : mine.stop]
+    progress = cfg.progress and state.is_main_process  # one bar, the main process's
+    x = draw_samples(cfg, counted, diffusion, device, mine, mine_labels, cond_fn, progress)
+    if state.num_processes > 1:  # each process drew samples number `mine`; main writes all
+        x = gather_exact({"index": torch.tensor(mine), "x": x}, cfg.num_samples)["x"]
+        if not state.is_main_process:
+            return out
+    batches = -(-len(mine) // cfg.batch_size)
     doubled = (
         " (each on a doubled batch: both guidance branches)" if cfg.guidance.name == "cfg" else ""
     )
-    print(f"{counted.calls // batches} network evaluations per sample{doubled}")
+    if batches:
+        print(f"{counted.calls // batches} network evaluations per sample{doubled}")
     out.mkdir(parents=True, exist_ok=True)
     images = x.dim() == 4
     arr = to_uint8_nhwc(x) if images else x.numpy()

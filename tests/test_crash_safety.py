@@ -175,3 +175,33 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, point):
         b = load_file(latest_checkpoint(run) / name)
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_a_signal_reaches_the_previous_handler_after_the_checkpoint(compose, tmp_path):
+    """Slurm through submitit: its handler of the pre-emption signal requeues the job, so it must
+    run after the checkpoint is written, and the requeued job resumes from that step."""
+    seen = []
+
+    def requeue(signum, frame):  # stands in for submitit's handler
+        seen.append((signum, latest_checkpoint(tmp_path).name))
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        trainer = Trainer(compose([*QUIET, "trainer.max_steps=50", f"run_dir={tmp_path}"]))
+        step = trainer.train_step
+
+        def step_then_signal(n, batches):
+            out = step(n, batches)
+            if n == 2:  # during the third step
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return out
+
+        trainer.train_step = step_then_signal
+        with pytest.raises(UserError) as stopped:
+            trainer.fit()
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stopped.value.exit_code == 128 + signal.SIGUSR2
+    assert seen == [(signal.SIGUSR2, "step_00000003")]
+    assert Trainer(compose([*QUIET, "trainer.max_steps=50", f"run_dir={tmp_path}"])).start_step == 3

@@ -103,7 +103,8 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
     grad_clip: float = 1.0  # <= 0 disables clipping
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = "no"  # no | fp16 (CUDA, with loss scaling) | bf16
+    compile: bool = False  # torch.compile the network for training; checkpoints keep plain keys
     ema_decay: float = 0.999
     ckpt_every: int = 500
     keep_last: int = 2

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse_cli.build import is_score_model
@@ -53,9 +52,8 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
 
 
 def eval_command(cfg: DictConfig) -> list[Path]:
-    from accelerate import PartialState
-
     from diffuse_cli.api import load_run
+    from diffuse_cli.distributed import process_state
     from diffuse_cli.generate import pick_device
     from diffuse_cli.train.checkpoint import latest_checkpoint
 
@@ -63,7 +61,7 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     cfg = with_run_config(cfg, run_dir)
     cfg = OmegaConf.merge(cfg, {"loss": read_run_config(run_dir).loss})
     metrics = check_eval_config(cfg)
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
     loaded = {}
 
@@ -92,14 +90,5 @@ def eval_command(cfg: DictConfig) -> list[Path]:
             paths.append(METRICS[m](cfg, model, diffusion, device, header, state))
         elif m == quality[0]:
             paths.append(quality_metric(cfg, quality, load_model, device, state))
-    finish(state)
+    state.wait_for_everyone()  # the CLI leaves the process group after the last job
     return [p for p in paths if p is not None]
-
-
-def finish(state) -> None:
-    """Orderly teardown of a multi-process eval: every process waits, then the process group is
-    freed. gloo runs that reach interpreter exit with the group still up can abort there
-    ("terminate called without an active exception"), failing a finished eval."""
-    if state.num_processes > 1 and torch.distributed.is_initialized():
-        state.wait_for_everyone()
-        torch.distributed.destroy_process_group()

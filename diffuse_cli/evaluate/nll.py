@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data
 from diffuse_cli.diffusion import quantize
+from diffuse_cli.distributed import shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import label_kwargs
 from diffuse_cli.evaluate.output import write_json
@@ -79,11 +80,6 @@ def nll_bpd(
 def example_seed(seed: int, index: int) -> int:
     """The noise seed of held-out example `index`: independent of batching and sharding."""
     return (seed << 32) + index
-
-
-def shard(num: int, rank: int, world: int) -> range:
-    """Process `rank`'s contiguous share of items 0..num-1: disjoint, together exactly all."""
-    return range(rank * num // world, (rank + 1) * num // world)
 
 
 def held_out_nll(cfg: DictConfig, model, diffusion, device, rank: int = 0, world: int = 1):

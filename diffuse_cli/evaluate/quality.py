@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from diffuse_cli.build import data_shape, resolve_steps, sample
 from diffuse_cli.diffusion import quantize
+from diffuse_cli.distributed import gather_exact, shard
 from diffuse_cli.errors import UserError
-from diffuse_cli.evaluate.nll import shard
 from diffuse_cli.evaluate.output import write_json
 
 # metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
@@ -138,20 +138,6 @@ def my_share(cfg, source: Callable[[range], torch.Tensor], indices: range, extra
     if not parts:
         return {}
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-def gather_exact(mine: dict, num: int) -> dict:
-    """Every process's share, concatenated in index order; checks that each of the `num`
-    samples is there exactly once."""
-    from accelerate.utils import gather_object
-
-    shares = [s for s in gather_object([mine]) if s]
-    result = {k: torch.cat([s[k] for s in shares]) for k in shares[0]}
-    order = result["index"].argsort()
-    result = {k: v[order] for k, v in result.items()}
-    if not torch.equal(result["index"], torch.arange(num)):
-        raise RuntimeError(f"gathered {len(result['index'])} samples, expected 0..{num - 1} once")
-    return result
 
 
 def fresh_points(cfg: DictConfig, num: int) -> torch.Tensor:

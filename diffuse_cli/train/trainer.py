@@ -9,11 +9,14 @@ with the same gathered (t, loss) pairs after each micro-batch).
 
 from __future__ import annotations
 
+import hashlib
 import signal
+import sys
 import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -21,6 +24,7 @@ from tqdm.auto import tqdm
 from diffuse_cli.build import build_data, data_shape
 from diffuse_cli.data import random_hflip
 from diffuse_cli.diffusion import get_timestep_sampler
+from diffuse_cli.distributed import check_joined
 from diffuse_cli.errors import Interrupted, UserError
 from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides
 from diffuse_cli.train.batches import StepBatchSampler
@@ -37,18 +41,38 @@ from diffuse_cli.train.tasks import make_task
 from diffuse_cli.train.validate import check_resumable, validate_train_config
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's tensors, in key order: equal digests, bit-identical weights."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank
 
 
 class StopSignals:
-    """SIGTERM, SIGINT and SIGUSR1 (Slurm's warning before a time limit or pre-emption) ask the
-    loop to stop after the current step, with a checkpoint. A second SIGINT stops at once
-    (KeyboardInterrupt). Under several processes the request is shared, so all stop at the same
-    step; outside the main thread (no signal handlers there) nothing is installed."""
+    """SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 (Slurm's warning before a time limit or pre-emption,
+    as `--signal` names it; submitit's default is USR2) ask the loop to stop after the current
+    step, with a checkpoint. A second SIGINT stops at once (KeyboardInterrupt). Under several
+    processes the request is shared, so all stop at the same step; outside the main thread (no
+    signal handlers there) nothing is installed.
+
+    After the checkpoint, `forward` hands the signal to the handler that was there before, if it
+    is a program's own (e.g. submitit's, which requeues the Slurm job and exits): the requeued
+    job then resumes from that checkpoint."""
 
     SIGNALS = tuple(
-        s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s
+        s
+        for s in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            *(getattr(signal, n, None) for n in ("SIGUSR1", "SIGUSR2")),
+        )
+        if s
     )
 
     def __init__(self):
@@ -71,6 +95,12 @@ class StopSignals:
             return self.signum
         flag = torch.tensor(self.signum, device=accelerator.device)
         return int(accelerator.reduce(flag, "max"))
+
+    def forward(self, signum: int) -> None:
+        """Call the previous handler of `signum` unless it is Python's or the system's default."""
+        handler = self.previous.get(signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signum, None)
 
     def restore(self) -> None:
         for s, handler in self.previous.items():
@@ -112,11 +142,13 @@ class Trainer:
 
         # Without a GPU, a plain Accelerator under a multi-process launcher silently runs every
         # process alone; cpu=True makes it join the gloo process group instead.
-        return Accelerator(
+        acc = Accelerator(
             mixed_precision=self.tc.mixed_precision,
             gradient_accumulation_steps=self.tc.grad_accum,
             cpu=not torch.cuda.is_available(),
         )
+        check_joined(acc.num_processes)
+        return acc
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.seed)
@@ -133,7 +165,14 @@ class Trainer:
             betas=tuple(self.tc.betas),
             weight_decay=self.tc.weight_decay,
         )
-        self.model, self.optimizer = self.accelerator.prepare(self.model, opt)
+        model = torch.compile(self.model) if self.tc.compile else self.model
+        self.model, self.optimizer = self.accelerator.prepare(model, opt)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network without Accelerate's or torch.compile's wrappers: its state-dict keys are
+        the checkpoint's, whatever the training setup."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def _setup_data(self) -> DataLoader:
         acc = self.accelerator
@@ -151,6 +190,7 @@ class Trainer:
             batch_sampler=sampler,
             num_workers=self.cfg.data.num_workers,
             pin_memory=acc.device.type == "cuda",
+            persistent_workers=self.cfg.data.num_workers > 0,  # no restart between epochs
         )
 
     def _resume(self) -> int:
@@ -158,9 +198,7 @@ class Trainer:
         if folder is None:
             return 0
         ckpt = read_checkpoint(folder)
-        load_state_checked(
-            self.accelerator.unwrap_model(self.model), ckpt["model"], f"checkpoint '{folder}'"
-        )
+        load_state_checked(self.network, ckpt["model"], f"checkpoint '{folder}'")
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.timesteps.needs_losses and not ckpt["timesteps"]:
@@ -234,7 +272,7 @@ class Trainer:
                 self.task.observe(acc.gather(t), {"correct": acc.gather(losses["correct"])})
             total += loss.detach() / self.tc.grad_accum
         if not skipped:
-            self.ema.update(acc.unwrap_model(self.model))
+            self.ema.update(self.network)
         return total, grad_norm, skipped
 
     def fit(self) -> Path:
@@ -283,6 +321,7 @@ class Trainer:
                 if signum:
                     if saved != step:
                         self.save(step)
+                    stop.forward(signum)  # e.g. submitit's requeue; it may exit here
                     raise Interrupted(
                         f"stopped by {signal.Signals(signum).name} at step {step}; the checkpoint "
                         f"of step {step} is in '{self.run_dir}'; run the same command to resume",
@@ -293,8 +332,7 @@ class Trainer:
             bar.close()
             if self.logger is not None:
                 self.logger.finish()
-        acc.wait_for_everyone()
-        acc.end_training()
+        acc.wait_for_everyone()  # the CLI leaves the process group after the last job
         return self.run_dir
 
     def _diverged(self, step: int, loss: torch.Tensor) -> UserError:
@@ -325,7 +363,7 @@ class Trainer:
     def save(self, step: int) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        model = acc.unwrap_model(self.model)
+        model = self.network
         for name, weights in (("weights", model), ("EMA weights", self.ema.model)):
             if not all(bool(torch.isfinite(p).all()) for p in weights.parameters()):
                 last = latest_checkpoint(self.run_dir)
@@ -333,15 +371,25 @@ class Trainer:
                     f"the {name} are not finite at step {step}; no checkpoint was written "
                     f"(the latest is still '{last}'); lower trainer.lr and resume"
                 )
+        # every process's weights, fingerprinted: one entry per process, all equal unless the
+        # processes have drifted apart (the check the multi-process tests read)
+        digests = (
+            gather_object([weights_digest(model.state_dict())]) if acc.num_processes > 1 else None
+        )
+        if digests and len(set(digests)) > 1 and self.is_main:
+            print(f"warning: the processes' weights differ at step {step}", file=sys.stderr)
         if self.is_main:
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
+            state = {"scaler": scaler, "world_size": acc.num_processes}
+            if digests:
+                state["weights_sha256_per_process"] = digests
             save_checkpoint(
                 self.run_dir,
                 step,
-                acc.unwrap_model(self.model).state_dict(),
+                model.state_dict(),
                 self.ema.state_dict(),
                 self.optimizer.state_dict(),
-                {"scaler": scaler, "world_size": acc.num_processes},
+                state,
                 keep_last=self.tc.keep_last,
                 timestep_state=self.timesteps.state_dict(),
             )

@@ -6,6 +6,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse_cli.build import check_family
@@ -34,6 +35,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         if tc[key] not in allowed:
             raise UserError(f"trainer.{key}={tc[key]!r} is not one of: {', '.join(allowed)}")
+    if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError(
+            "trainer.mixed_precision=fp16 needs a CUDA GPU (Accelerate has no fp16 loss scaler "
+            "on the CPU and would train in fp32); use bf16 or no"
+        )
     for key in POSITIVE:
         if not tc[key] > 0:
             raise UserError(f"trainer.{key}={tc[key]} must be > 0")

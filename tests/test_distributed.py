@@ -1,0 +1,74 @@
+"""Joining a launcher's processes: shares of the work, the refusal to run as N unaware copies,
+and the torch.distributed environment of a multi-task Slurm job (submitit)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from diffuse_cli import distributed
+from diffuse_cli.errors import UserError
+
+
+@pytest.mark.parametrize("num", [0, 1, 2, 7, 8, 100])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shards_are_disjoint_contiguous_and_cover_every_item(num, world):
+    shares = [distributed.shard(num, rank, world) for rank in range(world)]
+    assert [i for s in shares for i in s] == list(range(num))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_one_of_several_launched_processes_that_runs_alone_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="one of 2 processes.*runs alone.*accelerate launch"):
+        distributed.check_joined(1)
+    distributed.check_joined(2)  # joined: fine
+    monkeypatch.delenv("WORLD_SIZE")
+    distributed.check_joined(1)  # no launcher: fine
+
+
+SLURM_TASK = {  # task 3 of 4, two nodes with two GPUs each
+    "SUBMITIT_EXECUTOR": "slurm",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_NTASKS": "4",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+    "CUDA_VISIBLE_DEVICES": "0,1",
+}
+TORCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture
+def slurm_task(monkeypatch):
+    pytest.importorskip("submitit")
+    for key in TORCH_ENV:  # recorded as absent, so what the export sets is removed afterwards
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    for key, value in SLURM_TASK.items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch
+
+
+def test_a_multi_task_slurm_job_exports_the_torch_distributed_environment(slurm_task):
+    assert distributed.export_slurm_environment()
+    env = {k: os.environ[k] for k in TORCH_ENV}
+    assert env["MASTER_ADDR"] == "gpu07"  # the job's first node, the same for every task
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("3", "4", "1")
+    assert env["LOCAL_WORLD_SIZE"] == "2" and 1024 < int(env["MASTER_PORT"]) < 65536
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # Accelerate picks cuda:LOCAL_RANK
+
+
+def test_single_task_jobs_and_launched_processes_are_left_alone(slurm_task):
+    slurm_task.setenv("SLURM_NTASKS", "1")
+    assert not distributed.export_slurm_environment()
+    slurm_task.setenv("SLURM_NTASKS", "4")
+    slurm_task.setenv("WORLD_SIZE", "8")  # a launcher already said
+    assert not distributed.export_slurm_environment()
+    assert "RANK" not in os.environ
+    slurm_task.delenv("WORLD_SIZE")
+    slurm_task.delenv("SUBMITIT_EXECUTOR")  # not a submitit job
+    assert not distributed.export_slurm_environment()
