@@ -42,6 +42,11 @@ COVS = torch.stack(
 )
 
 
+# Each named mixture's `spread`: "narrow" has component standard deviations 0.03 to 0.12 with
+# means 0.6 to 1.5 apart; "broad" triples the deviations (0.09 to 0.36): overlapping components.
+MIXTURES = {"narrow": 1.0, "broad": 3.0}
+
+
 class MixtureOracle:
     """model(x_t, t) -> the exact E[eps | x_t] (or x0, or v) for the Gaussian mixture above.
 
@@ -50,9 +55,11 @@ class MixtureOracle:
             integer timesteps, like a trained network.
         prediction: "eps", "x0" or "v", what the oracle returns.
         record: keep every timesteps tensor it is called with in `self.calls`.
+        spread: the components' standard deviations are multiplied by this (their covariances by
+            its square), means and weights unchanged; MIXTURES names the two the tests use.
     """
 
-    def __init__(self, alphas_cumprod=None, prediction="eps", record=False):
+    def __init__(self, alphas_cumprod=None, prediction="eps", record=False, spread=1.0):
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"unknown prediction {prediction!r}")
         self.alphas_cumprod = (
@@ -61,7 +68,7 @@ class MixtureOracle:
         self.prediction = prediction
         self.record = record
         self.calls = []
-        self.weights, self.means, self.covs = WEIGHTS, MEANS, COVS
+        self.weights, self.means, self.covs = WEIGHTS, MEANS, spread**2 * COVS
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws of x0 from the mixture, float32 [n, 2]."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
+
 import pytest
 import torch
 
-from diffuse_cli.build import build_model, build_unet
+from diffuse_cli.build import build_data, build_model, build_unet
 from diffuse_cli.errors import UserError
 
 # Published parameter counts (learned sigma: 6 output channels). DDPM: Ho et al. 2020, appendix B;
@@ -162,7 +165,17 @@ def test_ncsn_cifar10_preset_holds_the_published_settings(compose):
 
 
 def test_ncsn_shapes_preset_is_cpu_sized(compose):
+    """NCSNv2's techniques 1 and 2 (Song & Ermon 2020): sigma_1 near the largest distance between
+    two training images (at least that of the first 1000 of them), and a level ratio gamma with
+    Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma) ~ 0.5."""
     cfg = compose(["experiment=ncsn_shapes"])
     assert (cfg.schedule.name, cfg.loss.name, cfg.prediction.name) == ("ncsn", "dsm", "eps")
-    assert (cfg.model.name, cfg.data.name, cfg.trainer.max_steps) == ("small", "shapes", 1000)
-    assert cfg.schedule.sigma_max / cfg.schedule.sigma_min == pytest.approx(100)
+    assert (cfg.model.name, cfg.data.name, cfg.trainer.max_steps) == ("small", "shapes", 3000)
+    images = build_data(cfg, "train")
+    x = torch.stack([images[i][0] for i in range(1000)]).flatten(1).double()
+    largest = float(torch.cdist(x, x).max())
+    assert largest <= cfg.schedule.sigma_max <= 1.1 * largest
+    L, D = cfg.schedule.num_timesteps, x.shape[1]
+    gamma = (cfg.schedule.sigma_max / cfg.schedule.sigma_min) ** (1 / (L - 1))
+    phi, root = NormalDist().cdf, math.sqrt(2 * D) * (gamma - 1)
+    assert phi(root + 3 * gamma) - phi(root - 3 * gamma) == pytest.approx(0.5, abs=0.02)
