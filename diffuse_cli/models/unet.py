@@ -42,6 +42,11 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def rescaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * scale, without the pass over the tensor when the scale is 1 (the usual case)."""
+    return x if scale == 1.0 else x * scale
+
+
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
 
@@ -128,7 +133,7 @@ class ResBlock(nn.Module):
         else:
             h = self.out_norm(h + e)
         h = self.out_conv(self.dropout(F.silu(h)))
-        return (self.skip(x) + h) * self.skip_scale
+        return rescaled(self.skip(x) + h, self.skip_scale)
 
 
 class AttentionBlock(nn.Module):
@@ -171,7 +176,7 @@ class AttentionBlock(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, HW, head_dim]
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
         out = F.linear(out, self.proj.weight.view(c, c), self.proj.bias)
-        return (x + out.transpose(1, 2).reshape(b, c, h, w)) * self.skip_scale
+        return rescaled(x + out.transpose(1, 2).reshape(b, c, h, w), self.skip_scale)
 
 
 class EmbedSequential(nn.Sequential):
