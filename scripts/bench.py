@@ -24,13 +24,16 @@ layer, our GroupNorm group counts; the script prints both parameter counts and f
 
 Timing: after --warmup untimed repetitions per side, --reps repetitions alternate between the
 sides (the order flips every repetition), so load from other processes reaches both alike. A
-side's img/s is the batch over its median time; the spread is the min and max img/s, and the
-ratio (ours / diffusers, > 1 means ours is faster) also comes as the interquartile range of the
-per-repetition paired ratios. Peak memory: each (side, workload) runs alone in a fresh
-subprocess that imports both libraries and takes two training steps (the second one holds the
-Adam state) or one sampling run; on CUDA torch.cuda.max_memory_allocated, on CPU the peak
-resident set size (getrusage ru_maxrss) and its growth over the resident size once the network
-and optimizer are built (tracemalloc does not see torch's allocator).
+side's img/s is the batch over its median time, its spread the min and max img/s. The ratio is
+ours / diffusers (> 1: ours is faster) of those medians, and also the median and interquartile
+range of the per-repetition paired ratios, the steadier number when other processes load the
+cores unevenly.
+
+Peak memory: each (side, workload) runs alone in a fresh subprocess that imports both libraries
+and takes two training steps (the second one holds the Adam state) or one sampling run. On CUDA
+torch.cuda.max_memory_allocated; on CPU the peak resident set size (VmHWM of /proc/self/status)
+and its growth over the resident size once the network and optimizer are built (tracemalloc
+does not see torch's allocator).
 """
 
 from __future__ import annotations
@@ -56,10 +59,15 @@ STEPS = 50  # DDIM steps
 SIDES = ("ours", "diffusers")
 
 
-def rss_mib() -> float:
-    """Current resident set size (Linux /proc), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def memory_status_mib(key: str) -> float:
+    """A line of /proc/self/status in MiB: VmRSS (resident now) or VmHWM (its peak). Unlike
+    getrusage's ru_maxrss, VmHWM starts afresh at exec, so the benchmark's own (larger) process
+    does not leak into a worker's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 2**10  # kB
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 class Side:
@@ -213,8 +221,6 @@ def forward_flops(side: Side) -> int:
 
 def memory_worker(workload: str, impl: str, args: argparse.Namespace) -> dict:
     """Peak memory of one side of one workload, alone in this process."""
-    import resource
-
     import diffusers  # noqa: F401  both libraries loaded in every worker, so baselines agree
     import torch
 
@@ -223,14 +229,14 @@ def memory_worker(workload: str, impl: str, args: argparse.Namespace) -> dict:
     side = IMPLS[impl](workload, args)
     if args.compile:  # compile first; on CUDA the peak then leaves the compiler out
         side.run()
-    setup = rss_mib()
+    setup = memory_status_mib("VmRSS")
     if side.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(2 if side.kind == "train" else 1):  # the 2nd step has the Adam state
         side.run()
     if side.device.type == "cuda":
         return {"peak": torch.cuda.max_memory_allocated() / 2**20}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    peak = memory_status_mib("VmHWM")
     return {"peak": peak, "growth": peak - setup}
 
 
@@ -279,6 +285,7 @@ def time_workload(workload: str, args: argparse.Namespace) -> dict:
         result[f"{impl}_max"] = batch / min(times[impl])
         result[f"{impl}_params"] = sides[impl].params
         result[f"{impl}_gflop_per_image"] = flops[impl] / 1e9
+    result["ratio_paired_median"] = statistics.median(paired)
     result["ratio_iqr"] = list(quartiles(paired))
     result["batch"] = batch
     return result
@@ -289,7 +296,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
     mem = "peak CUDA MiB" if cuda else "peak RSS MiB (growth)"
     rows = [
         f"| workload | batch | ours {results[next(iter(results))]['unit']} (min-max) "
-        f"| diffusers (min-max) | ratio | paired ratio IQR | {mem} ours | diffusers |",
+        f"| diffusers (min-max) | ratio | paired ratio median (IQR) | {mem} ours | diffusers |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in results.items():
@@ -305,7 +312,8 @@ def table(results: dict, args: argparse.Namespace) -> str:
         rows.append(
             f"| {name} | {r['batch']} | {r['ours']:.2f} ({r['ours_min']:.2f}-{r['ours_max']:.2f}) "
             f"| {r['diffusers']:.2f} ({r['diffusers_min']:.2f}-{r['diffusers_max']:.2f}) "
-            f"| {r['ratio']:.2f} | {q1:.2f}-{q3:.2f} | {cells[0]} | {cells[1]} |"
+            f"| {r['ratio']:.2f} | {r['ratio_paired_median']:.2f} ({q1:.2f}-{q3:.2f}) "
+            f"| {cells[0]} | {cells[1]} |"
         )
     return "\n".join(rows)
 
