@@ -281,6 +281,26 @@ def test_residual_rescale_divides_every_residual_sum_by_sqrt2():
             assert torch.allclose(rescaled(*args), plain(*args) / 2**0.5, atol=1e-6)
 
 
+def test_attention_is_softmax_attention_of_its_1x1_convolutions():
+    """The block computes x + proj(softmax(q k^T / sqrt(d)) v) per head, with q, k, v the
+    channel thirds of the qkv 1x1 convolution, in either memory format."""
+    from diffuse_cli.models.unet import AttentionBlock
+
+    x = torch.randn(2, 8, 4, 4)
+    for heads in (1, 2):
+        block = AttentionBlock(8, heads).eval()
+        perturb(block)
+        qkv = block.qkv(block.norm(x)).reshape(2, 3, heads, 8 // heads, 16)
+        q, k, v = qkv.unbind(1)  # [B, heads, d, HW]
+        weights = torch.softmax(q.transpose(-1, -2) @ k / (8 // heads) ** 0.5, dim=-1)
+        expected = x + block.proj((v @ weights.transpose(-1, -2)).reshape(2, 8, 4, 4))
+        with torch.no_grad():
+            assert torch.allclose(block(x), expected, atol=1e-5)
+            block.to(memory_format=torch.channels_last)
+            got = block(x.contiguous(memory_format=torch.channels_last))
+            assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_heads_from_channels_per_head():
     from diffuse_cli.models.unet import AttentionBlock
 
