@@ -45,11 +45,12 @@ def test_a_two_job_sweep_runs_through_submitit_local(tmp_path):
     run_cli("train", "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_steps=2",
             "schedule=linear,cosine", cwd=tmp_path)  # fmt: skip
     sweep = tmp_path / "runs" / "default"
-    for schedule in ("linear", "cosine"):
-        run = sweep / f"schedule={schedule}"
+    # one run directory per job (named by its overrides, or number-hash when they are this long)
+    runs = {OmegaConf.load(c).schedule.name: c.parent for c in sweep.glob("*/config.yaml")}
+    assert sorted(runs) == ["cosine", "linear"]
+    for run in runs.values():
         assert (run / "checkpoints" / "step_00000002" / "model.safetensors").is_file()
         assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["world_size"] == 1
-        assert OmegaConf.load(run / "config.yaml").schedule.name == schedule
     # each job ran in its own process, which submitit logged in its own folder
     logs = sorted(p.name for p in (sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2
