@@ -67,7 +67,11 @@ def _missing_launcher(args: list[str]) -> str | None:
     for arg in args:
         name = arg.partition("hydra/launcher=")[2]
         if name in ("slurm", "submitit_slurm", "submitit_local"):
-            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+            try:
+                found = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher")
+            except ModuleNotFoundError:  # no hydra_plugins package at all
+                found = None
+            if found is None:
                 return (
                     f"hydra/launcher={name} needs Hydra's submitit launcher: "
                     'pip install "diffuse[cluster]"'

@@ -340,3 +340,21 @@ def test_bad_input_is_one_line_and_leaves_existing_runs_unchanged(trained, args,
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert checksums(run) == before
+
+
+@pytest.mark.parametrize("error", [None, ModuleNotFoundError("No module named 'hydra_plugins'")])
+def test_a_submitit_launcher_without_its_plugin_names_the_extra(monkeypatch, error):
+    import importlib.util
+
+    from diffuse_cli.cli import _missing_launcher
+
+    def find_spec(name, *args):
+        if error:
+            raise error
+        return None
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    for launcher in ("slurm", "submitit_local"):
+        message = _missing_launcher(["-m", f"hydra/launcher={launcher}", "schedule=cosine"])
+        assert f"hydra/launcher={launcher} needs" in message and "diffuse[cluster]" in message
+    assert _missing_launcher(["-m", "schedule=linear,cosine"]) is None
