@@ -145,3 +145,15 @@ def test_two_processes_share_the_samples_of_a_quality_eval(tmp_path):
     assert two["metrics"]["fd_builtin"] == pytest.approx(one["metrics"]["fd_builtin"], rel=1e-5)
     assert two["metrics"]["precision"] == one["metrics"]["precision"]
     assert two["metrics"]["recall"] == one["metrics"]["recall"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_sweep_under_a_launcher_keeps_its_process_group_for_every_job(tmp_path):
+    # the group is left once, after the last job: job 2 used to find it destroyed by job 1
+    launch("train", "-m", *TINY, "trainer.max_steps=2", "schedule=linear,cosine", cwd=tmp_path)
+    configs = sorted((tmp_path / "runs" / "default").glob("*/config.yaml"))
+    assert len(configs) == 2
+    for config in configs:
+        last = (config.parent / "metrics.jsonl").read_text().splitlines()[-1]
+        assert json.loads(last)["world_size"] == 2
