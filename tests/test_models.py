@@ -248,6 +248,79 @@ def test_down_and_upsampling_halve_and_double_resolution_in_both_modes(biggan):
     assert down.shape == (2, 8, 8, 8) and up.shape == (2, 8, 32, 32)
 
 
+@pytest.mark.parametrize("size", [4, 8, 16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsampling_convolution_is_a_3x3_convolution_of_the_nearest_upsampled_map(
+    size, channels_last
+):
+    """Upsample and a BigGAN up-block compute conv3x3(nearest 2x upsampling of x) directly on
+    small maps and as a folded stride-2 transposed convolution on larger ones: both must give
+    the published definition's values and gradients, also at the image border."""
+    import torch.nn.functional as F
+
+    from diffuse_cli.models.unet import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(6).double()  # float64, so rounding cannot hide a wrong tap
+    x = torch.randn(2, 6, size, size, dtype=torch.float64, requires_grad=True)
+    if channels_last:
+        up = up.to(memory_format=torch.channels_last)
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours = up(x)
+    direct = F.conv2d(
+        x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3),
+        up.conv.weight,
+        up.conv.bias,
+        padding=1,
+    )
+    assert ours.shape == direct.shape == (2, 6, 2 * size, 2 * size)
+    torch.testing.assert_close(ours, direct, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(ours)
+    wanted = torch.autograd.grad(direct, (x, up.conv.weight, up.conv.bias), grad_out)
+    got = torch.autograd.grad(ours, (x, up.conv.weight, up.conv.bias), grad_out)
+    for g, w in zip(got, wanted, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_upsampling_convolution_under_bf16_autocast_matches_the_float32_definition(size):
+    """Under autocast the folded form is used from 16x16 on, the direct one below: both must
+    stay within bf16 rounding of the float32 result."""
+    import torch.nn.functional as F
+
+    from diffuse_cli.models.unet import Upsample
+
+    torch.manual_seed(0)
+    up, x = Upsample(16), torch.randn(2, 16, size, size)
+    with torch.no_grad():
+        wanted = F.conv2d(
+            F.interpolate(x, scale_factor=2.0), up.conv.weight, up.conv.bias, padding=1
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = up(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        got.float(), wanted, rtol=0.05, atol=0.05 * wanted.abs().max().item()
+    )
+
+
+def test_biggan_up_block_equals_upsampling_before_its_first_convolution():
+    import torch.nn.functional as F
+
+    from diffuse_cli.models.unet import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, 6, up=True).eval().double()
+    perturb(block)
+    x, emb = torch.randn(2, 8, 8, 8, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    up = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    h = block.in_conv(F.interpolate(F.silu(block.in_norm(x)), scale_factor=2.0, mode="nearest"))
+    h = block.out_norm(h + block.emb_proj(F.silu(emb))[:, :, None, None])
+    wanted = up + block.out_conv(F.silu(h))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, emb), wanted, rtol=1e-12, atol=1e-12)
+
+
 def test_resblock_updown_swaps_the_resampling_layers_for_residual_blocks():
     from diffuse_cli.models.unet import Downsample, ResBlock, Upsample
 
