@@ -217,6 +217,15 @@ def test_wandb_without_login_is_a_hint(cli, tmp_path):
     assert proc.returncode == 2 and "logger.mode=offline" in proc.stderr
 
 
+def test_sample_num_zero_trains_without_preview_grids(cli):
+    cli("train", *TINY, "trainer.max_steps=2", "trainer.sample_num=0")
+    run = cli.cwd / "runs" / "default"
+    assert (run / "checkpoints" / "step_00000002" / "model.safetensors").is_file()
+    assert not (run / "samples").exists()
+    proc = cli("train", *TINY, "name=neg", "trainer.sample_num=-1", check=False)
+    assert proc.returncode == 2 and "trainer.sample_num=-1 must be >= 0" in proc.stderr
+
+
 def test_bad_config_value_fails_before_writing(cli):
     proc = cli("train", "trainer.lr=fast", check=False)
     assert proc.returncode != 0 and "trainer.lr" in proc.stderr

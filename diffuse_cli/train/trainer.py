@@ -134,6 +134,12 @@ class Trainer:
         self.logger = make_logger(cfg, self.run_dir) if self.is_main else None
 
     @property
+    def previews(self) -> bool:
+        """Preview grids during training; trainer.sample_num=0 turns them off (a smoke run of a
+        large network on a CPU would otherwise spend minutes sampling its last step)."""
+        return self.task.has_preview and self.tc.sample_num > 0
+
+    @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
@@ -315,7 +321,7 @@ class Trainer:
                 if step % tc.ckpt_every == 0 or step == tc.max_steps:
                     self.save(step)
                     saved = step
-                if self.task.has_preview and (step % tc.sample_every == 0 or step == tc.max_steps):
+                if self.previews and (step % tc.sample_every == 0 or step == tc.max_steps):
                     self.preview(step)
                 signum = stop.received(acc)
                 if signum:

@@ -24,7 +24,6 @@ POSITIVE = (
     "ckpt_every",
     "sample_every",
     "log_every",
-    "sample_num",
     "sample_steps",
     "max_bad_steps",
 )
@@ -43,6 +42,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in POSITIVE:
         if not tc[key] > 0:
             raise UserError(f"trainer.{key}={tc[key]} must be > 0")
+    if tc.sample_num < 0:
+        raise UserError(f"trainer.sample_num={tc.sample_num} must be >= 0 (0: no preview grids)")
     if cfg.task not in ("diffusion", "classifier"):
         raise UserError(f"task={cfg.task!r} is not one of: diffusion, classifier")
     if not 0.0 <= tc.label_dropout < 1.0:
