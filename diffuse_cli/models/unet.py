@@ -137,6 +137,7 @@ class ResBlock(nn.Module):
         self.scale_shift = scale_shift
         self.skip_scale = 1 / math.sqrt(2) if rescale else 1.0
         self.in_norm = normalization(in_channels)
+        self.up = up  # the first convolution then runs folded on the small map
         self.resample = _resample(up, down)
         self.in_conv = conv3x3(in_channels, out_channels)
         self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if scale_shift else 1))
@@ -151,10 +152,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.in_norm(x))
-        if isinstance(self.resample, nn.Upsample):
-            h = upsample_conv3x3(h, self.in_conv)
-        else:
-            h = self.in_conv(self.resample(h))
+        h = upsample_conv3x3(h, self.in_conv) if self.up else self.in_conv(self.resample(h))
         x = self.resample(x)
         e = self.emb_proj(F.silu(emb))[:, :, None, None].to(h.dtype)
         if self.scale_shift:
