@@ -220,7 +220,10 @@ def test_eval_loss_of_an_ncsn_is_the_dsm_loss_per_level(ncsn_run, compose):
     cfg = OmegaConf.merge(with_run_config(cfg, run), {"loss": {"name": "dsm"}})
     with pytest.raises(UserError, match="loss=simple is a DDPM loss"):
         build_loss(with_run_config(compose([], "eval"), run))  # the run's loss is read back
+    grad_modes = []
+    model.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
     report = held_out_loss(cfg, model, levels, "cpu")
+    assert grad_modes and not any(grad_modes)  # measured without building an autograd graph
     assert [b["t_min"] for b in report["buckets"]] == list(range(10))
     assert report["buckets"][0]["sigma_max"] == pytest.approx(1.0)
     assert report["buckets"][-1]["sigma_min"] == pytest.approx(0.01)

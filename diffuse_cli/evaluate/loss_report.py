@@ -38,6 +38,7 @@ def label_kwargs(model, y: torch.Tensor, device) -> dict:
     return {"y": y.to(device)} if getattr(model, "num_classes", None) else {}
 
 
+@torch.no_grad()  # no autograd graph: the pass only measures
 def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     ec = cfg.eval
     dataset = build_data(cfg, "test")
