@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .dropout import Dropout
 from .embeddings import timestep_embedding
 
 
@@ -142,7 +143,7 @@ class ResBlock(nn.Module):
         self.in_conv = conv3x3(in_channels, out_channels)
         self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if scale_shift else 1))
         self.out_norm = normalization(out_channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out_conv = zero_module(conv3x3(out_channels, out_channels))
         self.skip = (
             nn.Identity()
