@@ -12,8 +12,10 @@ process, on the same threads, with the same random inputs and options.
 Workloads (img/s, higher is better):
 - train_ddpm: model=ddpm (35.7M) at batch 8; train_small: model=small (0.69M) at batch 32.
   One training step: x_t from random x0, eps and t, the eps MSE (L_simple), backward, an Adam
-  step, in train mode. Ours: build_model, build_diffusion and build_loss of the composed
-  config, exactly as the trainer; diffusers: DDPMScheduler.add_noise and F.mse_loss.
+  step, in train mode. Ours: build_model, build_diffusion, build_loss and build_optimizer
+  (fused Adam) of the composed config, exactly as the trainer; diffusers: DDPMScheduler.add_noise,
+  F.mse_loss and torch's default Adam, as its training scripts use. --plain-adam gives ours
+  the default Adam too, to compare the networks and losses alone.
 - sample_ddim50_small (and, on request, sample_ddim50_ddpm): one 50-step DDIM run (eta 0,
   clipped x0) of a batch of 32 (8) from noise. Ours: diffuse_cli.sample with sampler=ddim
   steps=50; diffusers: DDIMScheduler.set_timesteps(50) and its step().
@@ -94,9 +96,15 @@ class Side:
         self.params = sum(p.numel() for p in self.net.parameters())
         self.call = torch.compile(self.net) if args.compile else self.net
         if self.kind == "train":
-            self.opt = torch.optim.Adam(self.net.parameters(), lr=2e-4)
+            self.opt = self.optimizer(args.plain_adam)
         self.gen = torch.Generator(self.device).manual_seed(1)
         self.shape = (self.batch, 3, 32, 32)
+
+    def optimizer(self, plain: bool):
+        """torch's default Adam with the trainer config's settings (what diffusers' training
+        scripts use)."""
+        tc = self.cfg.trainer
+        return self.torch.optim.Adam(self.net.parameters(), lr=tc.lr, betas=tuple(tc.betas))
 
     def autocast(self):
         if not self.bf16:
@@ -131,6 +139,14 @@ class Ours(Side):
         self.diffusion = dc.build_diffusion(self.cfg)
         self.loss_fn = build_loss(self.cfg) if self.kind == "train" else None
         return dc.build_model(self.cfg)
+
+    def optimizer(self, plain: bool):
+        """The trainer's optimizer (fused Adam on CPU and CUDA), unless --plain-adam."""
+        from diffuse_cli.train.optimizer import build_optimizer
+
+        if plain:
+            return super().optimizer(plain)
+        return build_optimizer(self.net.parameters(), self.cfg.trainer, self.device)
 
     def loss(self, x0, t):
         return self.loss_fn(self.diffusion, self.call, x0, t)["loss"].mean()
@@ -243,7 +259,9 @@ def memory_worker(workload: str, impl: str, args: argparse.Namespace) -> dict:
 def run_memory(workload: str, impl: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--memory-worker", f"{workload}:{impl}"]
     cmd += ["--device", args.device, "--threads", str(args.threads)]
-    cmd += ["--bf16"] * args.bf16 + ["--compile"] * args.compile
+    cmd += (
+        ["--bf16"] * args.bf16 + ["--compile"] * args.compile + ["--plain-adam"] * args.plain_adam
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -329,6 +347,12 @@ def main() -> None:
     parser.add_argument(
         "--workloads", default=DEFAULT_WORKLOADS, help=f"comma-separated, of {', '.join(WORKLOADS)}"
     )
+    parser.add_argument(
+        "--plain-adam",
+        action="store_true",
+        help="torch's default Adam on both sides (by default ours trains with the toolkit's "
+        "optimizer, fused Adam)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", help="write {workload: {ours, diffusers, unit, ratio, ...}}")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
@@ -366,7 +390,11 @@ def main() -> None:
     import diffusers
 
     where = f"{args.device}, {args.threads} threads" if args.device == "cpu" else args.device
-    flags = "".join([", bf16 autocast"] * args.bf16 + [", torch.compile"] * args.compile)
+    flags = "".join(
+        [", bf16 autocast"] * args.bf16
+        + [", torch.compile"] * args.compile
+        + [", default Adam on both sides"] * args.plain_adam
+    )
     print(
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, {where}{flags}; "
         f"median of {args.reps} interleaved repetitions after {args.warmup} warm-up; "

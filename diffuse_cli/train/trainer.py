@@ -36,6 +36,7 @@ from diffuse_cli.train.checkpoint import (
 )
 from diffuse_cli.train.ema import EMA
 from diffuse_cli.train.loggers import MetricsFile, make_logger
+from diffuse_cli.train.optimizer import build_optimizer, load_optimizer_state
 from diffuse_cli.train.preview import save_training_preview
 from diffuse_cli.train.tasks import make_task
 from diffuse_cli.train.validate import check_resumable, validate_train_config
@@ -164,12 +165,9 @@ class Trainer:
         self.model = model
 
     def _setup_optimizer(self) -> None:
-        kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-        opt = kinds[self.tc.optimizer](
-            self.model.parameters(),
-            lr=self.tc.lr,
-            betas=tuple(self.tc.betas),
-            weight_decay=self.tc.weight_decay,
+        acc = self.accelerator
+        opt = build_optimizer(
+            self.model.parameters(), self.tc, acc.device, loss_scaling=acc.scaler is not None
         )
         model = torch.compile(self.model) if self.tc.compile else self.model
         self.model, self.optimizer = self.accelerator.prepare(model, opt)
@@ -206,7 +204,7 @@ class Trainer:
         ckpt = read_checkpoint(folder)
         load_state_checked(self.network, ckpt["model"], f"checkpoint '{folder}'")
         self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
         if self.timesteps.needs_losses and not ckpt["timesteps"]:
             raise UserError(
                 f"checkpoint '{folder}' has no timestep-sampler history (timesteps.safetensors) "
