@@ -8,6 +8,7 @@ of the indices and the main process writes them all.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +37,40 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 def sampler_tag(cfg: DictConfig, steps: int) -> str:
-    """'<sampler>-<steps>' (with '-eta<eta>' for stochastic DDIM): names sample folders and
-    eval reports, so runs of one sampler setting land in one place."""
+    """'<sampler>-<steps>', then every sampler option that differs from the sampler's shipped
+    config ('-eta0.5', '-spacingkarras', '-no_clip_denoised', ...), the guidance, and '-raw'
+    for an eval of the raw (not EMA) weights. It names sample folders and eval reports, so one
+    setting always lands in one place and two settings never overwrite each other."""
     name = f"{cfg.sampler.name}-{steps}"
     if cfg.sampler.name == "langevin":  # L levels x T steps
         name += f"x{cfg.sampler.steps_per_level}"
-    if cfg.sampler.name == "ddim" and cfg.sampler.eta != 0:
-        name += f"-eta{cfg.sampler.eta:g}"
+    for key, default in shipped_sampler_options(cfg.sampler.name).items():
+        value = cfg.sampler.get(key)
+        if key not in ("name", "steps_per_level") and value != default:
+            name += "-" + _setting(key, value)
     guidance = cfg.get("guidance")
     if guidance is not None and guidance.name != "none":
         name += f"-{guidance.name}{guidance.scale:g}"
     if "class_labels" in cfg and cfg.class_labels is None:
         name += "-unconditional"
+    if "eval" in cfg and not cfg.eval.ema:
+        name += "-raw"
     return name
+
+
+def shipped_sampler_options(name: str) -> dict:
+    """configs/sampler/<name>.yaml as the package ships it ({} for a sampler file of a user's
+    own config folder)."""
+    path = resources.files("diffuse_cli.configs") / "sampler" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.create(path.read_text())) if path.is_file() else {}
+
+
+def _setting(key: str, value) -> str:
+    if isinstance(value, bool):
+        return key if value else f"no_{key}"
+    if isinstance(value, float):
+        return f"{key}{value:g}"
+    return f"{key}{'none' if value is None else value}"
 
 
 def output_dir(cfg: DictConfig, steps: int) -> Path:

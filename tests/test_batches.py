@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from diffuse_cli.train.batches import StepBatchSampler, global_batch
@@ -32,3 +33,29 @@ def test_processes_and_micro_batches_partition_the_global_batch():
         parts += [next(it), next(it)]
     assert all(len(p) == 2 for p in parts)
     assert sorted(sum(parts, [])) == sorted(global_batch(40, 8, 3, 0).tolist())
+
+
+def test_every_micro_batch_of_every_process_gets_its_own_seed():
+    """Distinct in the 32 low bits torch's CPU generator keeps, also past 101 processes (a
+    radix of 101 once gave process 101 the seed of the next micro-batch on process 0)."""
+    from diffuse_cli.train.batches import step_seed
+
+    seeds = {
+        step_seed(7, step, micro, rank) % 2**32
+        for step in range(40)
+        for micro in range(3)
+        for rank in (*range(0, 130), 1000, 65_536)
+    }
+    assert len(seeds) == 40 * 3 * 132
+    assert step_seed(7, 5, 0, 101) != step_seed(7, 5, 1, 0)
+    assert 0 <= step_seed(-3, 10**9, 2, 4) < 2**64  # a valid torch seed for any run seed
+    with pytest.raises(ValueError, match="processes have seeds"):
+        step_seed(0, 0, 0, 65_537)
+
+
+def test_too_many_micro_batches_are_refused(compose):
+    from diffuse_cli.errors import UserError
+    from diffuse_cli.train.validate import validate_train_config
+
+    with pytest.raises(UserError, match="grad_accum=2000 must be <= 1009"):
+        validate_train_config(compose(["trainer.grad_accum=2000"]))

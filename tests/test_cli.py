@@ -125,6 +125,11 @@ def test_eval_writes_a_held_out_loss_report(trained):
     assert [b["t_min"] for b in report["buckets"]] == [0, 12, 25, 38]
     assert all(b["count"] == 5 for b in report["buckets"])
     assert report["loss"] == pytest.approx(np.mean([b["loss"] for b in report["buckets"]]))
+    run_cli("eval", "eval.num_batches=1", "eval.ema=false", "progress=false", cwd=cwd)
+    raw = json.loads((run / "eval" / "loss-raw.json").read_text())  # beside the EMA report
+    assert raw["weights"] == "model" and report["weights"] == "ema"
+    assert json.loads((run / "eval" / "loss.json").read_text()) == report
+    assert (run / "eval" / "loss_by_timestep-raw.png").is_file()
 
 
 def test_eval_nll_writes_bits_per_dim_with_every_term(trained):
@@ -367,3 +372,26 @@ def test_a_submitit_launcher_without_its_plugin_names_the_extra(monkeypatch, err
         message = _missing_launcher(["-m", f"hydra/launcher={launcher}", "schedule=cosine"])
         assert f"hydra/launcher={launcher} needs" in message and "diffuse[cluster]" in message
     assert _missing_launcher(["-m", "schedule=linear,cosine"]) is None
+
+
+@pytest.mark.parametrize(
+    "command,overrides,tag",
+    [
+        ("sample", ["sampler=ddim"], "ddim-50"),
+        ("sample", ["sampler=ddim", "sampler.eta=0.5"], "ddim-50-eta0.5"),
+        ("sample", ["sampler=ddim", "sampler.spacing=karras"], "ddim-50-spacingkarras"),
+        ("sample", ["sampler=euler"], "euler-50"),  # karras is euler's own default
+        ("sample", ["sampler=euler", "sampler.spacing=even"], "euler-50-spacingeven"),
+        ("sample", ["sampler=dpm_solver", "sampler.order=1"], "dpm_solver-50-order1"),
+        ("sample", ["sampler=ddpm", "sampler.clip_denoised=false"], "ddpm-50-no_clip_denoised"),
+        ("sample", ["sampler=pc", "sampler.snr=0.1"], "pc-50-snr0.1"),
+        ("eval", ["sampler=ddim"], "ddim-50"),
+        ("eval", ["sampler=ddim", "eval.ema=false"], "ddim-50-raw"),
+    ],
+)
+def test_each_sampler_setting_gets_its_own_folder(compose, command, overrides, tag):
+    """Sample folders and eval reports are named by every setting that differs from the
+    sampler's defaults, so a sweep over them (or EMA against raw weights) overwrites nothing."""
+    from diffuse_cli.generate import sampler_tag
+
+    assert sampler_tag(compose(overrides, command), 50) == tag

@@ -117,3 +117,10 @@ def test_compiles_to_the_compilers_own_dropout():
     x = torch.ones(4096)
     a, b = fn(x), fn(x)
     assert set(a.unique().tolist()) == {0.0, 2.0} and not torch.equal(a, b)
+
+
+def test_a_tiny_p_keeps_everything():
+    """Below p = 2^-33 the threshold would pass int32's maximum; it is capped there."""
+    torch.manual_seed(6)
+    out = dropout(torch.ones(4096), 1e-10)
+    assert (out != 0).all()

@@ -231,3 +231,12 @@ def test_builtin_extractor_refuses_other_data_and_is_the_default_only_for_shapes
     assert default_features(compose([], "eval")) == "builtin"
     assert default_features(small) == "inception"
     assert default_features(compose(["data=cifar10"], "eval")) == "inception"
+
+
+def test_report_rows_name_the_settings_of_their_folder():
+    from diffuse_cli.evaluate.report import _sampler
+
+    record = {"sampler": {"name": "ddim"}, "path": "runs/a/eval/ddim-50/builtin.json"}
+    assert _sampler(record) == "ddim"
+    record["path"] = "runs/a/eval/ddim-50-eta0.5-spacingkarras-raw/builtin.json"
+    assert _sampler(record) == "ddim (eta0.5-spacingkarras-raw)"

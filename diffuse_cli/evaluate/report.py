@@ -39,8 +39,10 @@ def metric_names(records: list[dict]) -> list[str]:
 def _sampler(record: dict) -> str:
     if record["sampler"] is None:
         return f"file {record['samples']}"
-    s = record["sampler"]
-    return s["name"] + (f" (eta {s['eta']:g})" if s["name"] == "ddim" and s["eta"] else "")
+    # The report's folder, <sampler>-<steps>[-<setting>...], names what differs from the
+    # sampler's defaults (eta, spacing, guidance, raw weights, ...).
+    settings = Path(record["path"]).parent.name.split("-", 2)[2:]
+    return record["sampler"]["name"] + (f" ({settings[0]})" if settings else "")
 
 
 def _cell(metrics: dict, name: str) -> str:

@@ -30,7 +30,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         or torch.compiler.is_compiling()  # the compiler fuses dropout with its own generator
     ):
         return F.dropout(x, p, training)
-    keep = random_int32_like(x) < round((1.0 - p) * _INT32_SPAN) - 2**31
+    threshold = min(round((1.0 - p) * _INT32_SPAN) - 2**31, 2**31 - 1)  # p < 2^-33: int32 max
+    keep = random_int32_like(x) < threshold
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))  # autograd keeps the scaled mask
 
 

@@ -11,6 +11,24 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
+MAX_MICRO_BATCHES = 1_009  # per optimizer step (trainer.grad_accum)
+MAX_PROCESSES = 65_537
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The seed of one micro-batch on one process (its timesteps, noise, dropout and flips).
+
+    Mixed radix, so every (step, micro, rank) of a run gets its own seed for up to
+    MAX_MICRO_BATCHES micro-batches and MAX_PROCESSES processes; the radices are odd, so the 32
+    low bits that torch's CPU generator keeps of a seed still tell the steps apart.
+    """
+    if not (0 <= micro < MAX_MICRO_BATCHES and 0 <= rank < MAX_PROCESSES):
+        raise ValueError(
+            f"micro-batch {micro} / process {rank}: at most {MAX_MICRO_BATCHES} micro-batches "
+            f"and {MAX_PROCESSES} processes have seeds of their own"
+        )
+    return (((seed * 1_000_003 + step) * MAX_MICRO_BATCHES + micro) * MAX_PROCESSES + rank) % 2**64
+
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

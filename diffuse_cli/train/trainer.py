@@ -27,7 +27,7 @@ from diffuse_cli.diffusion import get_timestep_sampler
 from diffuse_cli.distributed import check_joined
 from diffuse_cli.errors import Interrupted, UserError
 from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides
-from diffuse_cli.train.batches import StepBatchSampler
+from diffuse_cli.train.batches import StepBatchSampler, step_seed
 from diffuse_cli.train.checkpoint import (
     latest_checkpoint,
     load_state_checked,
@@ -49,10 +49,6 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
         digest.update(key.encode())
         digest.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
-
-
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    return ((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank
 
 
 class StopSignals:
@@ -131,7 +127,10 @@ class Trainer:
         self.skipped_steps = 0
         self._write_config()
         self.loader = self._setup_data()
-        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl", self.start_step)
+        # The main process alone writes the run directory (opening the file trims it on resume).
+        self.metrics = (
+            MetricsFile(self.run_dir / "metrics.jsonl", self.start_step) if self.is_main else None
+        )
         self.logger = make_logger(cfg, self.run_dir) if self.is_main else None
 
     @property

@@ -13,6 +13,7 @@ from diffuse_cli.build import check_family
 from diffuse_cli.config import MODEL_DEFINING, SCHEMAS
 from diffuse_cli.errors import UserError
 from diffuse_cli.runs import CONFIG_FILE, differences
+from diffuse_cli.train.batches import MAX_MICRO_BATCHES
 from diffuse_cli.train.checkpoint import latest_checkpoint
 
 CHOICES = {"mixed_precision": ("no", "fp16", "bf16"), "optimizer": ("adam", "adamw")}
@@ -42,6 +43,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in POSITIVE:
         if not tc[key] > 0:
             raise UserError(f"trainer.{key}={tc[key]} must be > 0")
+    if tc.grad_accum > MAX_MICRO_BATCHES:
+        raise UserError(f"trainer.grad_accum={tc.grad_accum} must be <= {MAX_MICRO_BATCHES}")
     if tc.sample_num < 0:
         raise UserError(f"trainer.sample_num={tc.sample_num} must be >= 0 (0: no preview grids)")
     if cfg.task not in ("diffusion", "classifier"):
