@@ -19,7 +19,7 @@ from diffuse_cli.build import build_guidance, check_family, data_shape, resolve_
 from diffuse_cli.distributed import gather_exact, process_state, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
-from diffuse_cli.runs import differences, with_run_config
+from diffuse_cli.runs import differences, weights_name, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
 
@@ -53,9 +53,7 @@ def sampler_tag(cfg: DictConfig, steps: int) -> str:
         name += f"-{guidance.name}{guidance.scale:g}"
     if "class_labels" in cfg and cfg.class_labels is None:
         name += "-unconditional"
-    if "eval" in cfg and not cfg.eval.ema:
-        name += "-raw"
-    return name
+    return weights_name(cfg, name)
 
 
 def shipped_sampler_options(name: str) -> dict:

@@ -96,3 +96,10 @@ def with_run_config(cfg: DictConfig, run_dir: str | Path) -> DictConfig:
         merged[key] = theirs
     merged["run_dir"] = str(run_dir)
     return OmegaConf.merge(cfg, merged)
+
+
+def weights_name(cfg: DictConfig, stem: str) -> str:
+    """`stem` for the EMA weights, `stem`-raw for an eval of the raw ones (eval.ema=false), so
+    the reports of the two never overwrite each other; configs without an eval section (sample)
+    always use the EMA weights."""
+    return stem if "eval" not in cfg or cfg.eval.ema else f"{stem}-raw"

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data, build_loss
-from diffuse_cli.evaluate.output import weights_name, write_json
+from diffuse_cli.evaluate.output import write_json
+from diffuse_cli.runs import weights_name
 
 
 def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:

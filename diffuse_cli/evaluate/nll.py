@@ -30,7 +30,8 @@ from diffuse_cli.diffusion import quantize
 from diffuse_cli.distributed import shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import label_kwargs
-from diffuse_cli.evaluate.output import weights_name, write_json
+from diffuse_cli.evaluate.output import write_json
+from diffuse_cli.runs import weights_name
 from diffuse_cli.samplers import PerSampleNoise, as_noise_source
 
 

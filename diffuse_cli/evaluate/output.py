@@ -11,9 +11,3 @@ def write_json(report: dict, path: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)
-
-
-def weights_name(cfg, stem: str) -> str:
-    """`stem` for the EMA weights, `stem`-raw for eval.ema=false: the reports of the two
-    never overwrite each other."""
-    return stem if cfg.eval.ema else f"{stem}-raw"
