@@ -215,10 +215,12 @@ def sample(
 ):
     """Run `cfg.sampler` for `cfg.steps` steps (T when unset) from the noise x_T.
 
-    `model` is any callable model(x_t, t, **model_kwargs) with integer original timesteps.
+    `model` is any callable model(x_t, t, **model_kwargs) with integer original timesteps; an
+    nn.Module runs in eval mode (no dropout) and is handed back in its own mode.
     `generator` is a torch.Generator, a PerSampleNoise (per-sample seeds) or None (the global
     RNG). `cond_fn` is ancestral classifier guidance (samplers.ddpm); see build_guidance.
     """
+    from diffuse_cli.models.modes import evaluating
     from diffuse_cli.samplers import as_noise_source, get_sampler
 
     steps = resolve_steps(cfg, diffusion)
@@ -228,19 +230,20 @@ def sample(
         sampler = get_sampler(s.name)
     except ValueError as err:
         raise UserError(str(err)) from err
-    return sampler(
-        model,
-        diffusion,
-        noise,
-        steps=steps,
-        noise=as_noise_source(generator, noise.shape[0]),
-        spacing=s.spacing,
-        clip_denoised=s.clip_denoised,
-        model_kwargs=model_kwargs,
-        progress=progress,
-        **({"cond_fn": cond_fn} if cond_fn is not None else {}),
-        **options,
-    )
+    with evaluating(model):
+        return sampler(
+            model,
+            diffusion,
+            noise,
+            steps=steps,
+            noise=as_noise_source(generator, noise.shape[0]),
+            spacing=s.spacing,
+            clip_denoised=s.clip_denoised,
+            model_kwargs=model_kwargs,
+            progress=progress,
+            **({"cond_fn": cond_fn} if cond_fn is not None else {}),
+            **options,
+        )
 
 
 def build_classifier(cfg: DictConfig, num_classes: int) -> torch.nn.Module:

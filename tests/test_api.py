@@ -7,6 +7,7 @@ from conftest import TINY
 from gaussian_oracle import GaussianOracle
 
 import diffuse_cli as dc
+from diffuse_cli.diffusion import quantize
 
 
 def test_sample_runs_the_configured_sampler_with_any_callable(compose):
@@ -62,3 +63,49 @@ def test_load_run_returns_ema_weights(compose, tmp_path):
         for a, b in zip(model.state_dict().values(), raw.state_dict().values(), strict=True)
     )
     assert differs  # EMA and raw weights are different tensors after training
+
+
+def test_sample_and_nll_run_a_training_mode_network_without_dropout(compose):
+    """A network fresh from dc.build_model is in training mode, with dropout. dc.sample and
+    dc.nll_bpd run it as inference (same output as the eval-mode network, every call alike) and
+    hand it back in training mode, its frozen submodules still frozen."""
+    network = [o for o in TINY if o.startswith(("model.", "data.image_size", "schedule."))]
+    cfg = compose([*network, "model.dropout=0.5", "sampler=ddim", "steps=4"], command="sample")
+    diffusion = dc.build_diffusion(cfg)
+    torch.manual_seed(0)
+    model = dc.build_model(cfg)
+    with torch.no_grad():  # zero-initialised output layers would hide any dropout
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    model.time_embed.eval()  # a submodule kept in eval mode on purpose stays so
+    assert model.training
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x0 = quantize(x_T.clamp(-1, 1))
+
+    def run(net):
+        g = torch.Generator().manual_seed(1)
+        s = dc.sample(cfg, net, diffusion, noise=x_T, generator=g)
+        b = dc.nll_bpd(net, diffusion, x0, generator=torch.Generator().manual_seed(2))["total"]
+        return s, b
+
+    first, second = run(model), run(model)
+    assert model.training and not model.time_embed.training
+    model.eval()
+    reference = run(model)
+    for got in (first, second):
+        torch.testing.assert_close(got, reference, rtol=0, atol=0)
+
+
+def test_evaluating_reaches_the_network_inside_wrappers():
+    from diffuse_cli.guidance import ClassifierFree
+    from diffuse_cli.models import UNet
+    from diffuse_cli.models.modes import evaluating
+    from diffuse_cli.samplers.nfe import NFECounter
+
+    net = UNet(model_channels=16, channel_mult=(1,), attention_resolutions=(), num_classes=3)
+    wrapped = NFECounter(ClassifierFree(net, 2.0))
+    with evaluating(wrapped):
+        assert not any(m.training for m in net.modules())
+    assert all(m.training for m in net.modules())
+    with evaluating(lambda x, t: x):  # a plain callable: nothing to switch
+        pass

@@ -31,6 +31,7 @@ from diffuse_cli.distributed import shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import label_kwargs
 from diffuse_cli.evaluate.output import write_json
+from diffuse_cli.models.modes import evaluating
 from diffuse_cli.runs import weights_name
 from diffuse_cli.samplers import PerSampleNoise, as_noise_source
 
@@ -51,6 +52,7 @@ def nll_bpd(
     Args:
         model: any callable model(x_t, timesteps, **model_kwargs) -> output, read by
             `diffusion`'s prediction and variance objects (e.g. [eps, v] for learned_range).
+            An nn.Module runs in eval mode and is handed back in its own mode.
         diffusion: a GaussianDiffusion (respaced ones work too: their own T terms).
         x0: data on the 8-bit grid of [-1, 1] (see diffusion.quantize), [B, ...].
         generator: where the noise of x_t ~ q(x_t | x0) comes from: a torch.Generator, a
@@ -68,11 +70,12 @@ def nll_bpd(
     batch, T = x0.shape[0], diffusion.num_timesteps
     noise = as_noise_source(generator, batch, x0.device)
     terms = torch.zeros(batch, T, device=x0.device)
-    for i in tqdm(range(T - 1, -1, -1), desc="nll", disable=not progress, leave=False):
-        t = torch.full((batch,), i, dtype=torch.int64, device=x0.device)
-        x_t = diffusion.q_sample(x0, t, noise.randn_like(x0))
-        out = diffusion.p_mean_variance(model, x_t, t, clip_denoised, model_kwargs)
-        terms[:, i] = diffusion.vlb_terms(x0, x_t, t, out["mean"], out["log_variance"])
+    with evaluating(model):
+        for i in tqdm(range(T - 1, -1, -1), desc="nll", disable=not progress, leave=False):
+            t = torch.full((batch,), i, dtype=torch.int64, device=x0.device)
+            x_t = diffusion.q_sample(x0, t, noise.randn_like(x0))
+            out = diffusion.p_mean_variance(model, x_t, t, clip_denoised, model_kwargs)
+            terms[:, i] = diffusion.vlb_terms(x0, x_t, t, out["mean"], out["log_variance"])
     prior = diffusion.prior_bpd(x0).to(terms.dtype)
     total = prior + terms.double().sum(dim=1).to(terms.dtype)
     return {"total": total, "prior": prior, "decoder": terms[:, 0].clone(), "terms": terms}
