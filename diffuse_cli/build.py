@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diffuse_cli.errors import UserError
 
@@ -38,6 +38,7 @@ def build_diffusion(cfg: DictConfig):
             s.num_timesteps,
             beta_start=s.beta_start,
             beta_end=s.beta_end,
+            scale_to_timesteps=s.scale_betas,
             s=s.s,
             max_beta=s.max_beta,
         )
@@ -220,9 +221,14 @@ def sample(
     `generator` is a torch.Generator, a PerSampleNoise (per-sample seeds) or None (the global
     RNG). `cond_fn` is ancestral classifier guidance (samplers.ddpm); see build_guidance.
     """
+    from diffuse_cli.diffusion import NoiseLevels
     from diffuse_cli.models.modes import evaluating
     from diffuse_cli.samplers import as_noise_source, get_sampler
 
+    score = isinstance(diffusion, NoiseLevels)
+    if score != is_score_model(cfg):  # the family is the diffusion's: a sample config composed
+        family = "ncsn" if score else "linear"  # apart from its run has the default schedule
+        cfg = OmegaConf.merge(cfg, {"schedule": {"name": family}})
     steps = resolve_steps(cfg, diffusion)
     s = cfg.sampler
     options = sampler_options(cfg)
@@ -317,6 +323,13 @@ def resolve_steps(cfg: DictConfig, diffusion) -> int:
     if cfg.sampler.eta < 0:
         raise UserError(f"sampler.eta={cfg.sampler.eta} must be >= 0")
     sampler_options(cfg)
+    if not is_score_model(cfg):  # the timestep grid: an unknown spacing is refused here
+        from diffuse_cli.samplers.grids import sampling_timesteps
+
+        try:
+            sampling_timesteps(diffusion, steps, cfg.sampler.spacing)
+        except ValueError as err:
+            raise UserError(f"sampler.spacing: {err}") from err
     return steps
 
 

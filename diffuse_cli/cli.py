@@ -12,6 +12,7 @@ COMMANDS = {
 }
 
 USAGE = """usage: diffuse <command> [key=value ...] [hydra flags]
+       diffuse --version
 
 commands:
 {commands}
@@ -41,13 +42,17 @@ def _task(command: str):
         from diffuse_cli.errors import UserError
 
         distributed.export_slurm_environment()  # a no-op outside a multi-task Slurm job
+        from diffuse_cli.config import check_known_keys
+
         ok = False
         try:
+            check_known_keys(cfg, command)
             api.COMMANDS[command](cfg)
             ok = True
         except (UserError, DataError) as err:
             if cfg.get("debug", False):
                 raise
+            _remove_empty_output_dir()
             print(f"diffuse {command}: error: {err}", file=sys.stderr)
             sys.exit(getattr(err, "exit_code", 2))
         except KeyboardInterrupt:
@@ -58,6 +63,26 @@ def _task(command: str):
                 distributed.teardown(ok)
 
     return task
+
+
+def _remove_empty_output_dir() -> None:
+    """Hydra makes the job's output folder (the run directory for `train`) before the command
+    runs; a command refused before writing anything leaves no empty folders behind. Only the
+    folders of a relative path, below the working directory, are removed."""
+    from pathlib import Path
+
+    from diffuse_cli.runs import hydra_output_dir
+
+    out = hydra_output_dir()
+    if out is None or out.is_absolute():
+        return
+    for folder in (out, *out.parents):
+        try:
+            if folder == Path(".") or any(folder.iterdir()):
+                return
+            folder.rmdir()
+        except OSError:  # gone already (another process of the job) or not a folder
+            return
 
 
 def _missing_launcher(args: list[str]) -> str | None:
@@ -82,8 +107,13 @@ def _missing_launcher(args: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
+        print(_usage(), file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        from diffuse_cli import __version__
+
+        print(f"diffuse {__version__}")
+        sys.exit(0)
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(

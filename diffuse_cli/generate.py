@@ -7,19 +7,27 @@ of the indices and the main process writes them all.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from diffuse_cli.build import build_guidance, check_family, data_shape, resolve_steps, sample
+from diffuse_cli.build import (
+    build_diffusion,
+    build_guidance,
+    check_family,
+    data_shape,
+    resolve_steps,
+    sample,
+)
 from diffuse_cli.distributed import gather_exact, process_state, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.images import save_preview, to_uint8_nhwc
-from diffuse_cli.runs import differences, weights_name, with_run_config
+from diffuse_cli.runs import differences, variant_name, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
 
@@ -38,9 +46,10 @@ def sample_seed(seed: int, index: int) -> int:
 
 def sampler_tag(cfg: DictConfig, steps: int) -> str:
     """'<sampler>-<steps>', then every sampler option that differs from the sampler's shipped
-    config ('-eta0.5', '-spacingkarras', '-no_clip_denoised', ...), the guidance, and '-raw'
-    for an eval of the raw (not EMA) weights. It names sample folders and eval reports, so one
-    setting always lands in one place and two settings never overwrite each other."""
+    config ('-eta0.5', '-spacingkarras', '-no_clip_denoised', ...), the guidance, the class
+    labels unless random ('-labels3', '-unconditional'), '-raw' for an eval of the raw (not
+    EMA) weights and the seed unless 0 ('-seed1'). It names sample folders and eval reports,
+    so one setting always lands in one place and two settings never overwrite each other."""
     name = f"{cfg.sampler.name}-{steps}"
     if cfg.sampler.name == "langevin":  # L levels x T steps
         name += f"x{cfg.sampler.steps_per_level}"
@@ -53,7 +62,18 @@ def sampler_tag(cfg: DictConfig, steps: int) -> str:
         name += f"-{guidance.name}{guidance.scale:g}"
     if "class_labels" in cfg and cfg.class_labels is None:
         name += "-unconditional"
-    return weights_name(cfg, name)
+    elif "class_labels" in cfg and cfg.class_labels != "random":
+        name += "-" + labels_tag(cfg.class_labels)
+    return variant_name(cfg, name)
+
+
+def labels_tag(labels) -> str:
+    """'labels3', 'labels0_3': the given class labels, or their digest when there are many."""
+    listed = [str(y) for y in (labels if isinstance(labels, list | ListConfig) else [labels])]
+    if len(listed) <= 8:
+        return "labels" + "_".join(listed)
+    digest = hashlib.sha1(",".join(listed).encode()).hexdigest()[:8]
+    return f"labels{len(listed)}-{digest}"
 
 
 def shipped_sampler_options(name: str) -> dict:
@@ -177,12 +197,12 @@ def sample_command(cfg: DictConfig) -> Path:
         raise UserError(f"num_samples={cfg.num_samples} must be > 0")
     if cfg.batch_size <= 0:
         raise UserError(f"batch_size={cfg.batch_size} must be > 0")
-    state = process_state()
-    device = state.device if state.num_processes > 1 else pick_device(cfg.device)
-    _, model, diffusion = load_run(cfg.run_dir, device=device)
-    steps = resolve_steps(cfg, diffusion)
+    steps = resolve_steps(cfg, build_diffusion(cfg))  # bad sampler settings: before loading
     if cfg.guidance.name not in ("none", "classifier", "cfg"):
         raise UserError(f"guidance={cfg.guidance.name!r} is not one of: none, classifier, cfg")
+    state = process_state()
+    device = state.device if state.num_processes > 1 else pick_device(cfg.device)
+    _, model, diffusion = load_run(cfg.run_dir, device=device, config=cfg)
     classifier = guidance_classifier(cfg, device) if cfg.guidance.name == "classifier" else None
     num_classes, null = conditioning(cfg, model, classifier)
     labels = sample_labels(cfg, num_classes, range(cfg.num_samples), null)

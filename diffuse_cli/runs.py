@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.config import MODEL_DEFINING
+from diffuse_cli.config import EXECUTION_KEYS, MODEL_DEFINING, defining
 from diffuse_cli.errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -41,6 +42,20 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file renamed over it: a crash or a full disk
+    leaves the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def read_run_config(run_dir: str | Path) -> DictConfig:
     """The config a run trained with; a clear error when `run_dir` holds no run."""
     path = Path(run_dir) / CONFIG_FILE
@@ -49,7 +64,10 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
             f"no run found in '{run_dir}' ({CONFIG_FILE} is missing); train one "
             f"with `diffuse train run_dir={run_dir}` or pass run_dir=<a run folder>"
         )
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    if "schedule" in cfg and "scale_betas" not in cfg.schedule:
+        cfg.schedule.scale_betas = False  # written before the key existed: betas as given
+    return cfg
 
 
 def differences(key: str, ours: dict, theirs: dict | None, label: str) -> str:
@@ -63,43 +81,57 @@ def differences(key: str, ours: dict, theirs: dict | None, label: str) -> str:
     )
 
 
+def overridden_keys(overrides: list[str]) -> set[str]:
+    """Keys named on the command line: 'schedule.num_timesteps=10' -> 'schedule.num_timesteps'."""
+    return {item.split("=", 1)[0].lstrip("+~") for item in overrides}
+
+
 def overridden_roots(overrides: list[str]) -> set[str]:
     """Top-level keys named on the command line: 'schedule.num_timesteps=10' -> 'schedule'."""
-    roots = set()
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        roots.add(key.split(".", 1)[0].split("@", 1)[0])
-    return roots
+    return {key.split(".", 1)[0].split("@", 1)[0] for key in overridden_keys(overrides)}
 
 
-def with_run_config(cfg: DictConfig, run_dir: str | Path) -> DictConfig:
-    """`cfg` with its model-defining groups taken from the run at `run_dir`.
+def with_run_config(cfg: DictConfig, run_dir: str | Path, also: tuple[str, ...] = ()) -> DictConfig:
+    """`cfg` with its model-defining groups (and the groups in `also`, e.g. the loss an eval
+    measures) taken from the run at `run_dir`.
 
-    An explicit command-line override of such a group that disagrees with the run is refused:
-    the checkpoint was trained for the run's values, so silently using others would be wrong.
+    An explicit command-line override that disagrees with the run is refused: the checkpoint
+    was trained for the run's values, so silently using others would be wrong. A group choice
+    (`data=cifar10`) is compared whole, a key (`model.dropout=0.1`) alone. Where the data are
+    read from (EXECUTION_KEYS: data.root, data.num_workers, ...) is the run's unless the command
+    line names it, and then it is the command's.
     """
     run_cfg = read_run_config(run_dir)
-    named = overridden_roots(hydra_overrides())
+    keys = overridden_keys(hydra_overrides())
     merged = OmegaConf.to_container(cfg, resolve=True)
-    for key in MODEL_DEFINING:
+    for key in (*MODEL_DEFINING, *also):
         if key not in run_cfg:
             raise UserError(
                 f"the run in '{run_dir}' has no '{key}' in {CONFIG_FILE}; "
                 "it was not written by this version of diffuse"
             )
         ours, theirs = OmegaConf.to_container(cfg[key]), OmegaConf.to_container(run_cfg[key])
-        if key in named and ours != theirs:
+        if any(k == key or k.startswith(f"{key}@") for k in keys):
+            compared = defining(key, ours), defining(key, theirs)
+        else:
+            named = {k.split(".")[1] for k in keys if k.startswith(f"{key}.")}
+            named -= set(EXECUTION_KEYS.get(key, ()))
+            compared = ({k: ours.get(k) for k in named}, {k: theirs.get(k) for k in named})
+        if compared[0] != compared[1]:
             raise UserError(
-                f"{differences(key, ours, theirs, 'run')}: the run in '{run_dir}' was trained "
+                f"{differences(key, *compared, 'run')}: the run in '{run_dir}' was trained "
                 f"with other {key} settings; drop the override or pick another run_dir"
             )
-        merged[key] = theirs
+        access = {k: ours[k] for k in EXECUTION_KEYS.get(key, ()) if f"{key}.{k}" in keys}
+        merged[key] = {**theirs, **access}
     merged["run_dir"] = str(run_dir)
     return OmegaConf.merge(cfg, merged)
 
 
-def weights_name(cfg: DictConfig, stem: str) -> str:
-    """`stem` for the EMA weights, `stem`-raw for an eval of the raw ones (eval.ema=false), so
-    the reports of the two never overwrite each other; configs without an eval section (sample)
-    always use the EMA weights."""
-    return stem if "eval" not in cfg or cfg.eval.ema else f"{stem}-raw"
+def variant_name(cfg: DictConfig, stem: str) -> str:
+    """`stem`, then `-raw` for an eval of the raw weights (eval.ema=false) and `-seed<n>` for a
+    seed other than 0: the names of reports and sample folders, so that a sweep over weights or
+    seeds (error bars) never overwrites one result with another. Configs without an eval
+    section (sample) always use the EMA weights."""
+    name = stem if "eval" not in cfg or cfg.eval.ema else f"{stem}-raw"
+    return name if not cfg.get("seed") else f"{name}-seed{cfg.seed}"

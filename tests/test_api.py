@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import TINY
 from gaussian_oracle import GaussianOracle
@@ -109,3 +110,12 @@ def test_evaluating_reaches_the_network_inside_wrappers():
     assert all(m.training for m in net.modules())
     with evaluating(lambda x, t: x):  # a plain callable: nothing to switch
         pass
+
+
+def test_ddim_eta_above_one_is_refused_before_sampling(compose):
+    from diffuse_cli.build import resolve_steps
+    from diffuse_cli.errors import UserError
+
+    cfg = compose(["sampler=ddim", "sampler.eta=1.5"], command="sample")
+    with pytest.raises(UserError, match=r"sampler.eta=1.5 must be in \[0, 1\]"):
+        resolve_steps(cfg, dc.build_diffusion(cfg))

@@ -59,3 +59,8 @@ def test_too_many_micro_batches_are_refused(compose):
 
     with pytest.raises(UserError, match="grad_accum=2000 must be <= 1009"):
         validate_train_config(compose(["trainer.grad_accum=2000"]))
+
+
+def test_an_empty_data_set_is_refused():
+    with pytest.raises(ValueError, match="the training data set is empty"):
+        StepBatchSampler(0, 8, seed=0, start_step=0)

@@ -79,3 +79,31 @@ def test_mismatched_state_names_the_keys():
     model = torch.nn.Linear(2, 3)
     with pytest.raises(UserError, match=r"missing: bias.*different shape: weight"):
         load_state_checked(model, {"weight": torch.zeros(4, 2)}, "checkpoint 'x'")
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "empty state.json"])
+def test_a_damaged_checkpoint_is_refused_with_what_to_do(tmp_path, damage):
+    from diffuse_cli.train.checkpoint import load_weights
+
+    folder = save(tmp_path, 1)
+    if damage == "truncated weights":
+        (folder / "ema.safetensors").write_bytes((folder / "ema.safetensors").read_bytes()[:20])
+    else:
+        (folder / "state.json").write_text("")
+    model = torch.nn.Module()
+    model.register_buffer("w", torch.zeros(2, 2))
+    for read in (lambda: read_checkpoint(folder), lambda: load_weights(model, tmp_path)):
+        with pytest.raises(UserError, match="it is damaged: move it out of") as err:
+            read()
+        assert str(folder) in str(err.value)
+
+
+def test_checkpoints_past_10_to_the_8_steps_keep_their_order(tmp_path):
+    """Step names outgrow 8 digits: step_100000000 sorts before step_99999999 as a string."""
+    for step in (99_999_999, 100_000_000):
+        save(tmp_path, step, keep_last=1)
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in root.glob("step_*")] == ["step_100000000"]
+    save(tmp_path, 100_000_001, keep_last=3)
+    (root / "latest").unlink()
+    assert latest_checkpoint(tmp_path).name == "step_100000001"

@@ -26,6 +26,14 @@ def test_top_level_help_lists_commands(cli):
         assert f"  {command} " in out
 
 
+def test_no_command_is_a_usage_error_and_version_prints(cli):
+    from diffuse_cli import __version__
+
+    proc = cli(check=False)
+    assert proc.returncode == 2 and not proc.stdout and "usage: diffuse <command>" in proc.stderr
+    assert cli("--version").stdout.strip() == f"diffuse {__version__}"
+
+
 def test_command_help_lists_groups(cli):
     out = cli("train", "--help").stdout
     assert "schedule: cosine, linear" in out and "trainer:" in out
@@ -169,9 +177,14 @@ def test_train_again_resumes_and_extends(trained, tmp_path):
     cwd, run, _ = trained
     proc = run_cli("train", *TINY, "trainer.max_steps=6", cwd=cwd)
     assert "resuming" in proc.stdout and "from step 4" in proc.stdout
+    assert "trained runs/default to step 6; runs/default/checkpoints/step_00000006" in proc.stdout
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
+    config = (run / "config.yaml").read_text()
+    again = run_cli("train", *TINY, "trainer.max_steps=3", cwd=cwd)  # below the checkpoint
+    assert "already at step 6 >= trainer.max_steps=3; nothing to train" in again.stdout
+    assert (run / "config.yaml").read_text() == config  # still says how step 6 was reached
 
 
 @pytest.mark.parametrize(
@@ -237,6 +250,15 @@ def test_bad_config_value_fails_before_writing(cli):
     assert not (cli.cwd / "runs").exists()
 
 
+def test_a_plus_override_of_a_misspelt_key_is_refused_before_writing(cli):
+    """Hydra's hint for a misspelt key is `+key=value`, which would add a key nothing reads
+    and train 1000 steps instead of 5."""
+    proc = cli("train", "+trainer.max_step=5", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "trainer.max_step is not a setting of `diffuse train` (did you mean" in proc.stderr
+    assert not (cli.cwd / "runs").exists()
+
+
 def test_multirun_gives_each_job_its_own_run_dir(cli):
     cli("train", "-m", *TINY, "trainer.max_steps=2", "schedule=linear,cosine")
     from omegaconf import OmegaConf
@@ -267,6 +289,7 @@ def test_toy2d_trains_and_samples_a_scatter_plot(cli):
         "trainer.sample_steps=5",
         "trainer.progress=false",
         "schedule.num_timesteps=20",
+        "schedule.scale_betas=false",  # 1000/T would take beta_T to 1
     ]
     cli("train", *common)
     run = cli.cwd / "runs" / "toy2d"
@@ -387,6 +410,10 @@ def test_a_submitit_launcher_without_its_plugin_names_the_extra(monkeypatch, err
         ("sample", ["sampler=pc", "sampler.snr=0.1"], "pc-50-snr0.1"),
         ("eval", ["sampler=ddim"], "ddim-50"),
         ("eval", ["sampler=ddim", "eval.ema=false"], "ddim-50-raw"),
+        ("sample", ["sampler=ddim", "class_labels=[3]"], "ddim-50-labels3"),
+        ("sample", ["sampler=ddim", "class_labels=[0,3]", "seed=2"], "ddim-50-labels0_3-seed2"),
+        ("sample", ["sampler=ddim", "class_labels=[1,2,3,4,5,6,7,8,9]"], "ddim-50-labels9-"),
+        ("eval", ["sampler=ddim", "eval.ema=false", "seed=1"], "ddim-50-raw-seed1"),
     ],
 )
 def test_each_sampler_setting_gets_its_own_folder(compose, command, overrides, tag):
@@ -394,4 +421,15 @@ def test_each_sampler_setting_gets_its_own_folder(compose, command, overrides, t
     sampler's defaults, so a sweep over them (or EMA against raw weights) overwrites nothing."""
     from diffuse_cli.generate import sampler_tag
 
-    assert sampler_tag(compose(overrides, command), 50) == tag
+    got = sampler_tag(compose(overrides, command), 50)
+    assert got == tag if not tag.endswith("-") else got.startswith(tag) and len(got) == len(tag) + 8
+
+
+def test_loss_and_nll_reports_of_other_seeds_and_weights_do_not_overwrite(compose):
+    from diffuse_cli.runs import variant_name
+
+    names = [
+        variant_name(compose(overrides, "eval"), "loss")
+        for overrides in ([], ["seed=1"], ["eval.ema=false"], ["eval.ema=false", "seed=1"])
+    ]
+    assert names == ["loss", "loss-seed1", "loss-raw", "loss-raw-seed1"]

@@ -85,7 +85,7 @@ def test_guided_sampling_through_the_cli(runs):
     cwd, _ = runs
     proc = run_cli("sample", "guidance=classifier", "class_labels=[2]", *QUICK, cwd=cwd)
     assert "classifier guidance x1" in proc.stdout and "network evaluations" in proc.stdout
-    with np.load(cwd / "runs/default/samples/ddpm-5-classifier1/samples.npz") as npz:
+    with np.load(cwd / "runs/default/samples/ddpm-5-classifier1-labels2/samples.npz") as npz:
         assert npz["arr_1"].tolist() == [2] * 6
 
 
@@ -111,7 +111,10 @@ def test_a_classifier_for_another_schedule_is_refused(runs, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("guidance=classifier", "guidance.classifier=runs/nowhere"), "no run found in"),
+        (
+            ("guidance=classifier", "guidance.classifier=runs/nowhere"),
+            "runs/nowhere'; train one with `diffuse train task=classifier run_dir=",
+        ),
         (("guidance=classifier", "guidance.classifier=runs/default"), "is not a classifier run"),
         (("guidance=classifier", "guidance.classifier=null"), "needs guidance.classifier="),
         (("guidance=cfg", "class_labels=null"), "class_labels=null has none"),

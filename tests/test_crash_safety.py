@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, checksums, run_cli
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from diffuse_cli.errors import UserError
@@ -78,19 +79,35 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(compose, tmp_path
     assert checksums(tmp_path / "checkpoints") == before
 
 
-def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+ENOSPC = f"{os.strerror(errno.ENOSPC)} (os error {errno.ENOSPC})"
+
+
+@pytest.mark.parametrize(
+    "target, error",
+    [  # what each writer raises on a full disk: only the first is an OSError
+        ("save_file", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))),
+        ("save_file", SafetensorError(f"Error while serializing: IoError({ENOSPC})")),
+        ("torch.save", RuntimeError(f"[enforce fail at inline_container.cc:672] {ENOSPC}")),
+    ],
+    ids=["oserror", "safetensors", "torch.save"],
+)
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch, target, error):
     state = {"w": torch.ones(3)}
     save_checkpoint(tmp_path, 1, state, state, {"state": {}, "param_groups": []}, {})
     before = checksums(tmp_path)
-    real, calls = ckpt.save_file, []
+    real = ckpt.save_file if target == "save_file" else torch.save
+    calls = []
 
-    def full(tensors, path, *args, **kwargs):
+    def full(obj, path, *args, **kwargs):
         calls.append(path)
-        if len(calls) == 2:  # the EMA file of the next checkpoint
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(tensors, path, *args, **kwargs)
+        if target == "torch.save" or len(calls) == 2:  # the EMA or optimizer file
+            raise error
+        return real(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    if target == "save_file":
+        monkeypatch.setattr(ckpt, "save_file", full)
+    else:
+        monkeypatch.setattr(ckpt.torch, "save", full)
     with pytest.raises(UserError) as err:
         save_checkpoint(tmp_path, 2, state, state, {"state": {}, "param_groups": []}, {})
     message = str(err.value)
@@ -205,3 +222,136 @@ def test_a_signal_reaches_the_previous_handler_after_the_checkpoint(compose, tmp
     assert stopped.value.exit_code == 128 + signal.SIGUSR2
     assert seen == [(signal.SIGUSR2, "step_00000003")]
     assert Trainer(compose([*QUIET, "trainer.max_steps=50", f"run_dir={tmp_path}"])).start_step == 3
+
+
+class FailingLoader:
+    """The trainer's loader, with the `fail_at`-th batch (0-based) an unreadable file, raised
+    as a DataLoader worker re-raises it: wrapped, the dataset's message on the last line."""
+
+    def __init__(self, loader, fail_at: int):
+        self.loader, self.fail_at = loader, fail_at
+
+    def __iter__(self):
+        from diffuse_cli.data import DataError
+
+        for i, batch in enumerate(self.loader):
+            if i == self.fail_at:
+                raise DataError(
+                    "Caught DataError in DataLoader worker process 0.\nOriginal Traceback "
+                    "(most recent call last):\n  ...\ndiffuse_cli.data.base.DataError: cannot "
+                    "read image cats/7.png: image file is truncated"
+                )
+            yield batch
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_an_unreadable_file_mid_run_saves_the_steps_done(compose, tmp_path, grad_accum):
+    """The 6th micro-batch is unreadable: steps 1-5 (grad_accum 1) or 1-2 (grad_accum 2, the
+    bad file is step 3's second half) are saved, and nothing of the failed step is in them."""
+    overrides = [*QUIET, "trainer.max_steps=8", "trainer.ckpt_every=100"]
+    cfg = compose([*overrides, f"trainer.grad_accum={grad_accum}", f"run_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    trainer.loader = FailingLoader(trainer.loader, fail_at=5)
+    with pytest.raises(UserError) as err:
+        trainer.fit()
+    done = 5 // grad_accum
+    name = f"step_{done:08d}"
+    assert str(err.value).startswith(
+        f"cannot read image cats/7.png: image file is truncated; training stopped after step "
+        f"{done} and the latest checkpoint is '{tmp_path / 'checkpoints' / name}'"
+    )
+    assert latest_checkpoint(tmp_path).name == name
+    reference = tmp_path / "reference"
+    Trainer(compose([*overrides, f"trainer.grad_accum={grad_accum}", f"trainer.max_steps={done}",
+                     f"run_dir={reference}"])).fit()  # fmt: skip
+    saved = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
+    uninterrupted = load_file(latest_checkpoint(reference) / "model.safetensors")
+    assert all(torch.equal(saved[k], uninterrupted[k]) for k in saved)
+
+
+def test_a_refused_wandb_login_leaves_an_existing_run_untouched(compose, tmp_path, monkeypatch):
+    from diffuse_cli.train import loggers
+
+    Trainer(compose([*QUIET, "trainer.max_steps=2", f"run_dir={tmp_path}"])).fit()
+    before = checksums(tmp_path)
+    monkeypatch.setattr(loggers, "wandb_logged_in", lambda: False)
+    cfg = compose([*QUIET, "trainer.max_steps=4", "logger=wandb", f"run_dir={tmp_path}"])
+    with pytest.raises(UserError, match="wandb is not logged in"):
+        Trainer(cfg)
+    assert checksums(tmp_path) == before
+
+
+def test_a_fresh_run_in_a_reused_folder_gets_a_new_wandb_run(tmp_path):
+    from diffuse_cli.train.loggers import wandb_run_id
+
+    first = wandb_run_id(tmp_path, resuming=False)
+    assert wandb_run_id(tmp_path, resuming=True) == first  # a resume continues it
+    assert wandb_run_id(tmp_path, resuming=False) != first  # training afresh does not
+
+
+def test_skipped_step_counts_carry_over_a_resume(compose, tmp_path):
+    """3 non-finite steps, a resume, then one more: the metrics count 4 skipped steps and the
+    4th bad step in a row stops the run (trainer.max_bad_steps=4), as without the resume."""
+    cfg = [*QUIET, "trainer.log_every=1", "trainer.ckpt_every=1", "trainer.max_bad_steps=4"]
+    first = Trainer(compose([*cfg, "trainer.max_steps=3", f"run_dir={tmp_path}"]))
+    nan_on(first, set(range(100)))
+    first.fit()
+    assert [r["skipped_steps"] for r in rows(tmp_path)] == [1, 2, 3]
+    again = Trainer(compose([*cfg, "trainer.max_steps=6", f"run_dir={tmp_path}"]))
+    nan_on(again, set(range(100)))
+    with pytest.raises(UserError, match="not finite for 4 steps in a row"):
+        again.fit()
+    assert again.skipped_steps == 4
+
+
+def test_a_window_of_skipped_steps_logs_null_in_strict_json(compose, tmp_path):
+    """NaN is not JSON: a skipped step's gradient norm, and the loss of a window in which every
+    step was skipped, are written as null."""
+    trainer = Trainer(compose([*QUIET, "trainer.max_steps=4", "trainer.log_every=1",
+                               f"run_dir={tmp_path}"]))  # fmt: skip
+    nan_on(trainer, {1, 2})
+    trainer.fit()
+
+    def refuse(constant):
+        raise ValueError(f"{constant} in metrics.jsonl")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert [(r["loss"] is None, r["grad_norm"] is None) for r in logged] == [
+        (False, False), (True, True), (True, True), (False, False)
+    ]  # fmt: skip
+
+
+def test_a_config_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
+    from diffuse_cli import runs
+
+    path = tmp_path / "config.yaml"
+    path.write_text("old: 1\n")
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "replace", crash)
+    with pytest.raises(OSError):
+        runs.write_atomically(path, "new: 2\n")
+    assert path.read_text() == "old: 1\n" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_stop_signal_skips_the_preview_of_its_step(compose, tmp_path):
+    """A preview can take minutes, longer than Slurm's warning before the kill: a step that
+    received a stop signal saves and stops without sampling its grid."""
+    cfg = compose([*QUIET, "trainer.max_steps=8", "trainer.sample_every=2", f"run_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    previews, step_of = [], trainer.train_step
+
+    def step_then_signal(step, batches):
+        out = step_of(step, batches)
+        if step + 1 == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    trainer.train_step = step_then_signal
+    trainer.preview = previews.append
+    with pytest.raises(UserError, match="stopped by SIGTERM at step 4"):
+        trainer.fit()
+    assert previews == [2] and latest_checkpoint(tmp_path).name == "step_00000004"

@@ -143,6 +143,29 @@ def test_image_folder_without_subfolders_is_one_class_and_splits_by_train_folder
     assert len(ImageFolder(tmp_path / "split", "test")) == 2
 
 
+def test_image_folder_leaves_out_hidden_files_and_archive_metadata(tmp_path):
+    write_images(tmp_path / "cats", [("a.png", "RGB", (10, 10))])
+    write_images(tmp_path / "cats" / ".ipynb_checkpoints", [("a-checkpoint.png", "RGB", (9, 9))])
+    write_images(tmp_path / "__MACOSX" / "cats", [("._a.png", "RGB", (9, 9))])
+    write_images(tmp_path / ".thumbs", [("t.png", "RGB", (9, 9))])
+    (tmp_path / "cats" / "._b.png").write_bytes(b"AppleDouble metadata, not an image")
+    ds = ImageFolder(tmp_path, image_size=8)
+    assert ds.files == [tmp_path / "cats" / "a.png"] and ds.class_names == ("cats",)
+
+
+def test_image_folder_test_labels_are_the_training_split_s(tmp_path):
+    """test/ lacks class b: c must keep train's label 2, not become 1."""
+    for name in "abc":
+        write_images(tmp_path / "train" / name, [("x.png", "RGB", (8, 8))])
+    for name in "ac":
+        write_images(tmp_path / "test" / name, [("x.png", "RGB", (8, 8))])
+    test = ImageFolder(tmp_path, "test", image_size=8)
+    assert test.class_names == ("a", "b", "c") and [y for _, y in [test[0], test[1]]] == [0, 2]
+    write_images(tmp_path / "test" / "d", [("x.png", "RGB", (8, 8))])
+    with pytest.raises(DataError, match=r"has classes that .*train lacks \(d\)"):
+        ImageFolder(tmp_path, "test", image_size=8)
+
+
 def test_image_folder_missing_or_empty_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         build_dataset("image_folder", "train", root=tmp_path / "nope")

@@ -199,7 +199,8 @@ def test_2d_data_gets_sliced_wasserstein_and_energy_distance(compose, tmp_path):
     run = tmp_path / "toy"
     train(compose(["experiment=toy2d", "trainer.max_steps=3", "trainer.batch_size=16",
                    "trainer.sample_num=20", "trainer.sample_steps=5", "trainer.progress=false",
-                   "schedule.num_timesteps=20", f"run_dir={run}"]))  # fmt: skip
+                   "schedule.num_timesteps=20", "schedule.scale_betas=false",
+                   f"run_dir={run}"]))  # fmt: skip
     (path,) = eval_in_process(
         compose, run, ["metrics=[swd,energy]", "sampler=ddim", "steps=5", "eval.num_samples=200"]
     )

@@ -97,7 +97,9 @@ def test_unknown_loss_names_the_choices():
     [
         (["loss.timesteps=importance"], "use loss=vlb or loss=hybrid"),
         (["variance=learned_range"], "variance=learned_range is trained only by a VLB term"),
-        (["loss=hybrid", "loss.lam=-1"], "loss.lam=-1.0 must be >= 0"),
+        (["loss=hybrid", "variance=learned", "loss.lam=-1"], "loss.lam=-1.0 must be >= 0"),
+        (["loss=hybrid"], "variance=fixed_small: the VLB term stops the mean's gradient"),
+        (["loss=hybrid", "variance=fixed_large"], "adds no gradient, only compute"),
         (["loss=vlb", "loss.timesteps=stratified"], "is not one of: uniform, importance"),
     ],
 )

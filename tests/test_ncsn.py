@@ -248,6 +248,15 @@ def test_dc_sample_runs_langevin_on_noise_levels(compose):
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     x = dc.sample(cfg, counted, levels, noise=x_T, generator=torch.Generator().manual_seed(1))
     assert x.shape == (8, 2) and x.abs().max() <= 1 and counted.calls == 10 * 2 + 1
+    # a sample config composed apart from the run (README: dc.load_run, then compose_config
+    # with the sampler alone) has the default DDPM schedule: the diffusion decides the family
+    apart = compose(["sampler=langevin", "sampler.steps_per_level=2"], command="sample")
+    again = dc.sample(
+        apart, eps_model, levels, noise=x_T, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(again, x)
+    with pytest.raises(UserError, match="sampler=ddim samples a DDPM, but this run is an NCSN"):
+        dc.sample(compose(["sampler=ddim"], command="sample"), eps_model, levels, noise=x_T)
 
 
 def test_a_run_saved_before_the_ncsn_keys_still_resumes(compose, tmp_path):

@@ -24,6 +24,7 @@ from diffuse_cli.samplers import (
     evaluations,
     get_sampler,
 )
+from diffuse_cli.samplers.grids import SPACINGS
 from diffuse_cli.samplers.noise import seeded_generator
 
 # The samplers of a GaussianDiffusion (langevin samples the NoiseLevels of an NCSN).
@@ -215,11 +216,14 @@ def test_any_data_shape(name, shape):
     assert x.abs().max() <= 1  # clip_denoised: the last step returns the clipped x0
 
 
+@pytest.mark.parametrize("spacing", sorted(SPACINGS))
 @pytest.mark.parametrize("name", sorted(DDPM_SAMPLERS))
-def test_one_step_returns_the_predicted_x0(name):
+def test_one_step_returns_the_predicted_x0(name, spacing):
+    """One step starts at t = T - 1 with every spacing (even, leading and linspace alone would
+    pick t = 0 and return the noise)."""
     diffusion, oracle = make("linear", "eps")
     x_T = torch.randn(5, 4, generator=torch.Generator().manual_seed(5))
-    x = get_sampler(name)(oracle, diffusion, x_T, steps=1, spacing="trailing", clip_denoised=False)
+    x = get_sampler(name)(oracle, diffusion, x_T, steps=1, spacing=spacing, clip_denoised=False)
     x0, _, _ = oracle.x0_eps(x_T, torch.full((5,), 999))
     torch.testing.assert_close(x, x0.float(), rtol=1e-4, atol=1e-4)
 
@@ -255,8 +259,9 @@ def test_bad_options_fail_loudly():
         ddpm(oracle, diffusion, x_T, steps=5, eta=0.5)  # ddpm has no eta
     with pytest.raises(TypeError):
         ddim(oracle, diffusion, x_T, steps=5, etta=0.5)  # a typo
-    with pytest.raises(ValueError, match="eta >= 0"):
-        ddim(oracle, diffusion, x_T, steps=5, eta=-1.0)
+    for eta in (-1.0, 1.5):  # above 1 no variance keeps the marginals of x_t
+        with pytest.raises(ValueError, match="0 <= eta <= 1"):
+            ddim(oracle, diffusion, x_T, steps=5, eta=eta)
     with pytest.raises(ValueError, match="from 1 to 1000"):
         ddim(oracle, diffusion, x_T, steps=1001)
     with pytest.raises(ValueError, match="3 samples but the batch has 2"):

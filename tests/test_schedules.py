@@ -63,3 +63,32 @@ def test_unknown_schedule_names_the_choices():
 def test_bad_num_timesteps():
     with pytest.raises(ValueError, match="positive integer"):
         get_betas("linear", 0)
+
+
+def test_linear_betas_scaled_to_t_keep_the_end_of_the_process_at_noise():
+    """improved-diffusion's rule: beta_start and beta_end are for T = 1000, times 1000/T."""
+    scaled = get_betas("linear", 100, scale_to_timesteps=True)
+    torch.testing.assert_close(scaled, torch.linspace(1e-3, 0.2, 100, dtype=torch.float64))
+    reference = get_betas("linear", 1000)
+    assert torch.equal(get_betas("linear", 1000, scale_to_timesteps=True), reference)
+    abar_end = lambda betas: torch.prod(1 - betas).item()  # noqa: E731
+    assert abar_end(scaled) < 1e-4 and abar_end(reference) < 1e-4
+    assert abar_end(get_betas("linear", 100)) > 0.3  # as given, T = 100 ends far from noise
+    with pytest.raises(ValueError, match=r"beta_T = 0.02 x 1000/T = 1 >= 1"):
+        get_betas("linear", 20, scale_to_timesteps=True)
+
+
+def test_the_config_scales_linear_betas_except_in_runs_written_before_it_did(compose, tmp_path):
+    from omegaconf import OmegaConf
+
+    import diffuse_cli as dc
+    from diffuse_cli.runs import read_run_config
+
+    cfg = compose(["schedule.num_timesteps=100"])
+    assert dc.build_diffusion(cfg).alphas_cumprod[-1] < 1e-4
+    given = compose(["schedule.num_timesteps=100", "schedule.scale_betas=false"])
+    assert dc.build_diffusion(given).alphas_cumprod[-1] > 0.3
+    old = OmegaConf.to_container(cfg)
+    del old["schedule"]["scale_betas"]
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "config.yaml")
+    assert read_run_config(tmp_path).schedule.scale_betas is False

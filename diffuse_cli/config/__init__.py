@@ -1,11 +1,14 @@
 """Config schemas and their registration with Hydra's ConfigStore."""
 
+import dataclasses
+import difflib
 import hashlib
+import typing
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.config.schema import MODEL_DEFINING, SCHEMAS
+from diffuse_cli.config.schema import EXECUTION_KEYS, MODEL_DEFINING, SCHEMAS
 
 _registered = False
 
@@ -40,4 +43,50 @@ def job_dir_name(num: int, override_dirname: str) -> str:
     return f"{num}-{digest}" if name else str(num)
 
 
-__all__ = ["MODEL_DEFINING", "SCHEMAS", "register_configs"]
+def defining(key: str, group: dict | None) -> dict | None:
+    """Config group `key` without its EXECUTION_KEYS keys: what must match between a run and a
+    command that uses it."""
+    if group is None:
+        return None
+    return {k: v for k, v in group.items() if k not in EXECUTION_KEYS.get(key, ())}
+
+
+def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> dict[str, str | None]:
+    """Keys of `cfg` that its schema does not have, each with the nearest known key (or None).
+    The schema refuses such keys when they are set, but a `+key=value` override (which Hydra
+    suggests for a typo) adds them, and the run would silently ignore them."""
+    fields = typing.get_type_hints(schema)
+    found = {}
+    for key, value in cfg.items_ex(resolve=False):
+        path = f"{prefix}{key}"
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            found[path] = f"{prefix}{near[0]}" if near else None
+        elif dataclasses.is_dataclass(fields[key]) and isinstance(value, DictConfig):
+            found.update(unknown_keys(value, fields[key], f"{path}."))
+    return found
+
+
+def check_known_keys(cfg: DictConfig, command: str) -> None:
+    """UserError naming the first key of `cfg` that `command` does not read."""
+    from diffuse_cli.errors import UserError
+
+    unknown = unknown_keys(cfg, SCHEMAS[command])
+    if unknown:
+        key, near = next(iter(unknown.items()))
+        hint = f"did you mean {near}? " if near else ""
+        raise UserError(
+            f"{key} is not a setting of `diffuse {command}` ({hint}a `+` override adds keys "
+            f"that nothing reads); `diffuse {command} --help` lists them"
+        )
+
+
+__all__ = [
+    "EXECUTION_KEYS",
+    "MODEL_DEFINING",
+    "SCHEMAS",
+    "check_known_keys",
+    "defining",
+    "register_configs",
+    "unknown_keys",
+]

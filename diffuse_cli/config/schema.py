@@ -16,8 +16,9 @@ from omegaconf import MISSING
 class ScheduleConfig:
     name: str = MISSING
     num_timesteps: int = 1000
-    beta_start: float = 1e-4  # linear (Ho et al. 2020)
+    beta_start: float = 1e-4  # linear (Ho et al. 2020): beta_1 and beta_T for T = 1000,
     beta_end: float = 0.02
+    scale_betas: bool = True  # ... times 1000/T for other T (improved-diffusion); false: as given
     s: float = 0.008  # cosine offset (Nichol & Dhariwal 2021)
     max_beta: float = 0.999  # cosine clipping
     sigma_max: float = 1.0  # ncsn: sigma_1 (Song & Ermon 2019); num_timesteps is L
@@ -226,3 +227,10 @@ SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "eval": EvalCommandConf
 # Config groups whose values define the network and its diffusion: `sample` and `eval` read them
 # from the run's config.yaml and refuse a command-line override that differs.
 MODEL_DEFINING = ("model", "prediction", "variance", "schedule", "data")
+# Keys of those groups that say how the work is done, not what is computed: where the data are
+# read from, and memory layout or recomputation of the network. A command that resumes, samples
+# from or evaluates a run may set its own (a moved data set, more workers, channels_last).
+EXECUTION_KEYS = {
+    "data": ("root", "download", "num_workers"),
+    "model": ("channels_last", "use_checkpoint"),
+}

@@ -1,7 +1,9 @@
 """`image_folder`: any folder of images, e.g. a user's own photos.
 
-Images are found recursively. If the images sit in sub-folders, the top-level sub-folder names
-(sorted) are the classes; images directly in the folder get the class ".". Every image is
+Images are found recursively, skipping hidden files and folders (".ipynb_checkpoints") and the
+"__MACOSX" folders of zip archives. If the images sit in sub-folders, the top-level sub-folder
+names (sorted) are the classes; images directly in the folder get the class ".". With train/ and
+test/ splits the classes are train/'s, so a label means the same class in both. Every image is
 converted to RGB (or L), its shorter side resized to `image_size` and its centre cropped.
 """
 
@@ -18,9 +20,28 @@ EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
 LOOSE_CLASS = "."  # class of images directly in the root folder
 
 
+def _hidden(part: str) -> bool:
+    return part.startswith(".") or part == "__MACOSX"
+
+
 def find_images(folder: Path) -> list[Path]:
-    """All image files under `folder`, recursively, in a stable (sorted) order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    """All image files under `folder`, recursively, in a stable (sorted) order; hidden ones and
+    archive metadata (which often carry image extensions) left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in EXTENSIONS
+        and not any(_hidden(part) for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+
+
+def classes_of(folder: Path, files: list[Path]) -> list[str]:
+    """The class of each file: its top-level sub-folder under `folder`, or LOOSE_CLASS."""
+    return [
+        p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else LOOSE_CLASS
+        for p in files
+    ]
 
 
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -80,17 +101,27 @@ class ImageFolder(DiffuseDataset):
         root = Path(root)
         folder = root / split if (root / "train").is_dir() else root
         if not folder.is_dir():
-            raise DataError(f"image folder {folder} does not exist")
+            raise DataError(
+                f"image folder {folder} does not exist; set data.root=<a folder of images, "
+                "optionally one sub-folder per class>"
+            )
         files = find_images(folder)
         if not files:
             raise DataError(
                 f"image folder {folder} has no images ({', '.join(sorted(EXTENSIONS))})"
             )
-        class_of = [
-            p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else LOOSE_CLASS
-            for p in files
-        ]
-        self.class_names = tuple(sorted(set(class_of)))
+        class_of = classes_of(folder, files)
+        if folder != root and split != "train":  # the labels are the training split's
+            train = root / "train"
+            self.class_names = tuple(sorted(set(classes_of(train, find_images(train)))))
+            unknown = sorted(set(class_of) - set(self.class_names))
+            if unknown:
+                raise DataError(
+                    f"{folder} has classes that {train} lacks ({', '.join(unknown)}); a class "
+                    "the model never trained on has no label"
+                )
+        else:
+            self.class_names = tuple(sorted(set(class_of)))
         index = {name: i for i, name in enumerate(self.class_names)}
         self.folder = folder
         self.files = files[:num]

@@ -58,7 +58,7 @@ def space_timesteps(num_timesteps: int, steps: int, spacing: str = "even") -> li
         spacing: "linspace", "leading", "trailing" (as in diffusers' schedulers) or "even".
 
     Returns:
-        `steps` unique sorted ints in [0, T - 1].
+        `steps` unique sorted ints in [0, T - 1]; [T - 1] for one step, whatever the spacing.
 
     Raises:
         ValueError: for an unknown spacing or a steps outside 1..T.
@@ -72,6 +72,8 @@ def space_timesteps(num_timesteps: int, steps: int, spacing: str = "even") -> li
             f"Cannot sample with {steps!r} steps from a diffusion with {num_timesteps} timesteps; "
             f"steps must be an integer from 1 to {num_timesteps}."
         )
+    if steps == 1:  # one step starts from pure noise: even/leading/linspace would keep t = 0
+        return [int(num_timesteps) - 1]  # and hand back the noise as the sample
     kept = sorted(int(t) for t in SPACINGS[spacing](int(num_timesteps), int(steps)))
     if len(set(kept)) != steps or kept[0] < 0 or kept[-1] > num_timesteps - 1:
         raise AssertionError(f"spacing {spacing!r} produced invalid timesteps {kept}")

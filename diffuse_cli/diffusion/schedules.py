@@ -10,17 +10,36 @@ import math
 
 import torch
 
+REFERENCE_TIMESTEPS = 1000  # the T that Ho et al.'s linear betas 1e-4..0.02 were chosen for
 
-def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02):
+
+def linear_betas(
+    num_timesteps: int,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    scale_to_timesteps: bool = False,
+):
     """Linear schedule of Ho et al. 2020, sec. 4: beta_t evenly spaced from beta_start to beta_end.
 
     Args:
         num_timesteps: T, the number of diffusion steps.
         beta_start, beta_end: beta_1 and beta_T (the paper uses 1e-4 and 0.02 with T = 1000).
+        scale_to_timesteps: read beta_start and beta_end as the values for T = 1000 and
+            multiply both by 1000 / T (improved-diffusion's rule), so that the process ends
+            near N(0, I) for any T: with the betas as given, T = 100 leaves abar_T = 0.36.
 
     Returns:
         float64 tensor [T].
     """
+    if scale_to_timesteps:
+        scale = REFERENCE_TIMESTEPS / num_timesteps
+        if scale != 1 and beta_end < 1.0 <= beta_end * scale:
+            raise ValueError(
+                f"The linear schedule scaled to T={num_timesteps} would end at beta_T = "
+                f"{beta_end} x 1000/T = {beta_end * scale:.3g} >= 1; use more timesteps, the "
+                "cosine schedule, or betas as given for this T (schedule.scale_betas=false)."
+            )
+        beta_start, beta_end = beta_start * scale, beta_end * scale
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(
             f"The linear schedule needs 0 < beta_start <= beta_end < 1, "
@@ -65,13 +84,14 @@ def get_betas(
     *,
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
+    scale_to_timesteps: bool = False,
     s: float = 0.008,
     max_beta: float = 0.999,
 ) -> torch.Tensor:
     """The betas of the schedule called `name`, as a float64 tensor [num_timesteps].
 
-    Each schedule receives only the keyword arguments it declares (linear: beta_start, beta_end;
-    cosine: s, max_beta), so one config can hold all of them.
+    Each schedule receives only the keyword arguments it declares (linear: beta_start, beta_end,
+    scale_to_timesteps; cosine: s, max_beta), so one config can hold all of them.
 
     Raises:
         ValueError: for an unknown name or num_timesteps < 1.
@@ -83,6 +103,12 @@ def get_betas(
     if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
         raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}.")
     schedule = SCHEDULES[name]
-    params = {"beta_start": beta_start, "beta_end": beta_end, "s": s, "max_beta": max_beta}
+    params = {
+        "beta_start": beta_start,
+        "beta_end": beta_end,
+        "scale_to_timesteps": scale_to_timesteps,
+        "s": s,
+        "max_beta": max_beta,
+    }
     accepted = inspect.signature(schedule).parameters
     return schedule(num_timesteps, **{k: v for k, v in params.items() if k in accepted})

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.build import is_score_model
+from diffuse_cli.build import build_diffusion, is_score_model, resolve_steps
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import loss_metric
 from diffuse_cli.evaluate.nll import nll_metric
 from diffuse_cli.evaluate.quality import QUALITY, quality_metric
-from diffuse_cli.runs import read_run_config, with_run_config
+from diffuse_cli.runs import with_run_config
 
 METRICS = {"loss": loss_metric, "nll": nll_metric}
 LISTED = ("fid", "kid", "is", "pr", "swd", "energy")  # QUALITY also takes fd and kd
@@ -58,9 +58,10 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     from diffuse_cli.train.checkpoint import latest_checkpoint
 
     run_dir = Path(cfg.run_dir)
-    cfg = with_run_config(cfg, run_dir)
-    cfg = OmegaConf.merge(cfg, {"loss": read_run_config(run_dir).loss})
+    cfg = with_run_config(cfg, run_dir, also=("loss",))  # the loss the run trained with
     metrics = check_eval_config(cfg)
+    if any(m in QUALITY for m in metrics) and not cfg.eval.samples:
+        resolve_steps(cfg, build_diffusion(cfg))  # bad sampler settings: before loading
     state = process_state()
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
     loaded = {}
@@ -68,7 +69,7 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     def load_model():
         """(model, diffusion, checkpoint folder), loaded once and only when needed."""
         if not loaded:
-            _, model, diffusion = load_run(run_dir, device=device, ema=cfg.eval.ema)
+            _, model, diffusion = load_run(run_dir, device, cfg.eval.ema, config=cfg)
             loaded.update(model=model, diffusion=diffusion, checkpoint=latest_checkpoint(run_dir))
         return loaded["model"], loaded["diffusion"], loaded["checkpoint"]
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data, build_loss
 from diffuse_cli.evaluate.output import write_json
-from diffuse_cli.runs import weights_name
+from diffuse_cli.runs import variant_name
 
 
 def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
@@ -124,9 +124,9 @@ def loss_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) 
         **held_out_loss(cfg, model, diffusion, device),
     }
     out = Path(cfg.run_dir) / "eval"
-    path = out / f"{weights_name(cfg, 'loss')}.json"
+    path = out / f"{variant_name(cfg, 'loss')}.json"
     write_json(report, path)
-    plot = out / f"{weights_name(cfg, 'loss_by_timestep')}.png"
+    plot = out / f"{variant_name(cfg, 'loss_by_timestep')}.png"
     plot_buckets(report, plot)
     print(
         f"held-out loss {report['loss']:.5f} over {report['num_examples']} examples; "

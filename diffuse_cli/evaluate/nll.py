@@ -32,7 +32,7 @@ from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import label_kwargs
 from diffuse_cli.evaluate.output import write_json
 from diffuse_cli.models.modes import evaluating
-from diffuse_cli.runs import weights_name
+from diffuse_cli.runs import variant_name
 from diffuse_cli.samplers import PerSampleNoise, as_noise_source
 
 
@@ -189,9 +189,9 @@ def nll_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) -
         **summarize(result, seconds),
     }
     out = Path(cfg.run_dir) / "eval"
-    path = out / f"{weights_name(cfg, 'nll')}.json"
+    path = out / f"{variant_name(cfg, 'nll')}.json"
     write_json(report, path)
-    plot = out / f"{weights_name(cfg, 'nll_terms')}.png"
+    plot = out / f"{variant_name(cfg, 'nll_terms')}.png"
     plot_terms(report, plot)
     stderr = report["bpd_stderr"]
     print(

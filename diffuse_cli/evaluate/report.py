@@ -123,7 +123,10 @@ def write_report(root: Path, out: Path | None = None) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffuse report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="diffuse report",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),  # the first paragraph
+    )
     parser.add_argument("root", type=Path, help="a run folder or a sweep folder")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: root)")
     args = parser.parse_args(argv)

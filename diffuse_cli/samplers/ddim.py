@@ -33,19 +33,20 @@ def ddim(
     Args:
         model, diffusion, x_T, steps, noise, spacing, clip_denoised, model_kwargs, progress:
             as in samplers.ddpm.
-        eta: the noise scale, >= 0.
+        eta: the noise scale, in [0, 1]: above 1 the direction term sqrt(1 - abar' - sigma^2)
+            would be imaginary, and the marginals of x_t could not be kept.
 
     Returns:
         x_0, a tensor like x_T.
     """
-    if not eta >= 0:
-        raise ValueError(f"DDIM needs eta >= 0, got eta={eta}.")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"DDIM needs 0 <= eta <= 1, got eta={eta}.")
     sub = respaced(diffusion, steps, spacing)
     noise = as_noise_source(noise, x_T.shape[0], x_T.device)
     abar, abar_prev = sub.alphas_cumprod, sub.alphas_cumprod_prev  # float64 [S]
     sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
     x0_coef = abar_prev.sqrt()
-    eps_coef = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()
+    eps_coef = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()  # >= 0 up to rounding at eta 1
     x = x_T
     for i, t in reverse_indices(sub, x, progress):
         out = sub.p_mean_variance(model, x, t, clip_denoised, model_kwargs)

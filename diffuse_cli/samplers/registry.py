@@ -65,7 +65,10 @@ def check_options(**options) -> None:
     """ValueError "key=value must ..." for a sampler option out of its range (only the options
     given are checked), so a command can refuse a config before sampling."""
     rules = {
-        "eta": (lambda v: v >= 0, "must be >= 0"),
+        "eta": (  # above 1, sigma^2 exceeds 1 - abar' and the x_t marginals are lost
+            lambda v: 0 <= v <= 1,
+            "must be in [0, 1] (0: deterministic DDIM, 1: as ancestral sampling)",
+        ),
         "order": (lambda v: v in (1, 2), "must be 1 or 2"),
         "predictor": (lambda v: v in PREDICTORS, f"must be one of: {', '.join(PREDICTORS)}"),
         "corrector_steps": (lambda v: v >= 0, "must be >= 0"),

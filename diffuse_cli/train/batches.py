@@ -60,6 +60,8 @@ class StepBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         grad_accum: int = 1,
     ):
+        if num_examples <= 0:
+            raise ValueError("the training data set is empty (check data.num_train and the files)")
         per_process, rem = divmod(batch_size, world_size * grad_accum)
         if rem or per_process == 0:
             raise ValueError(

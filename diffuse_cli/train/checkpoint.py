@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from diffuse_cli.errors import UserError
@@ -24,6 +25,9 @@ from diffuse_cli.errors import UserError
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
 TIMESTEPS = "timesteps.safetensors"
 LATEST = "latest"
+# What writing or reading a checkpoint file raises when the disk is full or the file is damaged:
+# safetensors' own error is not an OSError, and torch.save reports a full disk as a RuntimeError.
+FILE_ERRORS = (OSError, RuntimeError, ValueError, SafetensorError)
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -78,12 +82,13 @@ def save_checkpoint(
             save_file(_contiguous(timestep_state), tmp / TIMESTEPS)
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
         _fsync_files(tmp)
-    except OSError as err:  # e.g. no space left: nothing but the temporary folder was touched
+    except FILE_ERRORS as err:  # e.g. no space left: only the temporary folder was touched
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         kept = f"'{previous}' is intact" if previous else "there is no earlier checkpoint"
+        reason = getattr(err, "strerror", None) or err
         raise UserError(
-            f"could not write checkpoint {name} in '{root}' ({err.strerror or err}); {kept}; "
+            f"could not write checkpoint {name} in '{root}' ({reason}); {kept}; "
             "fix the cause (free disk space, permissions) and run the same command to resume"
         ) from err
     final = root / name
@@ -104,11 +109,17 @@ def save_checkpoint(
     return final
 
 
+def _step_folders(root: Path) -> list[Path]:
+    """The step_N folders under `root`, oldest first by N (names outgrow their 8 digits past
+    10^8 steps, so the name's order is not the step's)."""
+    folders = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[5:]))
+
+
 def _prune(root: Path, keep_last: int, keep: str) -> None:
     if keep_last <= 0:
         return
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in steps[:-keep_last]:
+    for old in _step_folders(root)[:-keep_last]:
         if old.name != keep:
             shutil.rmtree(old)
 
@@ -121,8 +132,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         folder = root / pointer.read_text().strip()
         if (folder / STATE).is_file():
             return folder
-    complete = sorted(p for p in root.glob("step_*") if (p / STATE).is_file())
+    complete = [p for p in _step_folders(root) if (p / STATE).is_file()]
     return complete[-1] if complete else None
+
+
+def _unreadable(folder: Path, err: Exception) -> UserError:
+    return UserError(
+        f"checkpoint '{folder}' cannot be read ({err}); it is damaged: move it out of "
+        f"'{folder.parent}' to fall back to the checkpoint before it, then run the command again"
+    )
 
 
 def read_checkpoint(folder: Path) -> dict:
@@ -141,8 +159,8 @@ def read_checkpoint(folder: Path) -> dict:
             f"checkpoint '{folder}' holds pickled objects that are not plain tensors "
             "and was refused unread (loading it could run code)"
         ) from err
-    except (OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"checkpoint '{folder}' cannot be read ({err})") from err
+    except FILE_ERRORS as err:
+        raise _unreadable(folder, err) from err
 
 
 def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> None:
@@ -179,7 +197,8 @@ def load_weights(model: torch.nn.Module, run_dir: str | Path, ema: bool = True) 
     path = folder / (EMA if ema else MODEL)
     try:
         state = load_file(path)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"checkpoint file '{path}' cannot be read ({err})") from err
+        step = int(json.loads((folder / STATE).read_text())["step"])
+    except (*FILE_ERRORS, KeyError, TypeError) as err:
+        raise _unreadable(folder, err) from err
     load_state_checked(model, state, f"checkpoint '{path}'")
-    return json.loads((folder / STATE).read_text())["step"]
+    return step

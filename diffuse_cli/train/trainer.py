@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data, data_shape
-from diffuse_cli.data import random_hflip
+from diffuse_cli.data import DataError, random_hflip
 from diffuse_cli.diffusion import get_timestep_sampler
 from diffuse_cli.distributed import check_joined
 from diffuse_cli.errors import Interrupted, UserError
-from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides
+from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides, write_atomically
 from diffuse_cli.train.batches import StepBatchSampler, step_seed
 from diffuse_cli.train.checkpoint import (
     latest_checkpoint,
@@ -123,15 +123,17 @@ class Trainer:
         self.timesteps = get_timestep_sampler(cfg.loss.timesteps, self.diffusion.num_timesteps)
         self._setup_model()
         self._setup_optimizer()
+        self.skipped_steps = self.bad_in_a_row = 0  # non-finite steps: all, and the latest run
         self.start_step = self._resume()
-        self.skipped_steps = 0
-        self._write_config()
-        self.loader = self._setup_data()
+        self.loader = self._setup_data()  # may still refuse the batch layout: before any write
+        if self.start_step < self.tc.max_steps:  # else nothing trains: keep the config it had
+            self._write_config()
         # The main process alone writes the run directory (opening the file trims it on resume).
         self.metrics = (
             MetricsFile(self.run_dir / "metrics.jsonl", self.start_step) if self.is_main else None
         )
-        self.logger = make_logger(cfg, self.run_dir) if self.is_main else None
+        resuming = self.start_step > 0
+        self.logger = make_logger(cfg, self.run_dir, resuming) if self.is_main else None
 
     @property
     def previews(self) -> bool:
@@ -179,15 +181,18 @@ class Trainer:
 
     def _setup_data(self) -> DataLoader:
         acc = self.accelerator
-        sampler = StepBatchSampler(
-            len(self.dataset),
-            self.tc.batch_size,
-            self.cfg.data.seed,
-            self.start_step,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-            grad_accum=self.tc.grad_accum,
-        )
+        try:
+            sampler = StepBatchSampler(
+                len(self.dataset),
+                self.tc.batch_size,
+                self.cfg.data.seed,
+                self.start_step,
+                rank=acc.process_index,
+                world_size=acc.num_processes,
+                grad_accum=self.tc.grad_accum,
+            )
+        except ValueError as err:
+            raise UserError(str(err)) from err
         return DataLoader(
             self.dataset,
             batch_sampler=sampler,
@@ -214,6 +219,8 @@ class Trainer:
         if scaler and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(scaler)
         step = int(ckpt["state"]["step"])
+        self.skipped_steps = int(ckpt["state"].get("skipped_steps", 0))
+        self.bad_in_a_row = int(ckpt["state"].get("bad_in_a_row", 0))
         if self.is_main:
             print(f"resuming {self.run_dir} from step {step}")
         return step
@@ -225,8 +232,10 @@ class Trainer:
             resolved["run_dir"] = str(self.run_dir)
             if self.task.name == "classifier":
                 resolved["classifier"]["num_classes"] = self.task.num_classes
-            OmegaConf.save(OmegaConf.create(resolved), self.run_dir / CONFIG_FILE)
-            OmegaConf.save(OmegaConf.create(hydra_overrides()), self.run_dir / "overrides.yaml")
+            # replaced whole, never half-written: a run without a readable config.yaml
+            # could not be resumed, sampled or evaluated
+            write_atomically(self.run_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
+            write_atomically(self.run_dir / "overrides.yaml", OmegaConf.to_yaml(hydra_overrides()))
         self.accelerator.wait_for_everyone()
 
     def lr_at(self, step: int) -> float:
@@ -247,8 +256,10 @@ class Trainer:
         total = torch.zeros((), device=acc.device)
         grad_norm = torch.zeros((), device=acc.device)
         skipped = False
-        for micro in range(self.tc.grad_accum):
-            x, y = next(batches)
+        # every micro-batch is read first, so an unreadable file stops the step before it
+        # changes anything (the checkpoint saved then resumes exactly)
+        data = [next(batches) for _ in range(self.tc.grad_accum)]
+        for micro, (x, y) in enumerate(data):
             x = x.to(acc.device, non_blocking=True)
             y = y.to(acc.device, non_blocking=True)
             seed = step_seed(self.cfg.seed, step, micro, rank)
@@ -291,36 +302,42 @@ class Trainer:
         )
         loss_sum = torch.zeros((), device=acc.device)
         seen, window, tick, step = 0, 0, time.perf_counter(), self.start_step
-        bad_in_a_row, saved = 0, self.start_step
+        saved = self.start_step
         stop = StopSignals()
         try:
             while step < tc.max_steps:
-                loss, grad_norm, skipped = self.train_step(step, batches)
+                try:
+                    loss, grad_norm, skipped = self.train_step(step, batches)
+                except DataError as err:
+                    raise self._unreadable_data(err, step, saved) from err
                 step += 1
                 window += 1
                 bar.update(1)
                 if skipped:
                     self.skipped_steps += 1
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= tc.max_bad_steps:
+                    self.bad_in_a_row += 1
+                    if self.bad_in_a_row >= tc.max_bad_steps:
                         raise self._diverged(step, loss)
                 else:
-                    bad_in_a_row = 0
+                    self.bad_in_a_row = 0
                     loss_sum += loss
                     seen += 1
                 if step % tc.log_every == 0 or step == tc.max_steps:
                     mean_loss = acc.reduce(loss_sum / max(seen, 1), "mean").item()
+                    mean_loss = mean_loss if seen else None  # every step of the window skipped
                     rate = window * tc.batch_size / (time.perf_counter() - tick)
                     self._log(step, mean_loss, float(grad_norm), rate)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+                    shown = f"{mean_loss:.4f}" if seen else "skipped"
+                    bar.set_postfix(loss=shown, img_s=f"{rate:.0f}")
                     loss_sum.zero_()
                     seen, window, tick = 0, 0, time.perf_counter()
                 if step % tc.ckpt_every == 0 or step == tc.max_steps:
                     self.save(step)
                     saved = step
-                if self.previews and (step % tc.sample_every == 0 or step == tc.max_steps):
+                signum = stop.received(acc)  # before a preview, which can take minutes
+                previewing = step % tc.sample_every == 0 or step == tc.max_steps
+                if self.previews and previewing and not signum:
                     self.preview(step)
-                signum = stop.received(acc)
                 if signum:
                     if saved != step:
                         self.save(step)
@@ -336,7 +353,29 @@ class Trainer:
             if self.logger is not None:
                 self.logger.finish()
         acc.wait_for_everyone()  # the CLI leaves the process group after the last job
+        if self.is_main:
+            if self.start_step >= tc.max_steps:
+                print(
+                    f"{self.run_dir} is already at step {self.start_step} >= trainer.max_steps="
+                    f"{tc.max_steps}; nothing to train (raise trainer.max_steps to go on)"
+                )
+            else:
+                print(f"trained {self.run_dir} to step {step}; {latest_checkpoint(self.run_dir)}")
         return self.run_dir
+
+    def _unreadable_data(self, err: DataError, step: int, saved: int) -> UserError:
+        """A file that cannot be read mid-run: save the steps done so far (one process alone
+        can: the others wait in their next gradient exchange), then say how to go on."""
+        if step > saved and self.accelerator.num_processes == 1:
+            self.save(step)
+        last = latest_checkpoint(self.run_dir)
+        where = f"the latest checkpoint is '{last}'" if last else "no checkpoint was written yet"
+        # a DataLoader worker's error arrives wrapped, its own message on the last line
+        reason = str(err).strip().splitlines()[-1].split("DataError: ", 1)[-1]
+        return UserError(
+            f"{reason}; training stopped after step {step} and {where}; replace or remove "
+            "the file and run the same command to resume"
+        )
 
     def _diverged(self, step: int, loss: torch.Tensor) -> UserError:
         last = latest_checkpoint(self.run_dir)
@@ -347,7 +386,7 @@ class Trainer:
             f"trainer.warmup_steps or use trainer.mixed_precision=no; {where}"
         )
 
-    def _log(self, step: int, loss: float, grad_norm: float, img_per_s: float) -> None:
+    def _log(self, step: int, loss: float | None, grad_norm: float, img_per_s: float) -> None:
         if not self.is_main:
             return
         row = {
@@ -361,7 +400,7 @@ class Trainer:
             **self.task.summary(),
         }
         self.metrics.log(row)
-        self.logger.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        self.logger.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
 
     def save(self, step: int) -> None:
         acc = self.accelerator
@@ -383,7 +422,12 @@ class Trainer:
             print(f"warning: the processes' weights differ at step {step}", file=sys.stderr)
         if self.is_main:
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-            state = {"scaler": scaler, "world_size": acc.num_processes}
+            state = {
+                "scaler": scaler,
+                "world_size": acc.num_processes,
+                "skipped_steps": self.skipped_steps,
+                "bad_in_a_row": self.bad_in_a_row,
+            }
             if digests:
                 state["weights_sha256_per_process"] = digests
             save_checkpoint(

@@ -10,11 +10,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse_cli.build import check_family
-from diffuse_cli.config import MODEL_DEFINING, SCHEMAS
+from diffuse_cli.config import MODEL_DEFINING, SCHEMAS, defining
 from diffuse_cli.errors import UserError
-from diffuse_cli.runs import CONFIG_FILE, differences
+from diffuse_cli.runs import CONFIG_FILE, differences, read_run_config
 from diffuse_cli.train.batches import MAX_MICRO_BATCHES
 from diffuse_cli.train.checkpoint import latest_checkpoint
+from diffuse_cli.train.loggers import check_logger
 
 CHOICES = {"mixed_precision": ("no", "fp16", "bf16"), "optimizer": ("adam", "adamw")}
 POSITIVE = (
@@ -31,6 +32,7 @@ POSITIVE = (
 
 
 def validate_train_config(cfg: DictConfig) -> None:
+    check_logger(cfg)  # a wandb login problem must stop the run before it writes anything
     tc = cfg.trainer
     for key, allowed in CHOICES.items():
         if tc[key] not in allowed:
@@ -83,6 +85,12 @@ def validate_loss_config(cfg: DictConfig) -> None:
             f"variance={cfg.variance.name} is trained only by a VLB term, and loss=simple "
             "has none; use loss=hybrid (or loss=vlb), or a fixed variance"
         )
+    if variance is not None and variance.channel_factor == 1 and loss.name == "hybrid":
+        raise UserError(
+            f"loss=hybrid with variance={cfg.variance.name}: the VLB term stops the mean's "
+            "gradient and the variance is fixed, so it adds no gradient, only compute; use "
+            "loss=simple (the same training) or variance=learned_range"
+        )
 
 
 # What must agree between a run directory's checkpoints and a command that resumes it.
@@ -94,15 +102,15 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
     saved = run_dir / CONFIG_FILE
     if latest_checkpoint(run_dir) is None or not saved.is_file():
         return
-    old = OmegaConf.load(saved)
+    old = read_run_config(run_dir)
     if old.get("task", "diffusion") != cfg.task:
         raise UserError(
             f"'{run_dir}' holds a task={old.get('task', 'diffusion')} run, not task={cfg.task}; "
             "refusing to mix them: pick another name= or run_dir="
         )
-    for key in RESUME_KEYS:
-        ours = OmegaConf.to_container(cfg[key], resolve=True)
-        theirs = saved_group(old, key)
+    for key in RESUME_KEYS:  # where the data are read from may change (config.EXECUTION_KEYS)
+        ours = defining(key, OmegaConf.to_container(cfg[key], resolve=True))
+        theirs = defining(key, saved_group(old, key))
         if ours != theirs:
             raise UserError(
                 f"'{run_dir}' holds a run with other {key} settings "

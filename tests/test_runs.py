@@ -1,0 +1,100 @@
+"""A command meets an existing run: which settings must match it and which are the command's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffuse_cli import runs
+from diffuse_cli.errors import UserError
+from diffuse_cli.train.checkpoint import save_checkpoint
+from diffuse_cli.train.validate import check_resumable
+
+
+@pytest.fixture
+def run(compose, tmp_path):
+    """A run directory trained with model=ddpm on shapes (data.root 'data'), one checkpoint."""
+    cfg = compose(["model=ddpm", "model.dropout=0.1", f"run_dir={tmp_path}"])
+    OmegaConf.save(cfg, tmp_path / runs.CONFIG_FILE)
+    w = {"w": torch.zeros(1)}
+    save_checkpoint(tmp_path, 1, w, w, {"state": {}, "param_groups": []}, {})
+    return tmp_path
+
+
+@pytest.mark.parametrize("override", ["data.root=/moved/data", "data.num_workers=4"])
+def test_resume_may_read_the_data_from_elsewhere(compose, run, override):
+    check_resumable(compose(["model=ddpm", "model.dropout=0.1", override]), run)
+
+
+def test_resume_refuses_other_data(compose, run):
+    with pytest.raises(UserError, match=r"other data settings \(data.seed=1 \(saved: 0\)\)"):
+        check_resumable(compose(["model=ddpm", "model.dropout=0.1", "data.seed=1"]), run)
+
+
+def with_overrides(compose, run, monkeypatch, *overrides):
+    monkeypatch.setattr(runs, "hydra_overrides", lambda: list(overrides))
+    return runs.with_run_config(compose(list(overrides), command="eval"), run)
+
+
+def test_eval_takes_the_data_location_from_the_command_line_only(compose, run, monkeypatch):
+    cfg = with_overrides(compose, run, monkeypatch, "data.root=/moved/data")
+    assert cfg.data.root == "/moved/data" and cfg.model.name == "ddpm"
+    assert with_overrides(compose, run, monkeypatch).data.root == "data"  # the run's
+
+
+def test_eval_compares_a_named_key_alone(compose, run, monkeypatch):
+    """model.dropout=0.1 agrees with the run even though the command's default model (small)
+    differs from it in every other key; a disagreeing key is named alone."""
+    assert with_overrides(compose, run, monkeypatch, "model.dropout=0.1").model.name == "ddpm"
+    with pytest.raises(UserError) as err:
+        with_overrides(compose, run, monkeypatch, "model.dropout=0.3")
+    assert str(err.value).startswith("model.dropout=0.3 (run: 0.1): the run in")
+
+
+def test_eval_compares_a_group_choice_whole(compose, run, monkeypatch):
+    with pytest.raises(UserError, match=r"model.model_channels=16 \(run: 128\)"):
+        with_overrides(compose, run, monkeypatch, "model=small")
+
+
+def test_sample_may_run_the_network_in_another_memory_layout(compose, run, monkeypatch):
+    cfg = with_overrides(compose, run, monkeypatch, "model.channels_last=true")
+    assert cfg.model.channels_last and cfg.model.name == "ddpm" and cfg.model.dropout == 0.1
+
+
+def test_eval_refuses_another_loss_than_the_run_trained_with(compose, run, monkeypatch):
+    monkeypatch.setattr(runs, "hydra_overrides", lambda: ["loss=vlb"])
+    with pytest.raises(UserError, match=r"loss.name='vlb' \(run: 'simple'\)"):
+        runs.with_run_config(compose(["loss=vlb"], command="eval"), run, also=("loss",))
+    monkeypatch.setattr(runs, "hydra_overrides", lambda: [])
+    kept = runs.with_run_config(compose(["loss=vlb"], command="eval"), run, also=("loss",))
+    assert kept.loss.name == "simple"  # not named on the command line: the run's
+
+
+def test_a_batch_that_does_not_split_is_refused_before_anything_is_written(compose, tmp_path):
+    from diffuse_cli.train.trainer import Trainer
+
+    cfg = compose(["trainer.batch_size=7", "trainer.grad_accum=2", f"run_dir={tmp_path / 'r'}"])
+    with pytest.raises(UserError, match="batch_size=7 must be a positive multiple"):
+        Trainer(cfg)
+    assert not (tmp_path / "r" / runs.CONFIG_FILE).exists()
+
+
+def test_an_unknown_spacing_is_refused_with_the_choices(compose):
+    import diffuse_cli as dc
+    from diffuse_cli.build import resolve_steps
+
+    cfg = compose(["sampler=ddim", "sampler.spacing=bogus", "steps=5"], command="sample")
+    with pytest.raises(UserError, match="sampler.spacing: Unknown timestep spacing 'bogus'"):
+        resolve_steps(cfg, dc.build_diffusion(cfg))
+
+
+def test_keys_added_with_plus_are_refused_with_the_nearest_key(compose):
+    from diffuse_cli.config import SCHEMAS, check_known_keys, unknown_keys
+
+    for command in ("train", "sample", "eval"):  # every shipped config is all known keys
+        assert unknown_keys(compose([], command=command), SCHEMAS[command]) == {}
+    cfg = compose(["+trainer.max_step=5"])
+    with pytest.raises(UserError, match=r"trainer.max_step is not a setting of `diffuse train` "
+                       r"\(did you mean trainer.max_steps\?"):  # fmt: skip
+        check_known_keys(cfg, "train")
