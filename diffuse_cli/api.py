@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diffuse_cli.build import build_diffusion, build_model, sample
 from diffuse_cli.errors import UserError
@@ -55,18 +55,25 @@ def load_run(
     config: DictConfig | None = None,
 ):
     """(cfg, model, diffusion) of the latest checkpoint in `run_dir`, EMA weights by default.
-    `config`: the run's config as a command merged it (runs.with_run_config: the run's network,
-    with this command's execution keys such as model.channels_last); default: the run's own."""
+    `config`: a command's config, whose execution keys (config.EXECUTION_KEYS, e.g.
+    model.channels_last) replace the run's; everything else is the run's own."""
+    from diffuse_cli.config import EXECUTION_KEYS
     from diffuse_cli.runs import read_run_config
     from diffuse_cli.train.checkpoint import load_weights
 
-    run_cfg = read_run_config(run_dir)
-    if run_cfg.get("task", "diffusion") != "diffusion":
+    cfg = read_run_config(run_dir)
+    if cfg.get("task", "diffusion") != "diffusion":
         raise UserError(
-            f"'{run_dir}' holds a task={run_cfg.task} run, not a diffusion model; sample from a "
+            f"'{run_dir}' holds a task={cfg.task} run, not a diffusion model; sample from a "
             f"diffusion run, with guidance=classifier guidance.classifier={run_dir}"
         )
-    cfg = run_cfg if config is None else config
+    if config is not None:
+        execution = {
+            group: {k: config[group][k] for k in keys if k in config[group]}
+            for group, keys in EXECUTION_KEYS.items()
+            if group in config
+        }
+        cfg = OmegaConf.merge(cfg, execution)
     model = build_model(cfg)
     load_weights(model, run_dir, ema=ema)
     return cfg, model.to(device).eval(), build_diffusion(cfg)
@@ -76,15 +83,10 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", ema
     """(cfg, classifier) of the latest checkpoint of a task=classifier run. The raw weights by
     default: ADM's guidance classifiers are used without EMA."""
     from diffuse_cli.build import build_classifier
-    from diffuse_cli.runs import CONFIG_FILE, read_run_config
+    from diffuse_cli.runs import read_run_config
     from diffuse_cli.train.checkpoint import load_weights
 
-    if not (Path(run_dir) / CONFIG_FILE).is_file():
-        raise UserError(
-            f"no classifier run in '{run_dir}'; train one with `diffuse train task=classifier "
-            f"run_dir={run_dir}` or point guidance.classifier at one"
-        )
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, task="classifier")
     if cfg.get("task", "diffusion") != "classifier":
         raise UserError(
             f"'{run_dir}' is not a classifier run (task={cfg.get('task', 'diffusion')}); "

@@ -320,16 +320,14 @@ def resolve_steps(cfg: DictConfig, diffusion) -> int:
             f"steps={steps} is more than the {T} timesteps the model was trained "
             f"with; use steps<={T}"
         )
-    if cfg.sampler.eta < 0:
-        raise UserError(f"sampler.eta={cfg.sampler.eta} must be >= 0")
     sampler_options(cfg)
-    if not is_score_model(cfg):  # the timestep grid: an unknown spacing is refused here
-        from diffuse_cli.samplers.grids import sampling_timesteps
+    if not is_score_model(cfg):  # the NCSN sampler visits every level: no spacing
+        from diffuse_cli.samplers.grids import SPACINGS
 
-        try:
-            sampling_timesteps(diffusion, steps, cfg.sampler.spacing)
-        except ValueError as err:
-            raise UserError(f"sampler.spacing: {err}") from err
+        if cfg.sampler.spacing not in SPACINGS:
+            raise UserError(
+                f"sampler.spacing={cfg.sampler.spacing!r} is not one of: {', '.join(SPACINGS)}"
+            )
     return steps
 
 

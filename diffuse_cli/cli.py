@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import time
+
+_STARTED = time.time()  # when this process started the CLI (see _remove_empty_output_dir)
 
 COMMANDS = {
     "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
@@ -67,22 +70,20 @@ def _task(command: str):
 
 def _remove_empty_output_dir() -> None:
     """Hydra makes the job's output folder (the run directory for `train`) before the command
-    runs; a command refused before writing anything leaves no empty folders behind. Only the
-    folders of a relative path, below the working directory, are removed."""
-    from pathlib import Path
+    runs; a command refused before writing anything leaves no empty run folder behind. Only a
+    folder that is empty and was made after this process started is removed, never one the
+    user made, and never its parents."""
+    import os
 
     from diffuse_cli.runs import hydra_output_dir
 
     out = hydra_output_dir()
-    if out is None or out.is_absolute():
-        return
-    for folder in (out, *out.parents):
-        try:
-            if folder == Path(".") or any(folder.iterdir()):
-                return
-            folder.rmdir()
-        except OSError:  # gone already (another process of the job) or not a folder
+    try:
+        if out is None or any(out.iterdir()) or os.stat(out).st_mtime < _STARTED - 1:
             return
+        out.rmdir()
+    except OSError:  # not there (another process of the job removed it) or not a folder
+        return
 
 
 def _missing_launcher(args: list[str]) -> str | None:

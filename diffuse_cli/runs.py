@@ -56,17 +56,21 @@ def write_atomically(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_run_config(run_dir: str | Path) -> DictConfig:
-    """The config a run trained with; a clear error when `run_dir` holds no run."""
+def read_run_config(run_dir: str | Path, task: str = "diffusion") -> DictConfig:
+    """The config a run trained with; a clear error when `run_dir` holds no run (saying how to
+    train one of `task`)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
+        what = "classifier run" if task == "classifier" else "run"
+        how = " task=classifier" if task == "classifier" else ""
         raise UserError(
-            f"no run found in '{run_dir}' ({CONFIG_FILE} is missing); train one "
-            f"with `diffuse train run_dir={run_dir}` or pass run_dir=<a run folder>"
+            f"no {what} found in '{run_dir}' ({CONFIG_FILE} is missing); train one "
+            f"with `diffuse train{how} run_dir={run_dir}` or point to another folder"
         )
     cfg = OmegaConf.load(path)
-    if "schedule" in cfg and "scale_betas" not in cfg.schedule:
-        cfg.schedule.scale_betas = False  # written before the key existed: betas as given
+    if "schedule" in cfg and "scale_betas" not in cfg.schedule:  # written before the key:
+        s = cfg.schedule  # linear betas were taken as given, which scaling changes unless T=1000
+        cfg.schedule.scale_betas = not (s.get("name") == "linear" and s.num_timesteps != 1000)
     return cfg
 
 
@@ -84,11 +88,6 @@ def differences(key: str, ours: dict, theirs: dict | None, label: str) -> str:
 def overridden_keys(overrides: list[str]) -> set[str]:
     """Keys named on the command line: 'schedule.num_timesteps=10' -> 'schedule.num_timesteps'."""
     return {item.split("=", 1)[0].lstrip("+~") for item in overrides}
-
-
-def overridden_roots(overrides: list[str]) -> set[str]:
-    """Top-level keys named on the command line: 'schedule.num_timesteps=10' -> 'schedule'."""
-    return {key.split(".", 1)[0].split("@", 1)[0] for key in overridden_keys(overrides)}
 
 
 def with_run_config(cfg: DictConfig, run_dir: str | Path, also: tuple[str, ...] = ()) -> DictConfig:

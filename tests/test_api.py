@@ -64,6 +64,15 @@ def test_load_run_returns_ema_weights(compose, tmp_path):
         for a, b in zip(model.state_dict().values(), raw.state_dict().values(), strict=True)
     )
     assert differs  # EMA and raw weights are different tensors after training
+    # a command's config lends its execution keys only: the network is the run's
+    command = compose(
+        ["model.channels_last=true", "model.dropout=0.7", "schedule=cosine"], "sample"
+    )
+    cfg, laid_out, d = dc.load_run(tmp_path, config=command)
+    assert laid_out.channels_last and cfg.model.dropout == run_cfg.model.dropout
+    assert cfg.schedule.name == "linear" and torch.equal(d.betas, diffusion.betas)
+    with torch.no_grad():
+        torch.testing.assert_close(laid_out(x, t), model(x, t), rtol=1e-5, atol=1e-5)
 
 
 def test_sample_and_nll_run_a_training_mode_network_without_dropout(compose):

@@ -113,7 +113,8 @@ def test_a_classifier_for_another_schedule_is_refused(runs, tmp_path):
     [
         (
             ("guidance=classifier", "guidance.classifier=runs/nowhere"),
-            "runs/nowhere'; train one with `diffuse train task=classifier run_dir=",
+            "runs/nowhere' (config.yaml is missing); train one with `diffuse train "
+            "task=classifier run_dir=",
         ),
         (("guidance=classifier", "guidance.classifier=runs/default"), "is not a classifier run"),
         (("guidance=classifier", "guidance.classifier=null"), "needs guidance.classifier="),

@@ -247,8 +247,11 @@ class FailingLoader:
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_an_unreadable_file_mid_run_saves_the_steps_done(compose, tmp_path, grad_accum):
     """The 6th micro-batch is unreadable: steps 1-5 (grad_accum 1) or 1-2 (grad_accum 2, the
-    bad file is step 3's second half) are saved, and nothing of the failed step is in them."""
-    overrides = [*QUIET, "trainer.max_steps=8", "trainer.ckpt_every=100"]
+    bad file is step 3's second half) are saved, and nothing of the failed step is in them:
+    not in the weights, and not in the importance sampler's loss history, which each
+    micro-batch updates."""
+    overrides = [*QUIET, "trainer.max_steps=8", "trainer.ckpt_every=100", "loss=hybrid",
+                 "variance=learned_range", "loss.timesteps=importance"]  # fmt: skip
     cfg = compose([*overrides, f"trainer.grad_accum={grad_accum}", f"run_dir={tmp_path}"])
     trainer = Trainer(cfg)
     trainer.loader = FailingLoader(trainer.loader, fail_at=5)
@@ -264,9 +267,11 @@ def test_an_unreadable_file_mid_run_saves_the_steps_done(compose, tmp_path, grad
     reference = tmp_path / "reference"
     Trainer(compose([*overrides, f"trainer.grad_accum={grad_accum}", f"trainer.max_steps={done}",
                      f"run_dir={reference}"])).fit()  # fmt: skip
-    saved = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
-    uninterrupted = load_file(latest_checkpoint(reference) / "model.safetensors")
-    assert all(torch.equal(saved[k], uninterrupted[k]) for k in saved)
+    for name in ("model.safetensors", "timesteps.safetensors"):
+        saved = load_file(latest_checkpoint(tmp_path) / name)
+        uninterrupted = load_file(latest_checkpoint(reference) / name)
+        assert saved.keys() == uninterrupted.keys()
+        assert all(torch.equal(saved[k], uninterrupted[k]) for k in saved), name
 
 
 def test_a_refused_wandb_login_leaves_an_existing_run_untouched(compose, tmp_path, monkeypatch):

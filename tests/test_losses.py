@@ -149,3 +149,14 @@ def test_iddpm_presets_hold_the_published_settings(compose, experiment):
     header = path.read_text().split("defaults:")[0]
     assert "Nichol & Dhariwal 2021" in header and "openai/improved-diffusion" in header
     assert f"#   diffuse train experiment={experiment} data.root=" in header
+
+
+def test_hybrid_with_a_fixed_variance_is_refused_only_for_a_fresh_run(compose):
+    """A run started before the rule existed can still be resumed and finish."""
+    from diffuse_cli.errors import UserError
+    from diffuse_cli.train.validate import validate_train_config
+
+    cfg = compose(["loss=hybrid"])
+    with pytest.raises(UserError, match="adds no gradient"):
+        validate_train_config(cfg)
+    validate_train_config(cfg, fresh=False)

@@ -91,4 +91,24 @@ def test_the_config_scales_linear_betas_except_in_runs_written_before_it_did(com
     old = OmegaConf.to_container(cfg)
     del old["schedule"]["scale_betas"]
     OmegaConf.save(OmegaConf.create(old), tmp_path / "config.yaml")
-    assert read_run_config(tmp_path).schedule.scale_betas is False
+    assert read_run_config(tmp_path).schedule.scale_betas is False  # its betas as trained
+
+
+@pytest.mark.parametrize("overrides", [[], ["schedule=cosine"]])
+def test_runs_from_before_scale_betas_whose_betas_it_does_not_change_resume(
+    compose, tmp_path, overrides
+):
+    """Linear at T = 1000 (the default) and cosine: the key changes nothing, so a run written
+    before it existed resumes with the command that trained it."""
+    from omegaconf import OmegaConf
+
+    from diffuse_cli.train.checkpoint import save_checkpoint
+    from diffuse_cli.train.validate import check_resumable
+
+    cfg = compose([*overrides, f"run_dir={tmp_path}"])
+    old = OmegaConf.to_container(cfg)
+    del old["schedule"]["scale_betas"]
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "config.yaml")
+    w = {"w": torch.zeros(1)}
+    save_checkpoint(tmp_path, 1, w, w, {"state": {}, "param_groups": []}, {})
+    check_resumable(cfg, tmp_path)

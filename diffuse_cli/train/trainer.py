@@ -112,9 +112,9 @@ def train(cfg: DictConfig) -> Path:
 
 class Trainer:
     def __init__(self, cfg: DictConfig):
-        validate_train_config(cfg)
-        self.cfg, self.tc = cfg, cfg.trainer
         self.run_dir = hydra_output_dir() or Path(cfg.run_dir)
+        validate_train_config(cfg, fresh=latest_checkpoint(self.run_dir) is None)
+        self.cfg, self.tc = cfg, cfg.trainer
         self.accelerator = self._setup_accelerator()
         check_resumable(cfg, self.run_dir)
         self.dataset = build_data(cfg, "train")
@@ -126,14 +126,16 @@ class Trainer:
         self.skipped_steps = self.bad_in_a_row = 0  # non-finite steps: all, and the latest run
         self.start_step = self._resume()
         self.loader = self._setup_data()  # may still refuse the batch layout: before any write
-        if self.start_step < self.tc.max_steps:  # else nothing trains: keep the config it had
+        # The main process alone writes the run directory (opening the file trims it on
+        # resume), and nothing at all when the run is already past max_steps.
+        writes = self.is_main and self.start_step < self.tc.max_steps
+        if self.start_step < self.tc.max_steps:
             self._write_config()
-        # The main process alone writes the run directory (opening the file trims it on resume).
         self.metrics = (
-            MetricsFile(self.run_dir / "metrics.jsonl", self.start_step) if self.is_main else None
+            MetricsFile(self.run_dir / "metrics.jsonl", self.start_step) if writes else None
         )
         resuming = self.start_step > 0
-        self.logger = make_logger(cfg, self.run_dir, resuming) if self.is_main else None
+        self.logger = make_logger(cfg, self.run_dir, resuming) if writes else None
 
     @property
     def previews(self) -> bool:

@@ -31,7 +31,9 @@ POSITIVE = (
 )
 
 
-def validate_train_config(cfg: DictConfig) -> None:
+def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
+    """Refuse a train config that cannot work; `fresh`: no checkpoint to resume yet (a rule
+    added after a run started does not stop it from finishing)."""
     check_logger(cfg)  # a wandb login problem must stop the run before it writes anything
     tc = cfg.trainer
     for key, allowed in CHOICES.items():
@@ -57,11 +59,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.ema_decay={tc.ema_decay} must be in [0, 1)")
     if cfg.schedule.num_timesteps < 1:
         raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
-    validate_loss_config(cfg)
+    validate_loss_config(cfg, fresh)
     check_family(cfg)
 
 
-def validate_loss_config(cfg: DictConfig) -> None:
+def validate_loss_config(cfg: DictConfig, fresh: bool = True) -> None:
     """The loss, its timestep sampler and the variance must fit together."""
     from diffuse_cli.diffusion import LOSSES, TIMESTEP_SAMPLERS, VARIANCES
 
@@ -85,11 +87,13 @@ def validate_loss_config(cfg: DictConfig) -> None:
             f"variance={cfg.variance.name} is trained only by a VLB term, and loss=simple "
             "has none; use loss=hybrid (or loss=vlb), or a fixed variance"
         )
-    if variance is not None and variance.channel_factor == 1 and loss.name == "hybrid":
+    fixed = variance is not None and variance.channel_factor == 1
+    if fresh and fixed and loss.name == "hybrid":
         raise UserError(
             f"loss=hybrid with variance={cfg.variance.name}: the VLB term stops the mean's "
             "gradient and the variance is fixed, so it adds no gradient, only compute; use "
-            "loss=simple (the same training) or variance=learned_range"
+            "loss=simple (the same gradients, with loss.timesteps=uniform) or "
+            "variance=learned_range"
         )
 
 
