@@ -146,8 +146,10 @@ def test_a_signal_saves_a_checkpoint_and_exits_with_how_to_resume(tmp_path, sign
 KILL_POINTS = {
     # inside the save of step 4: after its model file, before its EMA file
     "inside_save": "ckpt.save_file = kill_on_call(ckpt.save_file, 4)",
-    # after step 4's folder is in place, before `latest` moves to it
-    "before_pointer": "ckpt.os.replace = kill_on_call(ckpt.os.replace, 2)",
+    # after step 4's folder is in place, before `latest` moves to it (os.replace also
+    # replaces config.yaml and overrides.yaml: only the pointer's moves are counted)
+    "before_pointer": "ckpt.os.replace = kill_on_call(ckpt.os.replace, 2, "
+    "lambda src, dst: os.path.basename(dst) == 'latest')",
     # in the middle of training, three steps after the last checkpoint
     "mid_training": "Trainer.train_step = kill_on_call(Trainer.train_step, 5)",
 }
@@ -157,10 +159,10 @@ import os, signal, sys
 from diffuse_cli.train import checkpoint as ckpt
 from diffuse_cli.train.trainer import Trainer
 
-def kill_on_call(fn, n):
+def kill_on_call(fn, n, counts=lambda *args: True):
     count = [0]
     def wrapped(*args, **kwargs):
-        count[0] += 1
+        count[0] += bool(counts(*args))
         if count[0] == n:
             os.kill(os.getpid(), signal.SIGKILL)
         return fn(*args, **kwargs)
