@@ -76,7 +76,7 @@ def check_logger(cfg: DictConfig) -> None:
 
 class WandbLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path, resuming: bool):
-        check_logger(cfg)
+        """Built by make_logger, which has checked the settings and the login."""
         lg = cfg.logger
         import wandb
 

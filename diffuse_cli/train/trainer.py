@@ -128,8 +128,9 @@ class Trainer:
         self.loader = self._setup_data()  # may still refuse the batch layout: before any write
         # The main process alone writes the run directory (opening the file trims it on
         # resume), and nothing at all when the run is already past max_steps.
-        writes = self.is_main and self.start_step < self.tc.max_steps
-        if self.start_step < self.tc.max_steps:
+        training = self.start_step < self.tc.max_steps
+        writes = self.is_main and training
+        if training:
             self._write_config()
         self.metrics = (
             MetricsFile(self.run_dir / "metrics.jsonl", self.start_step) if writes else None
