@@ -107,3 +107,37 @@ def test_checkpoints_past_10_to_the_8_steps_keep_their_order(tmp_path):
     save(tmp_path, 100_000_001, keep_last=3)
     (root / "latest").unlink()
     assert latest_checkpoint(tmp_path).name == "step_100000001"
+
+
+def test_checkpoint_files_get_the_permissions_of_plain_files(tmp_path):
+    """safetensors writes 0600 whatever the umask; a group sharing the run folder must read
+    the weights like the other files."""
+    folder = save(tmp_path, 1)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+    assert modes["model.safetensors"] == (folder / "state.json").stat().st_mode & 0o777
+
+
+def test_a_crash_while_resaving_a_step_keeps_that_step(tmp_path):
+    """The window in a re-save between moving the old copy aside and renaming the new one."""
+    save(tmp_path, 1)
+    save(tmp_path, 2, value=2.0)
+    root = tmp_path / "checkpoints"
+    (root / "step_00000002").rename(root / ".old-step_00000002")  # as the crash leaves it
+    found = latest_checkpoint(tmp_path)
+    assert read_checkpoint(found)["model"]["w"][0, 0] == 2.0  # not step 1
+    save(tmp_path, 3, keep_last=0)  # the next save puts it back
+    assert sorted(p.name for p in root.iterdir() if "step" in p.name) == [
+        "step_00000001",
+        "step_00000002",
+        "step_00000003",
+    ]
+
+
+def test_a_leftover_old_copy_is_dropped_when_its_step_is_complete(tmp_path):
+    save(tmp_path, 1, value=1.0)
+    root = tmp_path / "checkpoints"
+    (root / ".old-step_00000001").mkdir()
+    save(tmp_path, 2)
+    assert not (root / ".old-step_00000001").exists()
+    assert read_checkpoint(root / "step_00000001")["model"]["w"][0, 0] == 1.0

@@ -25,6 +25,7 @@ from diffuse_cli.errors import UserError
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
 TIMESTEPS = "timesteps.safetensors"
 LATEST = "latest"
+MOVED_ASIDE = ".old-"  # prefix of a step's earlier copy while that step is saved again
 # What writing or reading a checkpoint file raises when the disk is full or the file is damaged:
 # safetensors' own error is not an OSError, and torch.save reports a full disk as a RuntimeError.
 FILE_ERRORS = (OSError, RuntimeError, ValueError, SafetensorError)
@@ -47,6 +48,27 @@ def _fsync_files(folder: Path) -> None:
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(folder)
+
+
+def _match_mode(folder: Path, like: Path) -> None:
+    """Give every file in `folder` the permissions of `like`, a file written with plain open():
+    safetensors creates its files with mode 0600 whatever the umask, which hides the weights
+    from the rest of a group sharing a cluster folder."""
+    mode = like.stat().st_mode & 0o777
+    for f in folder.iterdir():
+        if f.stat().st_mode & 0o777 != mode:
+            f.chmod(mode)
+
+
+def _restore_moved_aside(root: Path) -> None:
+    """A crash while re-saving a step can leave that step's complete earlier copy under
+    `.old-<name>` with nothing at `<name>`: put it back; drop it when `<name>` is there."""
+    for old in root.glob(f"{MOVED_ASIDE}step_*"):
+        final = root / old.name[len(MOVED_ASIDE) :]
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(final)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -74,6 +96,7 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-step_*"):  # left by a crash inside an earlier save
             shutil.rmtree(stale, ignore_errors=True)
+        _restore_moved_aside(root)
         tmp.mkdir()
         save_file(_contiguous(model_state), tmp / MODEL)
         save_file(_contiguous(ema_state), tmp / EMA)
@@ -81,6 +104,7 @@ def save_checkpoint(
         if timestep_state:
             save_file(_contiguous(timestep_state), tmp / TIMESTEPS)
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
+        _match_mode(tmp, like=tmp / STATE)
         _fsync_files(tmp)
     except FILE_ERRORS as err:  # e.g. no space left: only the temporary folder was touched
         shutil.rmtree(tmp, ignore_errors=True)
@@ -93,7 +117,7 @@ def save_checkpoint(
         ) from err
     final = root / name
     if final.exists():  # re-saving the same step: move the old one aside first
-        old = root / f".old-{name}"
+        old = root / f"{MOVED_ASIDE}{name}"
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
         tmp.rename(final)
@@ -129,9 +153,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     root = checkpoint_root(run_dir)
     pointer = root / LATEST
     if pointer.is_file():
-        folder = root / pointer.read_text().strip()
-        if (folder / STATE).is_file():
-            return folder
+        name = pointer.read_text().strip()
+        for folder in (root / name, root / f"{MOVED_ASIDE}{name}"):  # see _restore_moved_aside
+            if (folder / STATE).is_file():
+                return folder
     complete = [p for p in _step_folders(root) if (p / STATE).is_file()]
     return complete[-1] if complete else None
 
