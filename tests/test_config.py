@@ -12,6 +12,8 @@ from omegaconf.errors import ValidationError
 
 import diffuse_cli as dc
 from diffuse_cli.build import build_diffusion, build_model
+from diffuse_cli.data.registry import DATASETS
+from diffuse_cli.data.toy2d import TOY_SETS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = [
@@ -32,6 +34,10 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
+def test_every_registered_dataset_can_be_chosen_by_name():
+    assert set(DATASETS) == set(options("data"))
+
+
 def test_every_group_has_options():
     for group in GROUPS:
         assert options(group), f"configs/{group}/ is empty"
@@ -42,7 +48,7 @@ def test_every_group_has_options():
 )
 def test_train_option_composes_and_builds(compose, group, option):
     overrides = [f"{group}={option}"]
-    if group == "data" and option in ("moons", "eight_gaussians", "swiss_roll"):
+    if group == "data" and option in TOY_SETS:
         overrides.append("model=mlp")
     if group == "model" and option == "mlp":
         overrides.append("data=moons")
