@@ -146,24 +146,21 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                 f"model={m.name} is for vector data, but data={cfg.data.name} is "
                 "images; use a UNet model such as model=small"
             )
-        return MLP(
-            dim=shape[0],
-            hidden=m.hidden,
-            num_layers=m.num_layers,
-            out_dim=output_channels(cfg),
-            num_classes=m.num_classes,
-        )
+        try:
+            return MLP(
+                dim=shape[0],
+                hidden=m.hidden,
+                num_layers=m.num_layers,
+                out_dim=output_channels(cfg),
+                num_classes=m.num_classes,
+            )
+        except ValueError as err:
+            raise UserError(f"model={m.name}: {err}") from err
     if m.arch == "unet":
         if len(shape) != 3:
             raise UserError(
                 f"model={m.name} is a UNet for images, but data={cfg.data.name} is "
                 "2-D; use model=mlp"
-            )
-        if m.image_size is not None and m.image_size != shape[1]:
-            raise UserError(
-                f"model={m.name} is the published network for {m.image_size}x{m.image_size} "
-                f"images, but data.image_size={shape[1]}; set data.image_size={m.image_size}, "
-                "or model.image_size=null to use its settings at another size"
             )
         return build_unet(m, shape[0], output_channels(cfg), shape[1])
     raise UserError(f"model.arch={m.arch!r} is unknown; choose one of: unet, mlp")
@@ -171,7 +168,14 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 
 def unet_options(m: DictConfig, image_size: int) -> dict:
     """The UNet settings of model config `m` that the denoiser and the classifier (its encoder
-    half) share: everything but the channels in and out and the labels."""
+    half) share: everything but the channels in and out and the labels. A published preset
+    (`m.image_size` set) is refused at another size."""
+    if m.image_size is not None and m.image_size != image_size:
+        raise UserError(
+            f"model={m.name} is the published network for {m.image_size}x{m.image_size} "
+            f"images, but data.image_size={image_size}; set data.image_size={m.image_size}, "
+            "or model.image_size=null to use its settings at another size"
+        )
     return dict(
         model_channels=m.model_channels,
         channel_mult=tuple(m.channel_mult),

@@ -138,6 +138,31 @@ def test_bad_geometry_is_rejected_with_the_valid_choices():
         UNet(**dict(SMALL, image_size=30))
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(num_res_blocks=-1), "num_res_blocks must be >= 0"),  # built, gave 8x8 outputs
+        (dict(model_channels=0), "must be >= 1"),
+        (dict(channel_mult=(1, 0, 2)), "must be >= 1"),
+        (dict(channel_mult=(), attention_resolutions=()), "at least one entry"),
+        (dict(num_classes=0), "num_classes must be null"),  # was quietly unconditional
+    ],
+)
+def test_sizes_that_build_no_working_network_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        UNet(**dict(SMALL, **change))
+
+
+def test_zero_res_blocks_per_level_is_a_working_network():
+    x, t = inputs()
+    assert UNet(**dict(SMALL, num_res_blocks=0))(x, t).shape == x.shape
+
+
+def test_an_mlp_with_zero_classes_is_refused():
+    with pytest.raises(ValueError, match="num_classes must be null"):
+        MLP(num_classes=0)
+
+
 def test_timestep_embedding_is_sinusoidal():
     emb = timestep_embedding(torch.tensor([0, 1, 999]), 8)
     assert emb.shape == (3, 8)

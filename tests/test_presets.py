@@ -8,7 +8,7 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from diffuse_cli.build import build_data, build_model, build_unet
+from diffuse_cli.build import build_classifier, build_data, build_model, build_unet
 from diffuse_cli.errors import UserError
 
 # Published parameter counts (learned sigma: 6 output channels). DDPM: Ho et al. 2020, appendix B;
@@ -78,6 +78,8 @@ def test_a_preset_at_another_image_size_is_refused_with_the_fix(compose):
     cfg = compose(["model=adm_imagenet64"])  # the default data is 32x32
     with pytest.raises(UserError, match=r"64x64 images, but data.image_size=32.*image_size=null"):
         build_model(cfg)
+    with pytest.raises(UserError, match=r"64x64 images, but data.image_size=32"):
+        build_classifier(cfg, num_classes=4)  # task=classifier builds the encoder half
     cfg = compose(["model=iddpm_cifar10", "data.image_size=64", "model.image_size=null"])
     with torch.device("meta"):
         assert count(build_model(cfg)) > 0

@@ -3,6 +3,7 @@
 import math
 
 import torch
+from torch import nn
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -23,3 +24,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
+
+
+def label_embedding(num_classes: int | None, dim: int) -> nn.Embedding | None:
+    """The class-label embedding of a conditional network (None: unconditional). It has
+    num_classes + 1 rows: the last is the learned null label of classifier-free guidance."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be null (unconditional) or >= 1, not {num_classes!r}")
+    return nn.Embedding(num_classes + 1, dim)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import timestep_embedding
+from .embeddings import label_embedding, timestep_embedding
 
 
 class MLPBlock(nn.Module):
@@ -45,7 +45,7 @@ class MLP(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
         )
-        self.label_embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None  # + null
+        self.label_embed = label_embedding(num_classes, hidden)
         self.in_proj = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(MLPBlock(hidden) for _ in range(num_layers))
         self.out_norm = nn.LayerNorm(hidden)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .dropout import Dropout
-from .embeddings import timestep_embedding
+from .embeddings import label_embedding, timestep_embedding
 
 
 def norm_groups(channels: int) -> int:
@@ -247,6 +247,13 @@ class UNetEncoder(nn.Module):
     ):
         super().__init__()
         levels = len(channel_mult)
+        if model_channels < 1 or not channel_mult or min(channel_mult) < 1:
+            raise ValueError(
+                f"model_channels ({model_channels}) and every channel_mult entry "
+                f"({list(channel_mult)}) must be >= 1, with at least one entry"
+            )
+        if num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks must be >= 0, not {num_res_blocks}")
         if image_size % 2 ** (levels - 1):
             raise ValueError(
                 f"image_size {image_size} must be divisible by 2^{levels - 1} "
@@ -275,7 +282,7 @@ class UNetEncoder(nn.Module):
             nn.SiLU(),
             nn.Linear(emb_channels, emb_channels),
         )
-        self.label_embed = nn.Embedding(num_classes + 1, emb_channels) if num_classes else None
+        self.label_embed = label_embedding(num_classes, emb_channels)
 
         self._block_options = dict(
             emb_channels=emb_channels,
@@ -370,6 +377,8 @@ class UNet(UNetEncoder):
     dropout masks) to save memory while training; `channels_last` stores the 4-D weights and
     runs the activations in channels_last (NHWC) memory format, which convolution kernels on
     GPUs with tensor cores and on recent CPUs prefer. State dicts keep the same keys and values.
+    One exception: with dropout in training, the same seed draws the mask in the activations'
+    memory order, so a run that switches `channels_last` on resume draws other masks.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, **kwargs):
