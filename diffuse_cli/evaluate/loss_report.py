@@ -1,9 +1,10 @@
 """`diffuse eval metrics=[loss]`: the training loss on held-out data, overall and per timestep
 bucket.
 
-Timesteps are stratified: example i of a batch is noised to a t drawn uniformly inside bucket
-i mod K, so every bucket gets the same number of examples and the overall number (the mean over
-equal-width buckets) estimates the uniform-t loss with less variance.
+Timesteps are stratified: the i-th example evaluated (counted across batches) is noised to a t
+drawn uniformly inside bucket i mod K, so every bucket gets the same number of examples (give or
+take one), whatever the batch size, and the overall number (the bucket means weighted by their
+widths in timesteps) estimates the uniform-t loss with less variance.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
     return [round(i * num_timesteps / buckets) for i in range(buckets + 1)]
 
 
-def stratified_timesteps(batch: int, edges: list[int], generator: torch.Generator):
-    """(t [B], bucket index [B]): bucket i mod K, t uniform inside it."""
-    k = torch.arange(batch) % (len(edges) - 1)
+def stratified_timesteps(batch: int, edges: list[int], generator: torch.Generator, start: int = 0):
+    """(t [B], bucket index [B]) for examples start .. start + B - 1: example i in bucket
+    i mod K, t uniform inside it."""
+    k = (start + torch.arange(batch)) % (len(edges) - 1)
     lo = torch.tensor(edges[:-1])[k]
     hi = torch.tensor(edges[1:])[k]
     t = lo + (torch.rand(batch, generator=generator) * (hi - lo)).long()
@@ -52,11 +54,13 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     loader = DataLoader(dataset, batch_size=ec.batch_size, shuffle=False)
     total = min(ec.num_batches, len(loader)) * ec.repeats
     bar = tqdm(total=total, desc="eval", disable=not cfg.progress)
+    seen = 0
     for _ in range(ec.repeats):
         for i, (x, y) in enumerate(loader):
             if i >= ec.num_batches:
                 break
-            t, k = stratified_timesteps(x.shape[0], edges, g)
+            t, k = stratified_timesteps(x.shape[0], edges, g, start=seen)
+            seen += x.shape[0]
             noise = torch.randn(x.shape, generator=g)
             losses = loss_fn(
                 diffusion,
@@ -72,11 +76,13 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
             bar.update(1)
     bar.close()
     per_bucket = sums / counts.clamp(min=1)
+    filled = counts > 0  # all of them unless fewer examples than buckets were evaluated
+    widths = torch.tensor(edges[1:], dtype=torch.float64) - torch.tensor(edges[:-1])
     rows = [
         {
             "t_min": edges[b],
             "t_max": edges[b + 1] - 1,
-            "loss": float(per_bucket[b]),
+            "loss": float(per_bucket[b]) if filled[b] else None,
             "count": int(counts[b]),
         }
         for b in range(buckets)
@@ -87,7 +93,7 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
             row["sigma_max"] = float(sigmas[row["t_min"]])
             row["sigma_min"] = float(sigmas[row["t_max"]])
     return {
-        "loss": float(per_bucket[counts > 0].mean()),
+        "loss": float((per_bucket * widths)[filled].sum() / widths[filled].sum()),
         "num_examples": int(counts.sum()),
         "buckets": rows,
     }
@@ -100,9 +106,9 @@ def plot_buckets(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mids = [(b["t_min"] + b["t_max"]) / 2 for b in report["buckets"]]
+    shown = [b for b in report["buckets"] if b["loss"] is not None]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(mids, [b["loss"] for b in report["buckets"]], marker="o")
+    ax.plot([(b["t_min"] + b["t_max"]) / 2 for b in shown], [b["loss"] for b in shown], marker="o")
     ax.set_yscale("log")
     ncsn = "sigma_max" in report["buckets"][0]
     ax.set_xlabel("noise level index i (0: the largest sigma)" if ncsn else "timestep t")
