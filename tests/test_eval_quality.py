@@ -53,8 +53,13 @@ def test_eval_report_has_everything_to_reproduce_the_number(run32):
     assert report["extractor"]["name"] == "builtin" and report["extractor"]["weights_sha256"]
     assert {"torch", "torch_fidelity", "diffuse", "numpy"} <= set(report["versions"])
     assert report["seconds"]["total"] > 0
+    # 12 samples of 128-dimensional features, splits of 1 sample for is: both said
+    assert "biased upward" in report["warnings"][0] and "at most" in report["warnings"][1]
+    assert "warning: fd over 12 samples of 128-dimensional features" in proc.stderr
     metrics = report["metrics"]
-    assert {"fd_builtin", "kd_builtin", "is_builtin", "precision", "recall"} <= set(metrics)
+    assert {"fd_builtin", "kd_builtin", "is_builtin", "precision_builtin", "recall_builtin"} <= set(
+        metrics
+    )
     assert not any(k.startswith(("fid", "kid")) for k in metrics)  # not Inception: never FID
     assert metrics["kd_builtin_subset_size"] == 12 and 1 <= metrics["is_builtin"] <= 4
     assert report["reference"]["split"] == "test" and report["reference"]["num"] == 32
@@ -94,13 +99,13 @@ def test_a_samples_npz_gives_the_numbers_of_the_same_samples_generated(run32, co
     read = eval_in_process(
         compose, run, ["metrics=[fid,pr]", f"eval.samples={npz / 'samples.npz'}", "progress=false"]
     )[0]
-    assert read == run / "eval" / "file-npz" / "builtin.json"
+    assert read.parent.name.startswith("file-npz-samples-") and read.name == "builtin.json"
     a, b = json.loads(generated.read_text()), json.loads(read.read_text())
     assert b["num_samples"] == 12 and b["samples"].endswith("samples.npz") and b["steps"] is None
     assert b["metrics"]["fd_builtin"] == pytest.approx(a["metrics"]["fd_builtin"], rel=1e-5)
-    assert (b["metrics"]["precision"], b["metrics"]["recall"]) == (
-        a["metrics"]["precision"],
-        a["metrics"]["recall"],
+    assert (b["metrics"]["precision_builtin"], b["metrics"]["recall_builtin"]) == (
+        a["metrics"]["precision_builtin"],
+        a["metrics"]["recall_builtin"],
     )
 
 
@@ -147,6 +152,68 @@ def test_eval_quality_user_errors(run32, compose, args, message):
     args = [a.replace("RUN", str(run)) for a in args]
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         eval_in_process(compose, run, args)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["metrics=[nll,swd]"], "metrics swd do not apply to data=shapes"),  # nll ran first
+        (["metrics=[nll,fid]", "eval.kid_subsets=0"], "eval.kid_subsets=0 must be > 0"),
+        (["metrics=[fid]", "eval.reference_split=val"], "choose train or test"),  # after sampling
+        (["metrics=[fid]", "eval.reference_num=0"], "eval.reference_num=0 must be > 0"),
+        (["metrics=[loss,nll]", "eval.nll_examples=0"], "eval.nll_examples=0 must be > 0"),
+    ],
+)
+def test_bad_eval_settings_are_refused_before_any_metric_runs(compose, args, message):
+    from diffuse_cli.evaluate.command import check_eval_config
+
+    with pytest.raises(UserError, match=message):
+        check_eval_config(compose(args, "eval"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["metrics=[fid]", "eval.num_samples=1"],
+            "eval.num_samples=1: metric fid needs at least 2",
+        ),
+        (["metrics=[kid]", "eval.num_samples=1"], "metric kid needs at least 2"),
+        (["metrics=[pr]", "eval.num_samples=3"], "metric pr needs at least 4, more than"),
+        (
+            ["metrics=[pr]", "eval.reference_num=3"],
+            "reference images=3: metric pr needs at least 4",
+        ),
+    ],
+)
+def test_too_few_samples_for_a_metric_are_refused_before_sampling(
+    run32, compose, monkeypatch, args, message
+):
+    """One sample crashed inside the matrix square root and k samples in the k-NN radius; the
+    check comes before the samples are drawn."""
+    from diffuse_cli.evaluate import quality
+
+    monkeypatch.setattr(quality, "my_share", lambda *a, **k: pytest.fail("samples were drawn"))
+    _, run = run32
+    with pytest.raises(UserError, match=message):
+        eval_in_process(compose, run, [*QUICK, *args])
+
+
+def test_reports_of_two_sample_files_in_one_folder_do_not_overwrite(tmp_path):
+    from diffuse_cli.evaluate.quality import samples_tag
+
+    a, b = samples_tag(str(tmp_path / "a.npz")), samples_tag(str(tmp_path / "b.npz"))
+    assert a != b and a.startswith(f"file-{tmp_path.name}-a-")
+    assert samples_tag(str(tmp_path / "x" / ".." / "a.npz")) == a  # the file, not the spelling
+
+
+def test_reports_are_strict_json(tmp_path):
+    from diffuse_cli.evaluate.output import write_json
+
+    path = tmp_path / "r.json"
+    write_json({"kd": float("nan"), "rows": [{"is": float("inf")}, 1.5]}, path)
+    assert json.loads(path.read_text()) == {"kd": None, "rows": [{"is": None}, 1.5]}
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_missing_inception_weights_names_the_file_and_the_folder(tmp_path, monkeypatch):

@@ -144,8 +144,8 @@ def test_two_processes_share_the_samples_of_a_quality_eval(tmp_path):
     assert (two["num_processes"], one["num_processes"]) == (2, 1)
     assert two["num_samples"] == one["num_samples"] == 7
     assert two["metrics"]["fd_builtin"] == pytest.approx(one["metrics"]["fd_builtin"], rel=1e-5)
-    assert two["metrics"]["precision"] == one["metrics"]["precision"]
-    assert two["metrics"]["recall"] == one["metrics"]["recall"]
+    assert two["metrics"]["precision_builtin"] == one["metrics"]["precision"]
+    assert two["metrics"]["recall_builtin"] == one["metrics"]["recall"]
 
 
 @pytest.mark.slow

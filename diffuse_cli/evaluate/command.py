@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse_cli.build import build_diffusion, is_score_model, resolve_steps
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import loss_metric
-from diffuse_cli.evaluate.nll import nll_metric
-from diffuse_cli.evaluate.quality import QUALITY, quality_metric
+from diffuse_cli.evaluate.nll import check_nll_settings, nll_metric
+from diffuse_cli.evaluate.quality import QUALITY, check_quality, quality_metric
+from diffuse_cli.evaluate.reference import check_reference_settings
 from diffuse_cli.runs import with_run_config
 
 METRICS = {"loss": loss_metric, "nll": nll_metric}
@@ -43,11 +44,18 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
     for key in ("num_batches", "batch_size", "buckets", "repeats"):
         if cfg.eval[key] <= 0:
             raise UserError(f"eval.{key}={cfg.eval[key]} must be > 0")
+    quality = [m for m in metrics if m in QUALITY]
+    if quality:  # everything quality_metric would refuse, before anything else runs
+        check_quality(cfg, quality)
+        if cfg.data.image_size > 0:
+            check_reference_settings(cfg)
     if "nll" in metrics and is_score_model(cfg):
         raise UserError(
             "metrics=[nll] is the variational bound of a DDPM, which an NCSN run "
             "(schedule=ncsn) does not have; use metrics=[loss] (held-out DSM loss per noise level)"
         )
+    if "nll" in metrics:
+        check_nll_settings(cfg)
     return metrics
 
 

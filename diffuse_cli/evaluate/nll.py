@@ -162,11 +162,9 @@ def plot_terms(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def nll_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) -> Path | None:
-    """Run the bound on this process's shard, gather once, and (main process) write
-    eval/nll.json and eval/nll_terms.png. Returns the JSON path on the main process."""
-    from accelerate.utils import gather_object
-
+def check_nll_settings(cfg: DictConfig) -> None:
+    """UserError when the bound does not apply or eval.nll_examples is bad (checked by the
+    command before anything runs)."""
     if cfg.data.image_size == 0:
         raise UserError(
             f"metrics=[nll] is the bits/dim of 8-bit images, and data={cfg.data.name} is not "
@@ -174,6 +172,14 @@ def nll_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) -
         )
     if cfg.eval.nll_examples is not None and cfg.eval.nll_examples <= 0:
         raise UserError(f"eval.nll_examples={cfg.eval.nll_examples} must be > 0 (or null: all)")
+
+
+def nll_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) -> Path | None:
+    """Run the bound on this process's shard, gather once, and (main process) write
+    eval/nll.json and eval/nll_terms.png. Returns the JSON path on the main process."""
+    from accelerate.utils import gather_object
+
+    check_nll_settings(cfg)
     tick = time.perf_counter()
     mine = held_out_nll(cfg, model, diffusion, device, state.process_index, state.num_processes)
     shards = gather_object([mine])

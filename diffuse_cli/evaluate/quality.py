@@ -11,14 +11,16 @@ Images are rounded to 8 bits first, so generated samples and the same samples re
 samples.npz give the same features. The main process compares them with the reference features
 of the data (reference.py, cached) and writes
 
-    <run_dir>/eval/<sampler>-<steps>/<extractor>.json       (file-<folder>/ for eval.samples)
+    <run_dir>/eval/<sampler>-<steps>/<extractor>.json       (file-<name>/ for eval.samples)
 
 with everything needed to reproduce the number (see `record`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +66,45 @@ def check_quality(cfg: DictConfig, names: list[str]) -> list[str]:
     if ec.num_samples is not None and ec.num_samples <= 0:
         raise UserError(f"eval.num_samples={ec.num_samples} must be > 0 (or null: the default)")
     return wanted
+
+
+def check_sample_count(cfg: DictConfig, wanted: list[str], num: int, what: str) -> None:
+    """UserError, before any sampling, when `num` samples (or reference images: `what`) are too
+    few for a metric to be defined: a covariance needs 2, a k-NN radius k + 1."""
+    need = {"fd": 2, "kd": 2, "pr": cfg.eval.pr_neighborhood + 1}
+    for m in wanted:
+        if num < need.get(m, 1):
+            shown = {"fd": "fid", "kd": "kid", "pr": "pr"}[m]
+            why = ", more than eval.pr_neighborhood" if m == "pr" else ""
+            raise UserError(f"{what}={num}: metric {shown} needs at least {need[m]}{why}")
+
+
+def sample_warnings(cfg: DictConfig, wanted: list[str], gathered: dict) -> list[str]:
+    """What makes a number unlike the published ones, without making it wrong."""
+    notes = []
+    if "fd" in wanted:
+        n, d = gathered["features"].shape
+        if n < d:
+            notes.append(
+                f"fd over {n} samples of {d}-dimensional features: the sample covariance has "
+                f"rank < {d}, so the distance is biased upward (published FIDs use 50000)"
+            )
+    if "is" in wanted:
+        n, k = gathered["logits"].shape
+        splits = max(1, min(cfg.eval.is_splits, n))  # as distances.inception_score
+        if n // splits < k:
+            notes.append(
+                f"is over splits of {n // splits} samples: a split's score is at most its "
+                f"sample count, here below the {k} classes"
+            )
+    return notes
+
+
+def samples_tag(path: str) -> str:
+    """The report folder of eval.samples=path: readable, and distinct for every file."""
+    resolved = Path(path).resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:6]
+    return f"file-{resolved.parent.name}-{resolved.stem}-{digest}"
 
 
 def default_num_samples(cfg: DictConfig) -> int:
@@ -173,7 +214,8 @@ def image_metrics(cfg, wanted, gathered, reference, extractor) -> dict:
         name = extractor.metric_name("is")
         out |= {name: score["mean"], f"{name}_std": score["std"], f"{name}_splits": score["splits"]}
     if "pr" in wanted:
-        out |= D.precision_recall(features, reference["features"], ec.pr_neighborhood)
+        pr = D.precision_recall(features, reference["features"], ec.pr_neighborhood)
+        out |= {extractor.metric_name(k): v for k, v in pr.items()}
     return out
 
 
@@ -217,7 +259,7 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
         num = len(given) if cfg.eval.num_samples is None else cfg.eval.num_samples
         if num > len(given):
             raise UserError(f"eval.num_samples={num}, but eval.samples has only {len(given)}")
-        tag = f"file-{Path(cfg.eval.samples).resolve().parent.name}"
+        tag = samples_tag(cfg.eval.samples)
         provenance = {"samples": str(cfg.eval.samples), "checkpoint": None,
                       "checkpoint_step": None, "ema": None, "sampler": None, "steps": None,
                       "eta": None, "guidance": None, "class_labels": None}  # fmt: skip
@@ -247,7 +289,7 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
     )
 
 
-def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, device) -> dict:
+def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, reference) -> dict:
     """{"extractor", "reference", "metrics"}: the gathered samples against the reference
     features (images) or fresh data samples (2-D)."""
     if extractor is None:
@@ -258,9 +300,6 @@ def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, devic
             "reference": {"fresh_samples": num, "stream": [cfg.data.seed, 2, cfg.seed]},
             "metrics": point_metrics(cfg, wanted, gathered["points"], fresh),
         }
-    from diffuse_cli.evaluate.reference import reference_features
-
-    reference = reference_features(cfg, extractor, device)
     return {
         "extractor": {"name": extractor.name, "key": extractor.key, **extractor.implementation},
         "reference": {k: reference[k] for k in ("split", "num", "cache", "cached")},
@@ -274,14 +313,23 @@ def quality_metric(
     """Draw or read the samples, extract on every process, gather once, and (main process)
     compare with the reference and write the report. Returns its path on the main process."""
     from diffuse_cli.evaluate.features import build_extractor
+    from diffuse_cli.evaluate.reference import reference_features
 
     tick = time.perf_counter()
     wanted = check_quality(cfg, names)
     source, num, tag, nfe, provenance = sample_source(cfg, load_model, device)
+    given = cfg.eval.samples and cfg.eval.num_samples is None
+    what = f"the samples in eval.samples={cfg.eval.samples}" if given else "eval.num_samples"
+    check_sample_count(cfg, wanted, num, what)
     extractor = build_extractor(cfg, device) if cfg.data.image_size > 0 else None
+    reference, before_reference = None, time.perf_counter()
+    if extractor is not None and state.is_main_process:  # first: a missing data set fails early
+        reference = reference_features(cfg, extractor, device)
+        check_sample_count(cfg, wanted, reference["num"], "reference images")
+    seconds_reference = time.perf_counter() - before_reference
     indices = shard(num, state.process_index, state.num_processes)
     mine = my_share(cfg, source, indices, extractor, cfg.progress and state.is_main_process)
-    seconds_samples = time.perf_counter() - tick
+    seconds_samples = time.perf_counter() - tick - seconds_reference
     gathered = gather_exact(mine, num)
     if not state.is_main_process:
         return None
@@ -290,15 +338,20 @@ def quality_metric(
     if nfe is not None and len(indices):
         record["nfe_per_sample"] = nfe.calls // len(list(batches(indices, cfg.batch_size)))
     tock = time.perf_counter()
-    record |= compare(cfg, wanted, gathered, extractor, device)
+    record |= compare(cfg, wanted, gathered, extractor, reference)
+    if extractor is not None:
+        record["warnings"] = sample_warnings(cfg, wanted, gathered)
+        for note in record["warnings"]:
+            print(f"warning: {note}", file=sys.stderr)
     record |= {
         "data": {k: cfg.data[k] for k in ("name", "image_size", "channels")},
         "versions": versions(),
         "num_processes": state.num_processes,
         "device": str(device),
         "seconds": {
+            "reference": seconds_reference,
             "samples_and_features": seconds_samples,
-            "reference_and_metrics": time.perf_counter() - tock,
+            "metrics": time.perf_counter() - tock,
             "total": time.perf_counter() - tick,
         },  # fmt: skip
     }

@@ -38,6 +38,15 @@ def reference_split(cfg: DictConfig) -> str:
     return split
 
 
+def check_reference_settings(cfg: DictConfig) -> str:
+    """The reference split; UserError for a bad eval.reference_split or eval.reference_num (a
+    command checks this before it samples)."""
+    limit = cfg.eval.reference_num
+    if limit is not None and limit <= 0:
+        raise UserError(f"eval.reference_num={limit} must be > 0 (or null: the whole split)")
+    return reference_split(cfg)
+
+
 def cache_path(cfg: DictConfig, split: str, num: int, extractor_key: str) -> Path:
     d = cfg.data
     folder = Path(cfg.eval.cache_dir) if cfg.eval.cache_dir else Path(d.root) / "reference_stats"
@@ -65,11 +74,9 @@ def reference_features(cfg: DictConfig, extractor, device) -> dict:
 
     from diffuse_cli.evaluate.distances import feature_statistics
 
-    split = reference_split(cfg)
+    split = check_reference_settings(cfg)
     dataset = build_data(cfg, split)
     limit = cfg.eval.reference_num
-    if limit is not None and limit <= 0:
-        raise UserError(f"eval.reference_num={limit} must be > 0 (or null: the whole split)")
     num = len(dataset) if limit is None else min(limit, len(dataset))
     path = cache_path(cfg, split, num, extractor.key)
     cached = path.is_file()
@@ -85,7 +92,7 @@ def reference_features(cfg: DictConfig, extractor, device) -> dict:
             "sigma": torch.from_numpy(stats["sigma"]).contiguous(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs: one each
         meta = {"dataset": cfg.data.name, "split": split, "num": str(num),
                 "extractor": extractor.key}  # fmt: skip
         save_file(stored, tmp, metadata=meta)

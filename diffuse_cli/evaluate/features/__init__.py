@@ -32,9 +32,10 @@ class Extractor:
     extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> features, logits
 
     def metric_name(self, short: str) -> str:
-        """'fd' -> 'fid' for Inception, 'fd_builtin' for the built-in extractor."""
+        """'fd' -> 'fid' for Inception, 'fd_builtin' for the built-in extractor (and so on for
+        kd, is, precision, recall): numbers of two feature spaces never share a name."""
         if self.name == "inception":
-            return {"fd": "fid", "kd": "kid", "is": "is"}[short]
+            return {"fd": "fid", "kd": "kid"}.get(short, short)
         return f"{short}_{self.name}"
 
 
