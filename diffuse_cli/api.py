@@ -8,6 +8,7 @@ x0 = dc.sample(cfg, model, diffusion, noise=x_T, generator=g)
 bpd = dc.nll_bpd(model, diffusion, x0_test, generator=g)["total"]
 cfg, model, diffusion = dc.load_run("runs/default")
 cfg, classifier = dc.load_classifier("runs/classifier")
+guided, cond_fn = dc.build_guidance(cfg, model, diffusion, classifier)  # cfg.guidance
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.build import build_diffusion, build_model, sample
+from diffuse_cli.build import build_diffusion, build_guidance, build_model, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.nll import nll_bpd
 
 __all__ = [
     "build_diffusion",
+    "build_guidance",
     "build_model",
     "compose_config",
     "load_classifier",

@@ -6,6 +6,7 @@ the trainer, the sampler command and the evaluators share one way of building th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -285,6 +286,8 @@ def build_guidance(cfg: DictConfig, model, diffusion, classifier=None):
     if g.name == "cfg":
         return ClassifierFree(model, g.scale), None
     if g.name == "classifier":
+        if classifier is None:
+            raise UserError("guidance=classifier needs the classifier (dc.load_classifier)")
         gradient = ClassifierGradient(classifier, g.scale)
         if cfg.sampler.name == "ddpm":
             return WithLabels(model), gradient
@@ -338,19 +341,21 @@ def resolve_steps(cfg: DictConfig, diffusion) -> int:
 def build_data(cfg: DictConfig, split: str):
     """The dataset of `cfg.data` for split 'train' or 'test'."""
     from diffuse_cli.data import build_dataset
+    from diffuse_cli.distributed import main_process_first
 
     d = cfg.data
-    try:
-        return build_dataset(
-            d.name,
-            split,
-            root=d.root,
-            image_size=d.image_size,
-            channels=d.channels,
-            num_train=d.num_train,
-            num_test=d.num_test,
-            seed=d.seed,
-            download=d.download,
-        )
+    try:  # a download: once, by the main process, before the others read the files
+        with main_process_first() if d.download else contextlib.nullcontext():
+            return build_dataset(
+                d.name,
+                split,
+                root=d.root,
+                image_size=d.image_size,
+                channels=d.channels,
+                num_train=d.num_train,
+                num_test=d.num_test,
+                seed=d.seed,
+                download=d.download,
+            )
     except ValueError as err:
         raise UserError(str(err)) from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 
 _STARTED = time.time()  # when this process started the CLI (see _remove_empty_output_dir)
 
@@ -61,6 +62,14 @@ def _task(command: str):
         except KeyboardInterrupt:
             print(f"diffuse {command}: interrupted", file=sys.stderr)
             sys.exit(130)
+        except Exception:
+            if distributed.launched_world_size() <= 1:
+                raise
+            # Hydra would log this job's error and start the next job of a sweep while the
+            # other processes still wait in this one's collectives: end all of them instead.
+            traceback.print_exc()
+            print(f"diffuse {command}: error: a process failed (traceback above)", file=sys.stderr)
+            distributed.leave(1)
         finally:
             if distributed.under_submitit():  # one job per process there: leave the group now
                 distributed.teardown(ok)

@@ -10,6 +10,7 @@ Leaving once, not per job, keeps a sweep (`-m`) under a launcher working: its jo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -79,18 +80,39 @@ def shard(num: int, rank: int, world: int) -> range:
     return range(rank * num // world, (rank + 1) * num // world)
 
 
-def gather_exact(mine: dict, num: int) -> dict:
+def gather_exact(mine: dict, num: int) -> dict | None:
     """Every process's share ({"index": [n], ...: [n, ...]} tensors), concatenated in index
-    order on every process; checks that each of items 0..num-1 is there exactly once."""
-    from accelerate.utils import gather_object
-
-    shares = [s for s in gather_object([mine]) if s and len(s["index"])]
+    order on the main process (None on the others: only the main process writes, and a copy of
+    every sample on every process would multiply the memory by the process count); checks
+    that each of items 0..num-1 is there exactly once."""
+    if not in_process_group():
+        received = [mine]
+    else:
+        main = torch.distributed.get_rank() == 0
+        received = [None] * torch.distributed.get_world_size() if main else None
+        torch.distributed.gather_object(mine, received, dst=0)
+        if not main:
+            return None
+    shares = [s for s in received if s and len(s["index"])]
     result = {k: torch.cat([s[k] for s in shares]) for k in shares[0]}
     order = result["index"].argsort()
     result = {k: v[order] for k, v in result.items()}
     if not torch.equal(result["index"], torch.arange(num)):
         raise RuntimeError(f"gathered {len(result['index'])} items, expected 0..{num - 1} once")
     return result
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """A block the main process runs first and the others after it (a download into a shared
+    folder); an ordinary block outside a process group."""
+    grouped = in_process_group()
+    main = not grouped or torch.distributed.get_rank() == 0
+    if not main:
+        torch.distributed.barrier()
+    yield
+    if grouped and main:
+        torch.distributed.barrier()
 
 
 def in_process_group() -> bool:

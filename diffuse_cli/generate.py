@@ -26,7 +26,7 @@ from diffuse_cli.build import (
 )
 from diffuse_cli.distributed import gather_exact, process_state, shard
 from diffuse_cli.errors import UserError
-from diffuse_cli.images import save_preview, to_uint8_nhwc
+from diffuse_cli.images import from_uint8_nhwc, save_preview, to_uint8_nhwc
 from diffuse_cli.runs import differences, variant_name, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
@@ -60,11 +60,24 @@ def sampler_tag(cfg: DictConfig, steps: int) -> str:
     guidance = cfg.get("guidance")
     if guidance is not None and guidance.name != "none":
         name += f"-{guidance.name}{guidance.scale:g}"
+        if guidance.name == "classifier":
+            name += classifier_tag(cfg)
     if "class_labels" in cfg and cfg.class_labels is None:
         name += "-unconditional"
     elif "class_labels" in cfg and cfg.class_labels != "random":
         name += "-" + labels_tag(cfg.class_labels)
     return variant_name(cfg, name)
+
+
+def classifier_tag(cfg: DictConfig) -> str:
+    """'' for the default guidance classifier (the `classifier` folder beside the run),
+    '-clf_<folder>_<digest of its path>' for any other, so two classifiers never share a
+    folder of samples or reports."""
+    given = os.path.abspath(str(cfg.guidance.classifier))
+    if given == os.path.abspath(os.path.join(str(cfg.run_dir), "..", "classifier")):
+        return ""
+    digest = hashlib.sha1(given.encode()).hexdigest()[:6]
+    return f"-clf_{os.path.basename(given)}_{digest}"
 
 
 def labels_tag(labels) -> str:
@@ -144,9 +157,21 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
         )
     path = os.path.normpath(str(path))
     clf_cfg, classifier = load_classifier(path, device=device)
+    if not clf_cfg.classifier.noised:
+        raise UserError(
+            f"the classifier in '{path}' was trained on clean images (classifier.noised=false) "
+            "and cannot read x_t; guidance needs one trained on noisy images (the default)"
+        )
+    if clf_cfg.data.name != cfg.data.name:
+        raise UserError(
+            f"the classifier in '{path}' was trained on data={clf_cfg.data.name}, the model on "
+            f"data={cfg.data.name}; its labels are another data set's classes"
+        )
     ours = OmegaConf.to_container(cfg.schedule, resolve=True)
     theirs = OmegaConf.to_container(clf_cfg.schedule, resolve=True)
-    if ours != theirs:
+    ours_abar = build_diffusion(cfg).alphas_cumprod  # keys a schedule ignores may differ
+    theirs_abar = build_diffusion(clf_cfg).alphas_cumprod
+    if ours_abar.shape != theirs_abar.shape or not torch.allclose(ours_abar, theirs_abar):
         diff = differences("schedule", ours, theirs, "classifier")
         raise UserError(
             f"the classifier in '{path}' was trained for another noise schedule ({diff}); "
@@ -221,10 +246,13 @@ def sample_command(cfg: DictConfig) -> Path:
     mine_labels = None if labels is None else labels[mine.start : mine.stop]
     progress = cfg.progress and state.is_main_process  # one bar, the main process's
     x = draw_samples(cfg, counted, diffusion, device, mine, mine_labels, cond_fn, progress)
+    images = x.dim() == 4
+    arr = torch.from_numpy(to_uint8_nhwc(x)) if images else x  # 8-bit: 1/4 of the float size
     if state.num_processes > 1:  # each process drew samples number `mine`; main writes all
-        x = gather_exact({"index": torch.tensor(mine), "x": x}, cfg.num_samples)["x"]
+        gathered = gather_exact({"index": torch.tensor(mine), "x": arr}, cfg.num_samples)
         if not state.is_main_process:
             return out
+        arr = gathered["x"]
     batches = -(-len(mine) // cfg.batch_size)
     doubled = (
         " (each on a doubled batch: both guidance branches)" if cfg.guidance.name == "cfg" else ""
@@ -232,11 +260,9 @@ def sample_command(cfg: DictConfig) -> Path:
     if batches:
         print(f"{counted.calls // batches} network evaluations per sample{doubled}")
     out.mkdir(parents=True, exist_ok=True)
-    images = x.dim() == 4
-    arr = to_uint8_nhwc(x) if images else x.numpy()
     saved = None if labels is None or cfg.class_labels is None else labels.numpy()
-    _save_npz(out / "samples.npz", arr, saved)  # arr_1: the labels, unless unconditional
+    _save_npz(out / "samples.npz", arr.numpy(), saved)  # arr_1: the labels, unless unconditional
     preview = out / ("grid.png" if images else "scatter.png")
-    save_preview(x[:256] if images else x, preview)
+    save_preview(from_uint8_nhwc(arr[:256]) if images else arr, preview)
     print(f"wrote {out / 'samples.npz'} and {preview}")
     return out

@@ -15,6 +15,11 @@ def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def from_uint8_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> [-1, 1] float [B, C, H, W] (to_uint8_nhwc gives it back exactly)."""
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def save_grid(x: torch.Tensor, path: Path) -> None:
     """A square-ish grid of [-1, 1] images."""
     from torchvision.utils import save_image

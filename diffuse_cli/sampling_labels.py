@@ -18,10 +18,13 @@ def sample_labels(
 
     class_labels = "random": uniform over num_classes, drawn from a generator seeded by
     (seed, index), so a sample's label does not depend on batch size or process count;
-    a list: sample i gets list[i % len(list)]; null: the null label (unconditional sampling
-    of a model trained with label dropout), or no labels for an unconditional setup.
+    a list (or one index): sample i gets list[i % len(list)]; null: the null label
+    (unconditional sampling of a model trained with label dropout), or no labels for an
+    unconditional setup.
     """
     choice = cfg.class_labels
+    if isinstance(choice, int) and not isinstance(choice, bool):  # class_labels=3: [3]
+        choice = [choice]
     if num_classes is None:
         if isinstance(choice, (list, ListConfig)):
             raise UserError(
@@ -44,7 +47,11 @@ def sample_labels(
         return torch.tensor(draws, dtype=torch.int64)
     if isinstance(choice, (list, ListConfig)) and len(choice) > 0:
         labels = list(choice)
-        bad = [y for y in labels if not isinstance(y, int) or not 0 <= y < num_classes]
+        bad = [
+            y
+            for y in labels
+            if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < num_classes
+        ]
         if bad:
             raise UserError(
                 f"class_labels={labels}: {bad} are not class indices 0..{num_classes - 1}"

@@ -319,9 +319,12 @@ def test_config_dir_adds_user_configs(cli):
     assert "num_timesteps: 10" in out and "beta_end: 0.2" in out
 
 
-def test_bf16_mixed_precision_trains(cli):
-    cli("train", *TINY, "trainer.max_steps=2", "trainer.mixed_precision=bf16")
-    assert (cli.cwd / "runs" / "default" / "checkpoints" / "latest").is_file()
+def test_bf16_mixed_precision_trains_also_as_the_second_job_of_a_sweep(cli):
+    """Accelerate keeps one state per process, and a sweep's jobs share the process: the
+    second job used to stop on 'AcceleratorState has already been initialized'."""
+    cli("train", "-m", *TINY, "trainer.max_steps=2", "trainer.mixed_precision=no,bf16")
+    runs = sorted((cli.cwd / "runs" / "default").glob("*/checkpoints/latest"))
+    assert len(runs) == 2
 
 
 def test_missing_image_folder_is_one_line(cli):

@@ -38,6 +38,7 @@ def test_the_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(tmp
                    "--nodes=1", "--time=90", "--signal=USR2@120"):  # fmt: skip
         assert f"#SBATCH {wanted}" in lines, wanted
     assert "export SUBMITIT_EXECUTOR=slurm" in lines
+    assert "export SLURM_KILL_BAD_EXIT=1" in lines  # one failed task ends the others
 
 
 @pytest.mark.slow

@@ -163,3 +163,40 @@ def test_eval_samples_a_conditional_run_with_guidance_and_classifier_features(ru
     assert report["guidance"]["name"] == "cfg" and report["class_labels"] == "random"
     assert "fd_classifier" in report["metrics"] and "is_classifier" in report["metrics"]
     assert report["extractor"]["run"] == str(clf)
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        (["schedule.s=0.01"], None),  # s shapes only the cosine schedule: the same noise levels
+        (["schedule=cosine"], "another noise schedule"),
+        (["classifier.noised=false"], "trained on clean images"),
+        (["data=moons", "model=mlp"], "trained on data=moons, the model on data=shapes"),
+    ],
+)
+def test_a_guidance_classifier_is_checked_by_what_it_was_trained_for(
+    compose, monkeypatch, change, refused
+):
+    from diffuse_cli import api
+    from diffuse_cli.generate import guidance_classifier
+
+    cfg = compose(["guidance=classifier", "guidance.classifier=clf"], "sample")
+    trained = compose(["task=classifier", *change])
+    monkeypatch.setattr(api, "load_classifier", lambda path, device: (trained, "classifier"))
+    if refused is None:
+        assert guidance_classifier(cfg, "cpu") == "classifier"
+    else:
+        with pytest.raises(UserError, match=refused):
+            guidance_classifier(cfg, "cpu")
+
+
+def test_samples_of_two_guidance_classifiers_get_two_folders(compose):
+    from diffuse_cli.generate import sampler_tag
+
+    def tag(*overrides):
+        return sampler_tag(compose(["guidance=classifier", *overrides], "sample"), 5)
+
+    assert tag() == "ddpm-5-classifier1"  # the default classifier, beside the run
+    assert tag("guidance.classifier=runs/classifier") == "ddpm-5-classifier1"  # spelt out
+    a, b = tag("guidance.classifier=one/clf"), tag("guidance.classifier=two/clf")
+    assert a.startswith("ddpm-5-classifier1-clf_clf_") and a != b

@@ -72,3 +72,61 @@ def test_single_task_jobs_and_launched_processes_are_left_alone(slurm_task):
     slurm_task.delenv("WORLD_SIZE")
     slurm_task.delenv("SUBMITIT_EXECUTOR")  # not a submitit job
     assert not distributed.export_slurm_environment()
+
+
+def _in_a_group_of_two(rank: int, init_file: str, out: str) -> None:
+    """Rank `rank` of a 2-process gloo group: gathers 5 items and logs its turn in a block the
+    main process runs first."""
+    import json
+    import time
+
+    import torch
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    try:
+        mine = distributed.shard(5, rank, 2)
+        share = {"index": torch.tensor(list(mine)), "x": 10 * torch.tensor(list(mine))}
+        got = distributed.gather_exact(share, 5)
+        with distributed.main_process_first():
+            if rank == 0:
+                time.sleep(0.5)  # the other process must still wait for this one
+            with open(f"{out}/order", "a") as fh:
+                fh.write(f"{rank}\n")
+        result = None if got is None else {k: v.tolist() for k, v in got.items()}
+        with open(f"{out}/rank{rank}.json", "w") as fh:
+            json.dump(result, fh)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gathering_collects_on_the_main_process_and_the_main_process_goes_first(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_in_a_group_of_two, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    main = json.loads((tmp_path / "rank0.json").read_text())
+    assert main == {"index": [0, 1, 2, 3, 4], "x": [0, 10, 20, 30, 40]}
+    assert json.loads((tmp_path / "rank1.json").read_text()) is None  # no copy on the others
+    assert (tmp_path / "order").read_text().split() == ["0", "1"]
+
+
+def test_a_download_runs_in_the_main_process_first_block(compose, monkeypatch):
+    import contextlib
+
+    from diffuse_cli import build
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(distributed, "main_process_first", recording)
+    build.build_data(compose(["data.download=false"]), "test")
+    assert entered == []
+    build.build_data(compose(["data.download=true"]), "test")  # shapes: nothing to fetch
+    assert entered == [True]

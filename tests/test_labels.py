@@ -35,10 +35,14 @@ def test_null_labels_need_a_null_label():
         sample_labels(cfg(None), 4, range(3), null_label=None)
 
 
-@pytest.mark.parametrize("bad", [[4], [-1], ["a"], [], "sometimes"])
+@pytest.mark.parametrize("bad", [[4], [-1], ["a"], [], "sometimes", [True], True])
 def test_bad_labels_are_refused(bad):
     with pytest.raises(UserError, match="class_labels"):
         sample_labels(cfg(bad), 4, range(3))
+
+
+def test_one_label_may_be_given_without_a_list():
+    assert sample_labels(cfg(3), 4, range(2)).tolist() == [3, 3]
 
 
 def test_labels_for_an_unconditional_model_are_refused():
@@ -88,6 +92,30 @@ def test_conditional_training_needs_labelled_data(compose):
     c = compose(["model.num_classes=3", "data.num_train=8"])
     with pytest.raises(UserError, match="model.num_classes=4"):
         DiffusionTask(c, build_data(c, "train"))
+    c = compose(["model.num_classes=10", "data.num_train=8"])  # 6 embeddings never trained
+    with pytest.raises(UserError, match="has 4 classes but model.num_classes=10"):
+        DiffusionTask(c, build_data(c, "train"))
+
+
+def test_a_classifier_samples_timesteps_uniformly_whatever_the_loss_says(compose):
+    """loss.* belongs to the denoiser: importance sampling needs VLB terms a classifier does
+    not have (it used to stop with KeyError: 'vlb'), and hybrid's variance rule is not its."""
+    from diffuse_cli.build import build_data
+    from diffuse_cli.train.tasks import ClassifierTask
+    from diffuse_cli.train.validate import validate_train_config
+
+    c = compose(["task=classifier", "loss=hybrid", "loss.timesteps=importance", "data.num_train=8"])
+    validate_train_config(c)  # hybrid with a fixed variance is refused for a denoiser only
+    assert ClassifierTask(c, build_data(c, "train")).timesteps == "uniform"
+
+
+def test_an_ncsn_classifier_is_refused(compose):
+    from diffuse_cli.build import build_data
+    from diffuse_cli.train.tasks import ClassifierTask
+
+    c = compose(["task=classifier", "schedule=ncsn", "loss=dsm", "data.num_train=8"])
+    with pytest.raises(UserError, match="NCSN runs"):
+        ClassifierTask(c, build_data(c, "train"))
 
 
 def test_encoder_classifier_gives_logits_and_features_and_learns():

@@ -35,6 +35,7 @@ from diffuse_cli.diffusion import quantize
 from diffuse_cli.distributed import gather_exact, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.output import write_json
+from diffuse_cli.images import from_uint8_nhwc
 
 # metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
 QUALITY = {"fid": "fd", "fd": "fd", "kid": "kd", "kd": "kd", "is": "is", "pr": "pr",
@@ -132,7 +133,7 @@ def read_samples(cfg: DictConfig) -> torch.Tensor:
                 f"eval.samples={path}: arr_0 is {arr.dtype} {list(arr.shape)}, but this run's "
                 f"images need uint8 [N, {h}, {w}, {c}] (NHWC)"
             )
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return from_uint8_nhwc(torch.from_numpy(arr))
     if arr.ndim != 2 or arr.shape[1] != shape[0]:
         raise UserError(
             f"eval.samples={path}: arr_0 is {list(arr.shape)}, expected [N, {shape[0]}]"

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from diffuse_cli.build import build_classifier, build_diffusion, build_loss, build_model
+from diffuse_cli.build import (
+    build_classifier,
+    build_diffusion,
+    build_loss,
+    build_model,
+    is_score_model,
+)
 from diffuse_cli.errors import UserError
 
 TASKS = ("diffusion", "classifier")
@@ -35,12 +41,13 @@ class DiffusionTask:
 
     def __init__(self, cfg: DictConfig, dataset):
         self.cfg = cfg
+        self.timesteps = cfg.loss.timesteps  # the trainer's timestep sampler
         self.diffusion = build_diffusion(cfg)
         self.loss = build_loss(cfg)
         self.num_classes = cfg.model.num_classes
         if self.num_classes:
             found = labelled_classes(cfg, dataset, f"model.num_classes={self.num_classes}")
-            if found > self.num_classes:
+            if found != self.num_classes:  # more: labels out of range; fewer: never trained
                 raise UserError(
                     f"data={cfg.data.name} has {found} classes but model.num_classes="
                     f"{self.num_classes}; set model.num_classes={found}"
@@ -73,9 +80,16 @@ class ClassifierTask:
 
     name = "classifier"
     has_preview = False
+    timesteps = "uniform"  # loss.* is the denoiser's: a classifier sees every t alike
 
     def __init__(self, cfg: DictConfig, dataset):
         self.cfg = cfg
+        if is_score_model(cfg):
+            raise UserError(
+                "task=classifier trains the noisy classifier of classifier guidance, which "
+                "NCSN runs (schedule=ncsn) do not have; train it with the DDPM schedule of the "
+                "generator it will guide"
+            )
         self.diffusion = build_diffusion(cfg)
         self.num_classes = labelled_classes(cfg, dataset, "task=classifier")
         self.noised = cfg.classifier.noised

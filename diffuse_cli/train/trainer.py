@@ -1,10 +1,11 @@
 """The training loop on Accelerate: one process or many, CPU or GPUs, fp32/fp16/bf16.
 
 Randomness is a function of (seed, step, micro-batch, rank): the batch order, the timesteps, the
-noise, dropout and flips. A resumed run therefore repeats exactly what an uninterrupted run would
-have done, and the checkpoint only has to hold weights, EMA, optimizer state, the step and the
-timestep sampler's state (the importance sampler's loss history, which every process updates
-with the same gathered (t, loss) pairs after each micro-batch).
+noise, dropout and flips. A resumed run therefore repeats exactly what an uninterrupted run with
+the same number of processes would have done, and the checkpoint only has to hold weights, EMA,
+optimizer state, the step and the timestep sampler's state (the importance sampler's loss
+history, which every process updates with the same gathered (t, loss) pairs after each
+micro-batch).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Trainer:
         self.dataset = build_data(cfg, "train")
         self.task = make_task(cfg, self.dataset)
         self.diffusion = self.task.diffusion
-        self.timesteps = get_timestep_sampler(cfg.loss.timesteps, self.diffusion.num_timesteps)
+        self.timesteps = get_timestep_sampler(self.task.timesteps, self.diffusion.num_timesteps)
         self._setup_model()
         self._setup_optimizer()
         self.skipped_steps = self.bad_in_a_row = 0  # non-finite steps: all, and the latest run
@@ -150,7 +151,11 @@ class Trainer:
 
     def _setup_accelerator(self):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
+        # The state is one per process and keeps the first job's mixed precision; a sweep's
+        # jobs share the process (under a launcher), so each job sets it anew.
+        AcceleratorState._reset_state(reset_partial_state=False)
         # Without a GPU, a plain Accelerator under a multi-process launcher silently runs every
         # process alone; cpu=True makes it join the gloo process group instead.
         acc = Accelerator(
@@ -215,7 +220,7 @@ class Trainer:
         if self.timesteps.needs_losses and not ckpt["timesteps"]:
             raise UserError(
                 f"checkpoint '{folder}' has no timestep-sampler history (timesteps.safetensors) "
-                f"for loss.timesteps={self.cfg.loss.timesteps}; it cannot be resumed exactly"
+                f"for loss.timesteps={self.task.timesteps}; it cannot be resumed exactly"
             )
         self.timesteps.load_state_dict(ckpt["timesteps"])
         scaler = ckpt["state"].get("scaler")

@@ -59,7 +59,8 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
         raise UserError(f"trainer.ema_decay={tc.ema_decay} must be in [0, 1)")
     if cfg.schedule.num_timesteps < 1:
         raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
-    validate_loss_config(cfg, fresh)
+    if cfg.task == "diffusion":  # a classifier ignores loss.*
+        validate_loss_config(cfg, fresh)
     check_family(cfg)
 
 
