@@ -131,6 +131,7 @@ def test_class_conditional_adm_preset_trains_on_labelled_data(compose, tmp_path)
             "model.num_res_blocks=1",
             "model.attention_resolutions=[8]",
             "model.num_head_channels=8",
+            "model.num_classes=4",  # the shapes' classes (1000 unused embeddings are refused)
             "trainer.batch_size=4",
             "trainer.max_steps=2",
             "trainer.sample_every=100",
@@ -140,7 +141,8 @@ def test_class_conditional_adm_preset_trains_on_labelled_data(compose, tmp_path)
             f"run_dir={tmp_path}",
         ]
     )
-    assert cfg.model.num_classes == 1000 and cfg.trainer.label_dropout == 0.0
+    assert compose(["experiment=adm_imagenet64"]).model.num_classes == 1000
+    assert cfg.trainer.label_dropout == 0.0
     train(cfg)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000002"
 
