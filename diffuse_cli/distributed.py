@@ -102,6 +102,15 @@ def gather_exact(mine: dict, num: int) -> dict | None:
     return result
 
 
+def main_says(value):
+    """The main process's `value` (picklable), on every process: one decision for all."""
+    if not in_process_group():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 @contextlib.contextmanager
 def main_process_first():
     """A block the main process runs first and the others after it (a download into a shared

@@ -138,11 +138,16 @@ def test_two_processes_share_the_samples_of_a_quality_eval(tmp_path):
     report = tmp_path / "runs" / "default" / "eval" / "ddim-2" / "builtin.json"
     args = ["eval", "metrics=[fid,pr]", "sampler=ddim", "steps=2", "eval.num_samples=7",
             "batch_size=3", "progress=false"]  # fmt: skip
-    launch(*args, cwd=tmp_path)  # 7 samples: shards of 3 and 4, no padding
+    launch(*args, "eval.cache_dir=two", cwd=tmp_path)  # 7 samples: shards of 3 and 4
     two = json.loads(report.read_text())
-    run_cli(*args, cwd=tmp_path)
+    run_cli(*args, "eval.cache_dir=one", cwd=tmp_path)
     one = json.loads(report.read_text())
     assert (two["num_processes"], one["num_processes"]) == (2, 1)
+    # the reference features, extracted in two shards (32 test images) and by one process
+    assert not two["reference"]["cached"] and not one["reference"]["cached"]
+    sharded = load_file(tmp_path / two["reference"]["cache"])["features"]
+    whole = load_file(tmp_path / one["reference"]["cache"])["features"]
+    assert sharded.shape == (32, 128) and torch.allclose(sharded, whole, atol=1e-5)
     assert two["num_samples"] == one["num_samples"] == 7
     assert two["metrics"]["fd_builtin"] == pytest.approx(one["metrics"]["fd_builtin"], rel=1e-5)
     assert two["metrics"]["precision_builtin"] == one["metrics"]["precision_builtin"]

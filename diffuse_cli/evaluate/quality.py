@@ -314,7 +314,7 @@ def quality_metric(
     """Draw or read the samples, extract on every process, gather once, and (main process)
     compare with the reference and write the report. Returns its path on the main process."""
     from diffuse_cli.evaluate.features import build_extractor
-    from diffuse_cli.evaluate.reference import reference_features
+    from diffuse_cli.evaluate.reference import reference_features, reference_size
 
     tick = time.perf_counter()
     wanted = check_quality(cfg, names)
@@ -324,9 +324,10 @@ def quality_metric(
     check_sample_count(cfg, wanted, num, what)
     extractor = build_extractor(cfg, device) if cfg.data.image_size > 0 else None
     reference, before_reference = None, time.perf_counter()
-    if extractor is not None and state.is_main_process:  # first: a missing data set fails early
-        reference = reference_features(cfg, extractor, device)
-        check_sample_count(cfg, wanted, reference["num"], "reference images")
+    if extractor is not None:  # first: a missing data set or too few images fail early
+        size = reference_size(cfg)
+        check_sample_count(cfg, wanted, size[2], "reference images")
+        reference = reference_features(cfg, extractor, device, state, size)  # main only
     seconds_reference = time.perf_counter() - before_reference
     indices = shard(num, state.process_index, state.num_processes)
     mine = my_share(cfg, source, indices, extractor, cfg.progress and state.is_main_process)

@@ -59,32 +59,53 @@ def cache_path(cfg: DictConfig, split: str, num: int, extractor_key: str) -> Pat
 
 @torch.no_grad()
 def compute_features(cfg: DictConfig, dataset, extractor, device, progress: bool):
+    """Features [N, D] of the images of `dataset`, on the CPU (None when it is empty)."""
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
     parts = []
     for x, _ in tqdm(loader, desc="reference", disable=not progress, leave=False):
         features, _ = extractor.extract(quantize(x).to(device))
         parts.append(features.float().cpu())
-    return torch.cat(parts)
+    return torch.cat(parts) if parts else None
 
 
-def reference_features(cfg: DictConfig, extractor, device) -> dict:
-    """{"features": [N, D], "mu": [D], "sigma": [D, D] (numpy float64), "split", "num",
-    "cache": path, "cached": whether it was read from the cache}."""
-    from safetensors.torch import load_file, save_file
-
-    from diffuse_cli.evaluate.distances import feature_statistics
-
+def reference_size(cfg: DictConfig) -> tuple[str, object, int]:
+    """(split, dataset, number of reference images): what reference_features will use."""
     split = check_reference_settings(cfg)
     dataset = build_data(cfg, split)
     limit = cfg.eval.reference_num
-    num = len(dataset) if limit is None else min(limit, len(dataset))
+    return split, dataset, len(dataset) if limit is None else min(limit, len(dataset))
+
+
+def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> dict | None:
+    """{"features": [N, D], "mu": [D], "sigma": [D, D] (numpy float64), "split", "num",
+    "cache": path, "cached": whether it was read from the cache} on the main process, None on
+    the others. Every process calls it: without a cache, each extracts a shard of the images
+    (a whole ImageNet split would keep one GPU busy while the others wait), and the main
+    process gathers the features, computes the statistics and writes the cache. `size`:
+    reference_size(cfg) when the caller has it already."""
+    from safetensors.torch import load_file, save_file
+
+    from diffuse_cli.distributed import gather_exact, main_says, shard
+    from diffuse_cli.evaluate.distances import feature_statistics
+
+    split, dataset, num = size or reference_size(cfg)
     path = cache_path(cfg, split, num, extractor.key)
-    cached = path.is_file()
+    cached = main_says(path.is_file())  # one decision, even where the folder is not shared
     if cached:
+        if not state.is_main_process:
+            return None
         stored = load_file(path)
     else:
-        features = compute_features(cfg, Subset(dataset, range(num)), extractor, device,
-                                    cfg.progress)  # fmt: skip
+        mine = shard(num, state.process_index, state.num_processes)
+        progress = cfg.progress and state.is_main_process
+        features = compute_features(cfg, Subset(dataset, mine), extractor, device, progress)
+        share = {"index": torch.tensor(list(mine), dtype=torch.int64)}
+        if features is not None:
+            share["features"] = features
+        gathered = gather_exact(share, num)
+        if gathered is None:
+            return None
+        features = gathered["features"]
         stats = feature_statistics(features)
         stored = {
             "features": features.contiguous(),
