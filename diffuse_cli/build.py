@@ -154,6 +154,7 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                 num_layers=m.num_layers,
                 out_dim=output_channels(cfg),
                 num_classes=m.num_classes,
+                timestep_scale=timestep_scale(cfg),
             )
         except ValueError as err:
             raise UserError(f"model={m.name}: {err}") from err
@@ -163,11 +164,16 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                 f"model={m.name} is a UNet for images, but data={cfg.data.name} is "
                 "2-D; use model=mlp"
             )
-        return build_unet(m, shape[0], output_channels(cfg), shape[1])
+        return build_unet(m, shape[0], output_channels(cfg), shape[1], timestep_scale(cfg))
     raise UserError(f"model.arch={m.arch!r} is unknown; choose one of: unet, mlp")
 
 
-def unet_options(m: DictConfig, image_size: int) -> dict:
+def timestep_scale(cfg: DictConfig) -> float:
+    """What the network multiplies t by: 1000 / T with model.rescale_timesteps, else 1."""
+    return 1000 / cfg.schedule.num_timesteps if cfg.model.rescale_timesteps else 1.0
+
+
+def unet_options(m: DictConfig, image_size: int, time_scale: float = 1.0) -> dict:
     """The UNet settings of model config `m` that the denoiser and the classifier (its encoder
     half) share: everything but the channels in and out and the labels. A published preset
     (`m.image_size` set) is refused at another size."""
@@ -191,11 +197,15 @@ def unet_options(m: DictConfig, image_size: int) -> dict:
         residual_rescale=m.residual_rescale,
         use_checkpoint=m.use_checkpoint,
         channels_last=m.channels_last,
+        timestep_scale=time_scale,
     )
 
 
-def build_unet(m: DictConfig, in_channels: int, out_channels: int, image_size: int):
-    """The UNet of model config `m` for images of `image_size` pixels (meta device works)."""
+def build_unet(
+    m: DictConfig, in_channels: int, out_channels: int, image_size: int, time_scale: float = 1.0
+):
+    """The UNet of model config `m` for images of `image_size` pixels, multiplying t by
+    `time_scale` (see timestep_scale; meta device works)."""
     from diffuse_cli.models import UNet
 
     try:
@@ -203,7 +213,7 @@ def build_unet(m: DictConfig, in_channels: int, out_channels: int, image_size: i
             in_channels=in_channels,
             out_channels=out_channels,
             num_classes=m.num_classes,
-            **unet_options(m, image_size),
+            **unet_options(m, image_size, time_scale),
         )
     except ValueError as err:
         raise UserError(f"model={m.name}: {err}") from err
@@ -268,7 +278,8 @@ def build_classifier(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     if m.arch != "unet" or len(shape) != 3:
         build_model(cfg)  # raises the same clear error a diffusion model would
     try:
-        return EncoderClassifier(num_classes, in_channels=shape[0], **unet_options(m, shape[1]))
+        options = unet_options(m, shape[1], timestep_scale(cfg))
+        return EncoderClassifier(num_classes, in_channels=shape[0], **options)
     except ValueError as err:
         raise UserError(f"model={m.name}: {err}") from err
 

@@ -71,6 +71,8 @@ def read_run_config(run_dir: str | Path, task: str = "diffusion") -> DictConfig:
     if "schedule" in cfg and "scale_betas" not in cfg.schedule:  # written before the key:
         s = cfg.schedule  # linear betas were taken as given, which scaling changes unless T=1000
         cfg.schedule.scale_betas = not (s.get("name") == "linear" and s.num_timesteps != 1000)
+    if "model" in cfg and "rescale_timesteps" not in cfg.model:  # runs before the key: raw t
+        cfg.model.rescale_timesteps = False
     return cfg
 
 

@@ -437,3 +437,19 @@ def test_checkpointing_and_channels_last_do_not_change_the_computation(option):
     if option == "channels_last":
         conv = other.input_blocks[0][0].weight
         assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("net", ["unet", "mlp"])
+def test_a_timestep_scale_is_the_same_network_fed_scaled_timesteps(net):
+    torch.manual_seed(0)
+    if net == "unet":
+        scaled, plain = UNet(**SMALL, timestep_scale=0.25), UNet(**SMALL)
+        x, t = inputs()
+    else:
+        scaled, plain = MLP(timestep_scale=0.25), MLP()
+        x, t = torch.randn(2, 2), torch.tensor([7, 3999])
+    for p in scaled.parameters():  # zero-initialised layers would hide any difference
+        torch.nn.init.normal_(p, std=0.2)
+    plain.load_state_dict(scaled.state_dict())  # the same keys: no new parameters
+    torch.testing.assert_close(scaled(x, t), plain(x, t.float() * 0.25))
+    assert not torch.allclose(scaled(x, t), plain(x, t))

@@ -7,6 +7,7 @@ from statistics import NormalDist
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from diffuse_cli.build import build_classifier, build_data, build_model, build_unet
 from diffuse_cli.errors import UserError
@@ -183,3 +184,23 @@ def test_ncsn_shapes_preset_is_cpu_sized(compose):
     gamma = (cfg.schedule.sigma_max / cfg.schedule.sigma_min) ** (1 / (L - 1))
     phi, root = NormalDist().cdf, math.sqrt(2 * D) * (gamma - 1)
     assert phi(root + 3 * gamma) - phi(root - 3 * gamma) == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_iddpm_presets_feed_the_network_t_scaled_to_1000_steps(compose):
+    """improved-diffusion's code defaults to rescale_timesteps: with T = 4000 the network's
+    time embedding sees t * 1000 / 4000. Other presets see t itself."""
+    with torch.device("meta"):
+        for experiment in ("cifar10_iddpm", "imagenet64_iddpm"):
+            cfg = compose([f"experiment={experiment}", "data.root=somewhere"])
+            assert cfg.schedule.num_timesteps == 4000
+            assert build_model(cfg).timestep_scale == 0.25
+        assert build_model(compose(["experiment=cifar10_ddpm"])).timestep_scale == 1.0
+
+
+def test_an_old_run_without_rescale_timesteps_reads_back_as_raw_timesteps(compose, tmp_path):
+    from diffuse_cli.runs import read_run_config
+
+    old = OmegaConf.to_container(compose(["model=iddpm_cifar10"]))
+    del old["model"]["rescale_timesteps"]  # written before the key existed: t as it was
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "config.yaml")
+    assert read_run_config(tmp_path).model.rescale_timesteps is False

@@ -108,6 +108,7 @@ def test_runs_from_before_scale_betas_whose_betas_it_does_not_change_resume(
     cfg = compose([*overrides, f"run_dir={tmp_path}"])
     old = OmegaConf.to_container(cfg)
     del old["schedule"]["scale_betas"]
+    del old["model"]["rescale_timesteps"]  # nor model.rescale_timesteps (read back as false)
     OmegaConf.save(OmegaConf.create(old), tmp_path / "config.yaml")
     w = {"w": torch.zeros(1)}
     save_checkpoint(tmp_path, 1, w, w, {"state": {}, "param_groups": []}, {})

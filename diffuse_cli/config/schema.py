@@ -75,6 +75,7 @@ class ModelConfig:
     image_size: int | None = None  # the size the preset was published for; null: any size
     use_checkpoint: bool = False  # gradient checkpointing: less memory, more compute
     channels_last: bool = False  # NHWC memory format for weights and activations
+    rescale_timesteps: bool = False  # the network sees t * 1000 / T (improved-diffusion's default)
     hidden: int = 256  # mlp
     num_layers: int = 4  # mlp
 

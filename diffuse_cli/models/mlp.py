@@ -36,9 +36,11 @@ class MLP(nn.Module):
         time_embed_dim: int = 128,
         out_dim: int | None = None,
         num_classes: int | None = None,
+        timestep_scale: float = 1.0,
     ):
         super().__init__()
         self.dim = dim
+        self.timestep_scale = timestep_scale  # as the UNet's
         self.out_dim = out_dim or dim
         self.time_embed_dim = time_embed_dim
         self.num_classes = num_classes
@@ -57,7 +59,9 @@ class MLP(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
         emb = self.time_embed(
-            timestep_embedding(t, self.time_embed_dim).to(self.in_proj.weight.dtype)
+            timestep_embedding(
+                t * self.timestep_scale if self.timestep_scale != 1.0 else t, self.time_embed_dim
+            ).to(self.in_proj.weight.dtype)
         )
         if self.label_embed is not None:
             if y is None:

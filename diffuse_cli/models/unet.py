@@ -244,6 +244,7 @@ class UNetEncoder(nn.Module):
         residual_rescale: bool = False,
         use_checkpoint: bool = False,
         channels_last: bool = False,
+        timestep_scale: float = 1.0,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -272,6 +273,7 @@ class UNetEncoder(nn.Module):
         self.num_classes = num_classes
         self.use_checkpoint = use_checkpoint
         self.channels_last = channels_last
+        self.timestep_scale = timestep_scale
         self.resolutions = resolutions
         self.channel_mult, self.num_res_blocks = tuple(channel_mult), num_res_blocks
         self.resblock_updown = resblock_updown
@@ -332,6 +334,8 @@ class UNetEncoder(nn.Module):
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The block conditioning: time embedding plus the label embedding (label
         `num_classes` is the null label)."""
+        if self.timestep_scale != 1.0:  # improved-diffusion's rescale_timesteps: t * 1000 / T
+            t = t.float() * self.timestep_scale
         emb = self.time_embed(
             timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)
         )
@@ -379,6 +383,9 @@ class UNet(UNetEncoder):
     GPUs with tensor cores and on recent CPUs prefer. State dicts keep the same keys and values.
     One exception: with dropout in training, the same seed draws the mask in the activations'
     memory order, so a run that switches `channels_last` on resume draws other masks.
+
+    `timestep_scale` multiplies t before the sinusoidal embedding: 1000 / T gives the network
+    of a T-step chain the inputs of a 1000-step one, as improved-diffusion's rescale_timesteps.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, **kwargs):
