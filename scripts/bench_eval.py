@@ -49,7 +49,8 @@ def diffuse(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float,
 
 
 def data_floor(workdir: Path) -> list[dict]:
-    """The metrics between two sets of real images, through the same code as eval."""
+    """The metrics between two sets of real images, through the same code and settings as eval
+    (KID subsets, IS splits and seed, k of precision/recall)."""
     import diffuse_cli as dc
     from diffuse_cli.build import build_data
     from diffuse_cli.diffusion import quantize
@@ -68,18 +69,21 @@ def data_floor(workdir: Path) -> list[dict]:
 
     test_f, test_l = features("test", 1000)
     train_f, train_l = features("train", 1000)
-    rows = []
-    for name, (a, la), b in [
-        ("held-out halves (500 vs 500)", (test_f[:500], test_l[:500]), test_f[500:]),
+    ec, rows = cfg.eval, []
+    for name, (a, la), b in [  # a plays the samples, b the reference, as in eval
+        ("held-out first half (500) vs second half (500)", (test_f[:500], test_l[:500]),
+         test_f[500:]),
         ("train 1000 vs held-out 1000", (train_f, train_l), test_f),
-    ]:
-        kd = D.kernel_distance(a, b, subset_size=len(a) // 2)
+    ]:  # fmt: skip
+        kd = D.kernel_distance(a, b, ec.kid_subsets, ec.kid_subset_size, seed=cfg.seed)
+        pr = D.precision_recall(a, b, ec.pr_neighborhood)
         rows.append({
             "pair": name,
             "fd_builtin": D.frechet_distance(D.feature_statistics(a), D.feature_statistics(b)),
             "kd_builtin": kd["mean"],
-            "is_builtin": D.inception_score(la)["mean"],
-            **D.precision_recall(a, b),
+            "is_builtin": D.inception_score(la, ec.is_splits, seed=cfg.seed)["mean"],
+            "precision_builtin": pr["precision"],
+            "recall_builtin": pr["recall"],
         })  # fmt: skip
     return rows
 
