@@ -56,6 +56,27 @@ def test_non_finite_steps_are_skipped_and_counted(compose, tmp_path):
     assert any(not torch.equal(weights[k], before[k]) for k in weights)  # 3 good steps moved them
 
 
+def test_a_skipped_step_leaves_the_importance_samplers_history_finite(compose, tmp_path):
+    """Its non-finite L_t used to enter the history; once every t had 10 terms the sampling
+    probabilities were NaN and the run stopped with a raw RuntimeError."""
+    cfg = compose([*QUIET, "variance=learned_range", "loss=hybrid", "loss.timesteps=importance",
+                   "schedule=cosine", "schedule.num_timesteps=10", "trainer.max_steps=25",
+                   f"run_dir={tmp_path}"])  # fmt: skip
+    trainer = Trainer(cfg)
+    losses, count = trainer.task.losses, [0]
+
+    def poisoned(*args, **kwargs):  # step 3: every term non-finite, the VLB ones too
+        out = losses(*args, **kwargs)
+        count[0] += 1
+        return {k: v * float("nan") for k, v in out.items()} if count[0] == 3 else out
+
+    trainer.task.losses = poisoned
+    trainer.fit()  # 24 good steps of 8 examples fill the history of all 10 timesteps
+    assert rows(tmp_path)[-1]["skipped_steps"] == 1
+    assert torch.isfinite(trainer.timesteps.loss_history).all()
+    assert bool((trainer.timesteps.loss_counts == 10).all())
+
+
 def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_checkpoint(compose, tmp_path):
     cfg = compose([*QUIET, "trainer.max_steps=8", "trainer.max_bad_steps=3", f"run_dir={tmp_path}"])
     trainer = Trainer(cfg)
@@ -362,3 +383,31 @@ def test_a_stop_signal_skips_the_preview_of_its_step(compose, tmp_path):
     with pytest.raises(UserError, match="stopped by SIGTERM at step 4"):
         trainer.fit()
     assert previews == [2] and latest_checkpoint(tmp_path).name == "step_00000004"
+
+
+def test_img_per_s_leaves_out_the_time_spent_saving(compose, tmp_path, monkeypatch):
+    """A fake clock: each training step takes 1 s, each checkpoint 100 s. The window after a
+    log step used to be charged for that step's checkpoint (and preview)."""
+    from types import SimpleNamespace
+
+    import diffuse_cli.train.trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = compose([*QUIET, "trainer.max_steps=6", "trainer.log_every=2", "trainer.ckpt_every=2",
+                   f"run_dir={tmp_path}"])  # fmt: skip
+    trainer = Trainer(cfg)
+    step, save = trainer.train_step, trainer.save
+
+    def one_second_step(*args, **kwargs):
+        clock[0] += 1.0
+        return step(*args, **kwargs)
+
+    def slow_save(*args, **kwargs):
+        clock[0] += 100.0
+        return save(*args, **kwargs)
+
+    trainer.train_step, trainer.save = one_second_step, slow_save
+    trainer.fit()
+    batch = cfg.trainer.batch_size  # 2 steps of `batch` images in 2 s, every window
+    assert [r["img_per_s"] for r in rows(tmp_path)] == [batch, batch, batch]

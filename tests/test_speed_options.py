@@ -135,3 +135,22 @@ def test_a_resumed_state_keeps_this_runs_implementation():
     assert torch.equal(fused.state[q]["exp_avg"], plain.state[p]["exp_avg"])
     load_optimizer_state(plain, fused.state_dict())
     assert not plain.param_groups[0]["fused"]
+
+
+def test_a_resume_applies_the_configs_betas_weight_decay_and_adamw():
+    """The saved state brings moments and step counts; the settings are the resuming run's
+    (torch's load_state_dict alone keeps the saved ones: a changed weight decay was ignored)."""
+    from diffuse_cli.train.optimizer import load_optimizer_state
+
+    p = torch.nn.Parameter(torch.randn(6))
+    saved = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.randn(6)
+    saved.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    resumed = torch.optim.AdamW([q], lr=0.1, betas=(0.5, 0.9), weight_decay=0.5)
+    load_optimizer_state(resumed, saved.state_dict())
+    group = resumed.param_groups[0]
+    assert (group["betas"], group["weight_decay"]) == ((0.5, 0.9), 0.5)
+    assert group["decoupled_weight_decay"] is True  # AdamW, as configured now
+    assert torch.equal(resumed.state[q]["exp_avg"], saved.state[p]["exp_avg"])
+    assert resumed.state[q]["step"].device == q.device

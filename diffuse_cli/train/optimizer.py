@@ -17,7 +17,6 @@ import torch
 
 KINDS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
-IMPLEMENTATION = ("fused", "foreach")  # param-group keys that choose the code, not the math
 
 
 def build_optimizer(
@@ -39,9 +38,18 @@ def build_optimizer(
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a saved optimizer state but keep this run's choice of implementation: it depends on
-    the device and on loss scaling here, not on those of the run that saved the state."""
-    chosen = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in optimizer.param_groups]
+    """Load a saved optimizer state (moments and step counts) but keep this run's settings:
+    the config's betas, weight decay and Adam or AdamW (a resume may change them), and the
+    implementation, which depends on the device and loss scaling here."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group, keep in zip(optimizer.param_groups, chosen, strict=True):
+    for group, keep in zip(optimizer.param_groups, settings, strict=True):
         group.update(keep)
+        # torch placed each step count by the saved group's form; the fused and capturable
+        # kernels want it beside the parameter, the others on the CPU
+        beside = group.get("fused") or group.get("capturable")
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if torch.is_tensor(step):  # as torch.optim places it for each form
+                moved = step.to(p.device, torch.float32) if beside else step.to("cpu")
+                optimizer.state[p]["step"] = moved

@@ -267,6 +267,7 @@ class Trainer:
         # every micro-batch is read first, so an unreadable file stops the step before it
         # changes anything (the checkpoint saved then resumes exactly)
         data = [next(batches) for _ in range(self.tc.grad_accum)]
+        history = []  # (t, L_t) for the importance sampler, kept only if the step is
         for micro, (x, y) in enumerate(data):
             x = x.to(acc.device, non_blocking=True)
             y = y.to(acc.device, non_blocking=True)
@@ -289,12 +290,14 @@ class Trainer:
                     skipped = acc.optimizer_step_was_skipped
                 self.optimizer.zero_grad(set_to_none=True)
             if self.timesteps.needs_losses:  # the same history on every process
-                self.timesteps.update(acc.gather(t), acc.gather(losses["vlb"].detach()))
+                history.append((acc.gather(t), acc.gather(losses["vlb"].detach())))
             if "correct" in losses:
                 self.task.observe(acc.gather(t), {"correct": acc.gather(losses["correct"])})
             total += loss.detach() / self.tc.grad_accum
-        if not skipped:
+        if not skipped:  # a skipped step's non-finite terms would poison the history
             self.ema.update(self.network)
+            for pair in history:
+                self.timesteps.update(*pair)
         return total, grad_norm, skipped
 
     def fit(self) -> Path:
@@ -310,6 +313,7 @@ class Trainer:
         )
         loss_sum = torch.zeros((), device=acc.device)
         seen, window, tick, step = 0, 0, time.perf_counter(), self.start_step
+        paused = 0.0  # seconds of the window spent saving and previewing, not training
         saved = self.start_step
         stop = StopSignals()
         try:
@@ -333,12 +337,13 @@ class Trainer:
                 if step % tc.log_every == 0 or step == tc.max_steps:
                     mean_loss = acc.reduce(loss_sum / max(seen, 1), "mean").item()
                     mean_loss = mean_loss if seen else None  # every step of the window skipped
-                    rate = window * tc.batch_size / (time.perf_counter() - tick)
+                    rate = window * tc.batch_size / (time.perf_counter() - tick - paused)
                     self._log(step, mean_loss, float(grad_norm), rate)
                     shown = f"{mean_loss:.4f}" if seen else "skipped"
                     bar.set_postfix(loss=shown, img_s=f"{rate:.0f}")
                     loss_sum.zero_()
-                    seen, window, tick = 0, 0, time.perf_counter()
+                    seen, window, tick, paused = 0, 0, time.perf_counter(), 0.0
+                before_io = time.perf_counter()
                 if step % tc.ckpt_every == 0 or step == tc.max_steps:
                     self.save(step)
                     saved = step
@@ -346,6 +351,7 @@ class Trainer:
                 previewing = step % tc.sample_every == 0 or step == tc.max_steps
                 if self.previews and previewing and not signum:
                     self.preview(step)
+                paused += time.perf_counter() - before_io
                 if signum:
                     if saved != step:
                         self.save(step)
