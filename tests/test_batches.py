@@ -61,6 +61,16 @@ def test_too_many_micro_batches_are_refused(compose):
         validate_train_config(compose(["trainer.grad_accum=2000"]))
 
 
+@pytest.mark.parametrize("key", ["warmup_steps", "keep_last", "weight_decay", "grad_clip"])
+def test_negative_trainer_settings_are_refused(compose, key):
+    """They used to act as 0 (no warmup, keep all, no decay, no clipping) without a word."""
+    from diffuse_cli.errors import UserError
+    from diffuse_cli.train.validate import validate_train_config
+
+    with pytest.raises(UserError, match=rf"trainer.{key}=-1(\.0)? must be >= 0"):
+        validate_train_config(compose([f"trainer.{key}=-1"]))
+
+
 def test_an_empty_data_set_is_refused():
     with pytest.raises(ValueError, match="the training data set is empty"):
         StepBatchSampler(0, 8, seed=0, start_step=0)

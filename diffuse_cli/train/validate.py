@@ -29,6 +29,7 @@ POSITIVE = (
     "sample_steps",
     "max_bad_steps",
 )
+NOT_NEGATIVE = ("warmup_steps", "keep_last", "weight_decay", "grad_clip")  # 0: off / keep all
 
 
 def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
@@ -47,6 +48,9 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
     for key in POSITIVE:
         if not tc[key] > 0:
             raise UserError(f"trainer.{key}={tc[key]} must be > 0")
+    for key in NOT_NEGATIVE:
+        if tc[key] < 0:
+            raise UserError(f"trainer.{key}={tc[key]} must be >= 0")
     if tc.grad_accum > MAX_MICRO_BATCHES:
         raise UserError(f"trainer.grad_accum={tc.grad_accum} must be <= {MAX_MICRO_BATCHES}")
     if tc.sample_num < 0:
