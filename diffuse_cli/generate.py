@@ -30,6 +30,7 @@ from diffuse_cli.images import from_uint8_nhwc, save_preview, to_uint8_nhwc
 from diffuse_cli.runs import differences, variant_name, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
+from diffuse_cli.train.checkpoint import latest_checkpoint
 
 
 def pick_device(name: str) -> torch.device:
@@ -240,7 +241,8 @@ def sample_command(cfg: DictConfig) -> Path:
         what += f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
     where = f"{state.num_processes} processes" if state.num_processes > 1 else str(device)
     say = print if state.is_main_process else (lambda *a, **k: None)
-    say(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}")
+    weights = latest_checkpoint(cfg.run_dir).name  # the folder load_run read (EMA weights)
+    say(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}, {weights} EMA")
     counted = NFECounter(guided)
     mine = shard(cfg.num_samples, state.process_index, state.num_processes)
     mine_labels = None if labels is None else labels[mine.start : mine.stop]

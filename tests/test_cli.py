@@ -84,6 +84,7 @@ def test_sample_ddim_writes_npz_and_grid(trained):
     arr = np.load(out / "samples.npz")["arr_0"]
     assert arr.shape == (3, 16, 16, 3) and arr.dtype == np.uint8
     assert (out / "grid.png").is_file() and "runs/default/samples/ddim-5" in proc.stdout
+    assert "step_00000004 EMA" in proc.stdout  # which weights drew them
 
 
 def test_sample_ddpm_defaults_to_the_full_chain(trained):
