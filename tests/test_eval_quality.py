@@ -131,6 +131,16 @@ def test_report_of_a_folder_without_reports_is_one_line(tmp_path, capsys):
 
     assert report([str(tmp_path)]) == 2
     assert f"no sample-quality reports under {tmp_path}" in capsys.readouterr().err
+    assert report([str(tmp_path / "nope")]) == 2  # a mistyped folder is named as such
+    assert f"{tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+
+
+def test_report_defaults_to_the_default_run(tmp_path, capsys, monkeypatch):
+    from diffuse_cli.evaluate.report import main as report
+
+    monkeypatch.chdir(tmp_path)
+    assert report([]) == 2
+    assert "runs/default is not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

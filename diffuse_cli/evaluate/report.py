@@ -108,6 +108,8 @@ def plot(records: list[dict], path: Path) -> None:
 def write_report(root: Path, out: Path | None = None) -> tuple[Path, Path]:
     """report.md and report.png in `out` (default `root`) from the reports below `root`."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; give a run folder or a sweep folder")
     records = collect(root)
     if not records:
         raise FileNotFoundError(
@@ -127,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="diffuse report",
         description=__doc__.split("\n\n")[0].replace("\n", " "),  # the first paragraph
     )
-    parser.add_argument("root", type=Path, help="a run folder or a sweep folder")
+    parser.add_argument(
+        "root", type=Path, nargs="?", default=Path("runs/default"),
+        help="a run folder or a sweep folder (default: runs/default)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: root)")
     args = parser.parse_args(argv)
     try:
