@@ -55,10 +55,12 @@ def load_run(
     device: str | torch.device = "cpu",
     ema: bool = True,
     config: DictConfig | None = None,
+    step: int | None = None,
 ):
-    """(cfg, model, diffusion) of the latest checkpoint in `run_dir`, EMA weights by default.
-    `config`: a command's config, whose execution keys (config.EXECUTION_KEYS, e.g.
-    model.channels_last) replace the run's; everything else is the run's own."""
+    """(cfg, model, diffusion) of the checkpoint of `step` in `run_dir` (None: the latest),
+    EMA weights by default. `config`: a command's config, whose execution keys
+    (config.EXECUTION_KEYS, e.g. model.channels_last) replace the run's; everything else is the
+    run's own."""
     from diffuse_cli.config import EXECUTION_KEYS
     from diffuse_cli.runs import read_run_config
     from diffuse_cli.train.checkpoint import load_weights
@@ -77,7 +79,7 @@ def load_run(
         }
         cfg = OmegaConf.merge(cfg, execution)
     model = build_model(cfg)
-    load_weights(model, run_dir, ema=ema)
+    load_weights(model, run_dir, ema=ema, step=step)
     return cfg, model.to(device).eval(), build_diffusion(cfg)
 
 

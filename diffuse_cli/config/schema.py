@@ -205,6 +205,7 @@ class SampleConfig(_Common):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str | None = None  # default: <run_dir>/samples/<sampler>-<steps>
     progress: bool = True
+    checkpoint: int | None = None  # the step whose checkpoint to draw from; null: the latest
 
 
 @dataclass
@@ -219,6 +220,7 @@ class EvalCommandConfig(_Common):
     class_labels: Any = "random"  # sample quality of a conditional run: labels, as `sample`
     steps: int | None = None  # None: the full chain, T steps
     batch_size: int = 256  # samples per sampling batch
+    checkpoint: int | None = None  # the step whose checkpoint to evaluate; null: the latest
     device: str = "auto"
     progress: bool = True
 

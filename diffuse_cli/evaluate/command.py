@@ -63,7 +63,7 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     from diffuse_cli.api import load_run
     from diffuse_cli.distributed import process_state
     from diffuse_cli.generate import pick_device
-    from diffuse_cli.train.checkpoint import latest_checkpoint
+    from diffuse_cli.train.checkpoint import chosen_checkpoint
 
     run_dir = Path(cfg.run_dir)
     cfg = with_run_config(cfg, run_dir, also=("loss",))  # the loss the run trained with
@@ -77,8 +77,10 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     def load_model():
         """(model, diffusion, checkpoint folder), loaded once and only when needed."""
         if not loaded:
-            _, model, diffusion = load_run(run_dir, device, cfg.eval.ema, config=cfg)
-            loaded.update(model=model, diffusion=diffusion, checkpoint=latest_checkpoint(run_dir))
+            step = cfg.checkpoint
+            _, model, diffusion = load_run(run_dir, device, cfg.eval.ema, config=cfg, step=step)
+            checkpoint = chosen_checkpoint(run_dir, step)
+            loaded.update(model=model, diffusion=diffusion, checkpoint=checkpoint)
         return loaded["model"], loaded["diffusion"], loaded["checkpoint"]
 
     paths = []

@@ -211,14 +211,33 @@ def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> Non
     module.load_state_dict(state)
 
 
-def load_weights(model: torch.nn.Module, run_dir: str | Path, ema: bool = True) -> int:
-    """Load the latest checkpoint's (EMA) weights into `model`; returns its step."""
-    folder = latest_checkpoint(run_dir)
-    if folder is None:
+def chosen_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
+    """The checkpoint folder of `step` (None: the latest); a UserError naming the steps there
+    are when it has none."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
         raise UserError(
             f"the run in '{run_dir}' has no checkpoint yet; train it first "
             f"with `diffuse train run_dir={run_dir}`"
         )
+    if step is None:
+        return latest
+    folder = checkpoint_root(run_dir) / f"step_{step:08d}"
+    if not (folder / STATE).is_file():
+        kept = ", ".join(p.name[5:].lstrip("0") or "0" for p in _step_folders(folder.parent))
+        raise UserError(
+            f"checkpoint={step}: '{run_dir}' has no checkpoint of step {step}; it has steps "
+            f"{kept} (trainer.keep_last=0 keeps every checkpoint)"
+        )
+    return folder
+
+
+def load_weights(
+    model: torch.nn.Module, run_dir: str | Path, ema: bool = True, step: int | None = None
+) -> int:
+    """Load the (EMA) weights of the checkpoint of `step` (None: the latest) into `model`;
+    returns its step."""
+    folder = chosen_checkpoint(run_dir, step)
     path = folder / (EMA if ema else MODEL)
     try:
         state = load_file(path)
