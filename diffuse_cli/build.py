@@ -349,14 +349,17 @@ def resolve_steps(cfg: DictConfig, diffusion) -> int:
     return steps
 
 
-def build_data(cfg: DictConfig, split: str):
-    """The dataset of `cfg.data` for split 'train' or 'test'."""
+def build_data(cfg: DictConfig, split: str, every_process: bool = False):
+    """The dataset of `cfg.data` for split 'train' or 'test'. `every_process`: every process
+    of a launch builds it at this point, so a download is made once, by the main process,
+    before the others read the files (a process building it alone must not wait for them)."""
     from diffuse_cli.data import build_dataset
     from diffuse_cli.distributed import main_process_first
 
     d = cfg.data
-    try:  # a download: once, by the main process, before the others read the files
-        with main_process_first() if d.download else contextlib.nullcontext():
+    together = every_process and d.download
+    try:
+        with main_process_first() if together else contextlib.nullcontext():
             return build_dataset(
                 d.name,
                 split,

@@ -102,7 +102,7 @@ def gather_exact(mine: dict, num: int) -> dict | None:
     return result
 
 
-def main_says(value):
+def broadcast_from_main(value):
     """The main process's `value` (picklable), on every process: one decision for all."""
     if not in_process_group():
         return value

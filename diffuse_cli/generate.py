@@ -21,6 +21,7 @@ from diffuse_cli.build import (
     build_guidance,
     check_family,
     data_shape,
+    is_score_model,
     resolve_steps,
     sample,
 )
@@ -162,6 +163,11 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
         raise UserError(
             f"the classifier in '{path}' was trained on clean images (classifier.noised=false) "
             "and cannot read x_t; guidance needs one trained on noisy images (the default)"
+        )
+    if is_score_model(clf_cfg):  # trained before task=classifier refused schedule=ncsn
+        raise UserError(
+            f"the classifier in '{path}' was trained with schedule=ncsn; classifier guidance "
+            "needs one trained with the generator's DDPM schedule"
         )
     if clf_cfg.data.name != cfg.data.name:
         raise UserError(

@@ -130,7 +130,7 @@ def with_run_config(cfg: DictConfig, run_dir: str | Path, also: tuple[str, ...] 
 
 
 def variant_name(cfg: DictConfig, stem: str) -> str:
-    """`stem`, then `-step<n>` for a checkpoint other than the latest (checkpoint=n), `-raw`
+    """`stem`, then `-step<n>` for a checkpoint asked for by step (checkpoint=n), `-raw`
     for an eval of the raw weights (eval.ema=false) and `-seed<n>` for a seed other than 0: the
     names of reports and sample folders, so that a sweep over checkpoints, weights or seeds
     never overwrites one result with another. Configs without an eval section (sample) always

@@ -141,3 +141,15 @@ def test_a_leftover_old_copy_is_dropped_when_its_step_is_complete(tmp_path):
     save(tmp_path, 2)
     assert not (root / ".old-step_00000001").exists()
     assert read_checkpoint(root / "step_00000001")["model"]["w"][0, 0] == 1.0
+
+
+def test_a_step_asked_for_is_found_in_its_moved_aside_copy(tmp_path):
+    from diffuse_cli.train.checkpoint import chosen_checkpoint
+
+    save(tmp_path, 1)
+    save(tmp_path, 2)
+    root = tmp_path / "checkpoints"
+    (root / "step_00000001").rename(root / ".old-step_00000001")  # a crash in its re-save
+    assert chosen_checkpoint(tmp_path, 1) == root / ".old-step_00000001"
+    with pytest.raises(UserError, match="no checkpoint of step 3; it has steps 2"):
+        chosen_checkpoint(tmp_path, 3)

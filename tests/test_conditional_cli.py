@@ -172,6 +172,7 @@ def test_eval_samples_a_conditional_run_with_guidance_and_classifier_features(ru
         (["schedule=cosine"], "another noise schedule"),
         (["classifier.noised=false"], "trained on clean images"),
         (["data=moons", "model=mlp"], "trained on data=moons, the model on data=shapes"),
+        (["schedule=ncsn", "loss=dsm"], "was trained with schedule=ncsn"),  # a one-line error
     ],
 )
 def test_a_guidance_classifier_is_checked_by_what_it_was_trained_for(

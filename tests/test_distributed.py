@@ -126,7 +126,9 @@ def test_a_download_runs_in_the_main_process_first_block(compose, monkeypatch):
         yield
 
     monkeypatch.setattr(distributed, "main_process_first", recording)
-    build.build_data(compose(["data.download=false"]), "test")
+    build.build_data(compose(["data.download=false"]), "test", every_process=True)
     assert entered == []
-    build.build_data(compose(["data.download=true"]), "test")  # shapes: nothing to fetch
+    build.build_data(compose(["data.download=true"]), "test", every_process=True)  # shapes
     assert entered == [True]
+    build.build_data(compose(["data.download=true"]), "test")  # one process alone (eval loss)
+    assert entered == [True]  # must not wait for processes that never come

@@ -135,6 +135,19 @@ def test_report_of_a_folder_without_reports_is_one_line(tmp_path, capsys):
     assert f"{tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
 
 
+def test_report_shows_a_metric_that_was_not_finite_as_n_a(tmp_path, capsys):
+    from diffuse_cli.evaluate.output import write_json
+    from diffuse_cli.evaluate.report import main as report
+
+    metrics = {"kd_builtin": float("nan"), "fd_builtin": 3.0}
+    record = {"kind": "sample_quality", "sampler": {"name": "ddim"}, "steps": 5,
+              "num_samples": 2, "extractor": {"name": "builtin"}, "metrics": metrics}  # fmt: skip
+    write_json(record, tmp_path / "eval" / "ddim-5" / "builtin.json")  # kd_builtin: null
+    assert report([str(tmp_path)]) == 0
+    row = (tmp_path / "report.md").read_text().splitlines()[-1]
+    assert "n/a" in row and "3" in row
+
+
 def test_report_defaults_to_the_default_run(tmp_path, capsys, monkeypatch):
     from diffuse_cli.evaluate.report import main as report
 
@@ -169,9 +182,13 @@ def test_eval_quality_user_errors(run32, compose, args, message):
     [
         (["metrics=[nll,swd]"], "metrics swd do not apply to data=shapes"),  # nll ran first
         (["metrics=[nll,fid]", "eval.kid_subsets=0"], "eval.kid_subsets=0 must be > 0"),
-        (["metrics=[fid]", "eval.reference_split=val"], "choose train or test"),  # after sampling
+        (
+            ["metrics=[fid]", "eval.reference_split=val"],
+            "choose train or test",
+        ),  # was: after sampling
         (["metrics=[fid]", "eval.reference_num=0"], "eval.reference_num=0 must be > 0"),
         (["metrics=[loss,nll]", "eval.nll_examples=0"], "eval.nll_examples=0 must be > 0"),
+        (["metrics=[loss,fid]", "eval.num_samples=1"], "metric fid needs at least 2"),
     ],
 )
 def test_bad_eval_settings_are_refused_before_any_metric_runs(compose, args, message):

@@ -106,7 +106,7 @@ def test_a_classifier_samples_timesteps_uniformly_whatever_the_loss_says(compose
 
     c = compose(["task=classifier", "loss=hybrid", "loss.timesteps=importance", "data.num_train=8"])
     validate_train_config(c)  # hybrid with a fixed variance is refused for a denoiser only
-    assert ClassifierTask(c, build_data(c, "train")).timesteps == "uniform"
+    assert ClassifierTask(c, build_data(c, "train")).timestep_sampler == "uniform"
 
 
 def test_an_ncsn_classifier_is_refused(compose):

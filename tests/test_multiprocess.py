@@ -168,6 +168,16 @@ def test_a_sweep_under_a_launcher_keeps_its_process_group_for_every_job(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+def test_a_loss_eval_of_a_run_with_downloads_on_runs_on_the_main_process_alone(tmp_path):
+    """The held-out loss is the main process's; with data.download=true its data set once
+    waited at a barrier the other process never reached."""
+    run_cli("train", *TINY, "trainer.max_steps=2", "data.download=true", cwd=tmp_path)
+    launch("eval", "metrics=[loss]", "eval.num_batches=1", "progress=false", cwd=tmp_path)
+    assert (tmp_path / "runs" / "default" / "eval" / "loss.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_sweep_job_that_fails_on_one_process_ends_every_process(tmp_path):
     """Hydra logs a failed job and starts the next; a process failing alone did that while the
     other still waited in the failed job, and both hung until gloo's 30-minute timeout."""

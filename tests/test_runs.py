@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -30,6 +32,22 @@ def test_resume_may_read_the_data_from_elsewhere(compose, run, override):
 def test_resume_refuses_other_data(compose, run):
     with pytest.raises(UserError, match=r"other data settings \(data.seed=1 \(saved: 0\)\)"):
         check_resumable(compose(["model=ddpm", "model.dropout=0.1", "data.seed=1"]), run)
+
+
+@pytest.mark.parametrize(
+    "overrides, fix",
+    [
+        (["model=ddpm", "model.dropout=0.1", "data.seed=1"], "resume it with data.seed=0"),
+        (["model=small"], "resume it with model=ddpm"),
+        (["model=ddpm", "model.channel_mult=[1,2]", "model.use_scale_shift_norm=true"],
+         "resume it with model.channel_mult=[1,2,2,2] model.use_scale_shift_norm=false"),
+        (["task=classifier", "model=ddpm", "model.dropout=0.1"], "resume it with task=diffusion"),
+    ],
+)  # fmt: skip
+def test_a_refused_resume_gives_the_overrides_that_resume_it(compose, run, overrides, fix):
+    """e.g. an iddpm run from before model.rescale_timesteps: model.rescale_timesteps=false."""
+    with pytest.raises(UserError, match=re.escape(fix)):
+        check_resumable(compose(overrides), run)
 
 
 def with_overrides(compose, run, monkeypatch, *overrides):

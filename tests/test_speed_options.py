@@ -153,4 +153,3 @@ def test_a_resume_applies_the_configs_betas_weight_decay_and_adamw():
     assert (group["betas"], group["weight_decay"]) == ((0.5, 0.9), 0.5)
     assert group["decoupled_weight_decay"] is True  # AdamW, as configured now
     assert torch.equal(resumed.state[q]["exp_avg"], saved.state[p]["exp_avg"])
-    assert resumed.state[q]["step"].device == q.device

@@ -23,7 +23,13 @@ from diffuse_cli.build import build_diffusion, is_score_model, resolve_steps
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import loss_metric
 from diffuse_cli.evaluate.nll import check_nll_settings, nll_metric
-from diffuse_cli.evaluate.quality import QUALITY, check_quality, quality_metric
+from diffuse_cli.evaluate.quality import (
+    QUALITY,
+    check_quality,
+    check_sample_count,
+    default_num_samples,
+    quality_metric,
+)
 from diffuse_cli.evaluate.reference import check_reference_settings
 from diffuse_cli.runs import with_run_config
 
@@ -46,7 +52,10 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
             raise UserError(f"eval.{key}={cfg.eval[key]} must be > 0")
     quality = [m for m in metrics if m in QUALITY]
     if quality:  # everything quality_metric would refuse, before anything else runs
-        check_quality(cfg, quality)
+        wanted = check_quality(cfg, quality)
+        if not cfg.eval.samples:  # the count of a samples file is known once it is read
+            num = cfg.eval.num_samples or default_num_samples(cfg)
+            check_sample_count(cfg, wanted, num, "eval.num_samples")
         if cfg.data.image_size > 0:
             check_reference_settings(cfg)
     if "nll" in metrics and is_score_model(cfg):

@@ -93,7 +93,7 @@ def held_out_nll(cfg: DictConfig, model, diffusion, device, rank: int = 0, world
     "terms": [n, T]} for the examples of this shard.
     """
     ec = cfg.eval
-    dataset = build_data(cfg, "test")
+    dataset = build_data(cfg, "test", every_process=True)
     num = len(dataset) if ec.nll_examples is None else min(ec.nll_examples, len(dataset))
     indices = shard(num, rank, world)
     loader = DataLoader(Subset(dataset, indices), batch_size=ec.batch_size, shuffle=False)

@@ -71,7 +71,7 @@ def compute_features(cfg: DictConfig, dataset, extractor, device, progress: bool
 def reference_size(cfg: DictConfig) -> tuple[str, object, int]:
     """(split, dataset, number of reference images): what reference_features will use."""
     split = check_reference_settings(cfg)
-    dataset = build_data(cfg, split)
+    dataset = build_data(cfg, split, every_process=True)
     limit = cfg.eval.reference_num
     return split, dataset, len(dataset) if limit is None else min(limit, len(dataset))
 
@@ -85,12 +85,14 @@ def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> 
     reference_size(cfg) when the caller has it already."""
     from safetensors.torch import load_file, save_file
 
-    from diffuse_cli.distributed import gather_exact, main_says, shard
+    from diffuse_cli.distributed import broadcast_from_main, gather_exact, shard
     from diffuse_cli.evaluate.distances import feature_statistics
 
     split, dataset, num = size or reference_size(cfg)
     path = cache_path(cfg, split, num, extractor.key)
-    cached = main_says(path.is_file())  # one decision, even where the folder is not shared
+    cached = broadcast_from_main(
+        path.is_file()
+    )  # one decision, even where the folder is not shared
     if cached:
         if not state.is_main_process:
             return None

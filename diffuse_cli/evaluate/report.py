@@ -49,6 +49,8 @@ def _cell(metrics: dict, name: str) -> str:
     if name not in metrics:
         return ""
     value, std = metrics[name], metrics.get(f"{name}_std")
+    if value is None:  # not finite when it was computed (strict JSON writes null)
+        return "n/a"
     return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None else "")
 
 
@@ -89,7 +91,8 @@ def plot(records: list[dict], path: Path) -> None:
     colours = {label: f"C{i % 10}" for i, label in enumerate(series)}  # one colour per line
     for ax, name in zip(axes.flat, names, strict=False):
         for label, rs in series.items():
-            points = [(r["steps"], r["metrics"][name]) for r in rs if name in r["metrics"]]
+            points = [(r["steps"], r["metrics"][name]) for r in rs
+                      if r["metrics"].get(name) is not None]  # fmt: skip
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=label, color=colours[label])
         ax.set_xscale("log")

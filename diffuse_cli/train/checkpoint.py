@@ -223,8 +223,11 @@ def chosen_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     if step is None:
         return latest
     folder = checkpoint_root(run_dir) / f"step_{step:08d}"
+    aside = folder.with_name(f"{MOVED_ASIDE}{folder.name}")  # see _restore_moved_aside
+    if not (folder / STATE).is_file() and (aside / STATE).is_file():
+        folder = aside
     if not (folder / STATE).is_file():
-        kept = ", ".join(p.name[5:].lstrip("0") or "0" for p in _step_folders(folder.parent))
+        kept = ", ".join(p.name[5:].lstrip("0") or "0" for p in _step_folders(aside.parent))
         raise UserError(
             f"checkpoint={step}: '{run_dir}' has no checkpoint of step {step}; it has steps "
             f"{kept} (trainer.keep_last=0 keeps every checkpoint)"

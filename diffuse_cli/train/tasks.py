@@ -41,7 +41,7 @@ class DiffusionTask:
 
     def __init__(self, cfg: DictConfig, dataset):
         self.cfg = cfg
-        self.timesteps = cfg.loss.timesteps  # the trainer's timestep sampler
+        self.timestep_sampler = cfg.loss.timesteps  # the name of the trainer's
         self.diffusion = build_diffusion(cfg)
         self.loss = build_loss(cfg)
         self.num_classes = cfg.model.num_classes
@@ -80,7 +80,7 @@ class ClassifierTask:
 
     name = "classifier"
     has_preview = False
-    timesteps = "uniform"  # loss.* is the denoiser's: a classifier sees every t alike
+    timestep_sampler = "uniform"  # loss.* is the denoiser's: a classifier sees every t alike
 
     def __init__(self, cfg: DictConfig, dataset):
         self.cfg = cfg

@@ -4,8 +4,8 @@ Randomness is a function of (seed, step, micro-batch, rank): the batch order, th
 noise, dropout and flips. A resumed run therefore repeats exactly what an uninterrupted run with
 the same number of processes would have done, and the checkpoint only has to hold weights, EMA,
 optimizer state, the step and the timestep sampler's state (the importance sampler's loss
-history, which every process updates with the same gathered (t, loss) pairs after each
-micro-batch).
+history, which every process updates with the same gathered (t, loss) pairs of each step that
+was not skipped, after the step).
 """
 
 from __future__ import annotations
@@ -118,10 +118,12 @@ class Trainer:
         self.cfg, self.tc = cfg, cfg.trainer
         self.accelerator = self._setup_accelerator()
         check_resumable(cfg, self.run_dir)
-        self.dataset = build_data(cfg, "train")
+        self.dataset = build_data(cfg, "train", every_process=True)
         self.task = make_task(cfg, self.dataset)
         self.diffusion = self.task.diffusion
-        self.timesteps = get_timestep_sampler(self.task.timesteps, self.diffusion.num_timesteps)
+        self.timesteps = get_timestep_sampler(
+            self.task.timestep_sampler, self.diffusion.num_timesteps
+        )
         self._setup_model()
         self._setup_optimizer()
         self.skipped_steps = self.bad_in_a_row = 0  # non-finite steps: all, and the latest run
@@ -220,7 +222,7 @@ class Trainer:
         if self.timesteps.needs_losses and not ckpt["timesteps"]:
             raise UserError(
                 f"checkpoint '{folder}' has no timestep-sampler history (timesteps.safetensors) "
-                f"for loss.timesteps={self.task.timesteps}; it cannot be resumed exactly"
+                f"for loss.timesteps={self.task.timestep_sampler}; it cannot be resumed exactly"
             )
         self.timesteps.load_state_dict(ckpt["timesteps"])
         scaler = ckpt["state"].get("scaler")

@@ -112,10 +112,11 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
     if latest_checkpoint(run_dir) is None or not saved.is_file():
         return
     old = read_run_config(run_dir)
-    if old.get("task", "diffusion") != cfg.task:
+    task = old.get("task", "diffusion")
+    if task != cfg.task:
         raise UserError(
-            f"'{run_dir}' holds a task={old.get('task', 'diffusion')} run, not task={cfg.task}; "
-            "refusing to mix them: pick another name= or run_dir="
+            f"'{run_dir}' holds a task={task} run, not task={cfg.task}; refusing to mix them: "
+            f"pick another name= or run_dir=, or resume it with task={task}"
         )
     for key in RESUME_KEYS:  # where the data are read from may change (config.EXECUTION_KEYS)
         ours = defining(key, OmegaConf.to_container(cfg[key], resolve=True))
@@ -123,9 +124,31 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
         if ours != theirs:
             raise UserError(
                 f"'{run_dir}' holds a run with other {key} settings "
-                f"({differences(key, ours, theirs, 'saved')}); "
-                "refusing to mix them: pick another name= or run_dir="
+                f"({differences(key, ours, theirs, 'saved')}); refusing to mix them: pick "
+                f"another name= or run_dir=, or resume it with {saved_overrides(key, ours, theirs)}"
             )
+
+
+def saved_overrides(key: str, ours: dict, theirs: dict) -> str:
+    """The command-line overrides that give config group `key` its saved values: the saved
+    option (`model=small`) when the option differs, else each differing key."""
+    if ours.get("name") != theirs.get("name"):
+        return f"{key}={theirs.get('name')}"
+    return " ".join(
+        f"{key}.{k}={_override_value(theirs.get(k))}"
+        for k in sorted(set(ours) | set(theirs))
+        if ours.get(k) != theirs.get(k)
+    )
+
+
+def _override_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
 
 
 def saved_group(saved: DictConfig, key: str) -> dict | None:
