@@ -101,8 +101,9 @@ def plot(records: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    if series:
-        axes.flat[0].legend(fontsize=8)
+    drawn = [ax for ax in axes.flat if ax.get_lines()]  # a metric may have no finite point
+    if drawn:
+        drawn[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
