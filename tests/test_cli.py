@@ -443,22 +443,26 @@ def test_loss_and_nll_reports_of_other_seeds_and_weights_do_not_overwrite(compos
 
 def test_sample_and_eval_read_the_checkpoint_asked_for(trained, capsys):
     """checkpoint=<step>: its weights, its own folder and report names, and the steps there
-    are when it is missing."""
+    are when it is missing. (Other tests train this run further: the steps are looked up.)"""
     import diffuse_cli as dc
     from diffuse_cli.errors import UserError
     from diffuse_cli.evaluate.command import eval_command
     from diffuse_cli.generate import sample_command
 
     _, run, _ = trained
+    kept = sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("step_*"))
+    older = kept[0]  # keep_last=2: the one before the latest
+    assert len(kept) == 2
     common = [f"run_dir={run}", "sampler=ddim", "steps=3", "num_samples=2", "progress=false"]
-    out = sample_command(dc.compose_config([*common, "checkpoint=2"], "sample"))
-    assert out == run / "samples" / "ddim-3-step2"
-    assert "step_00000002 EMA" in capsys.readouterr().out
+    out = sample_command(dc.compose_config([*common, f"checkpoint={older}"], "sample"))
+    assert out == run / "samples" / f"ddim-3-step{older}"
+    assert f"step_{older:08d} EMA" in capsys.readouterr().out
     latest = np.load(sample_command(dc.compose_config(common, "sample")) / "samples.npz")
     assert not np.array_equal(np.load(out / "samples.npz")["arr_0"], latest["arr_0"])
     quick = [f"run_dir={run}", "eval.num_batches=1", "eval.batch_size=8", "progress=false"]
-    (path,) = eval_command(dc.compose_config([*quick, "checkpoint=2"], "eval"))
-    assert path.name == "loss-step2.json"
-    assert json.loads(path.read_text())["checkpoint"] == "step_00000002"
-    with pytest.raises(UserError, match="has no checkpoint of step 3; it has steps 2, 4"):
+    (path,) = eval_command(dc.compose_config([*quick, f"checkpoint={older}"], "eval"))
+    assert path.name == f"loss-step{older}.json"
+    assert json.loads(path.read_text())["checkpoint"] == f"step_{older:08d}"
+    missing = f"has no checkpoint of step 3; it has steps {kept[0]}, {kept[1]}"
+    with pytest.raises(UserError, match=missing):
         sample_command(dc.compose_config([*common, "checkpoint=3"], "sample"))
