@@ -319,9 +319,10 @@ def quality_metric(
     tick = time.perf_counter()
     wanted = check_quality(cfg, names)
     source, num, tag, nfe, provenance = sample_source(cfg, load_model, device)
-    given = cfg.eval.samples and cfg.eval.num_samples is None
-    what = f"the samples in eval.samples={cfg.eval.samples}" if given else "eval.num_samples"
-    check_sample_count(cfg, wanted, num, what)
+    if cfg.eval.samples:  # a drawn count was checked with the command's settings
+        given = cfg.eval.num_samples is None
+        what = f"the samples in eval.samples={cfg.eval.samples}" if given else "eval.num_samples"
+        check_sample_count(cfg, wanted, num, what)
     extractor = build_extractor(cfg, device) if cfg.data.image_size > 0 else None
     reference, before_reference = None, time.perf_counter()
     if extractor is not None:  # first: a missing data set or too few images fail early

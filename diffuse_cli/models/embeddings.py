@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0, scale: float = 1.0
+) -> torch.Tensor:
     """Sinusoidal embedding of (integer) timesteps, as in Transformers and Ho et al. 2020.
 
     Frequencies are computed on the fly rather than stored as a buffer so the networks build on
@@ -19,7 +21,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
     )
-    args = t.float()[:, None] * freqs[None]
+    args = (t.float() * scale)[:, None] * freqs[None]  # scale: see UNet's timestep_scale
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))

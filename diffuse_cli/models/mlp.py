@@ -59,9 +59,9 @@ class MLP(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
         emb = self.time_embed(
-            timestep_embedding(
-                t * self.timestep_scale if self.timestep_scale != 1.0 else t, self.time_embed_dim
-            ).to(self.in_proj.weight.dtype)
+            timestep_embedding(t, self.time_embed_dim, scale=self.timestep_scale).to(
+                self.in_proj.weight.dtype
+            )
         )
         if self.label_embed is not None:
             if y is None:

@@ -334,11 +334,8 @@ class UNetEncoder(nn.Module):
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The block conditioning: time embedding plus the label embedding (label
         `num_classes` is the null label)."""
-        if self.timestep_scale != 1.0:  # improved-diffusion's rescale_timesteps: t * 1000 / T
-            t = t.float() * self.timestep_scale
-        emb = self.time_embed(
-            timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)
-        )
+        emb = timestep_embedding(t, self.model_channels, scale=self.timestep_scale)
+        emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
         if self.label_embed is not None:
             if y is None:
                 raise ValueError(
