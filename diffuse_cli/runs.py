@@ -42,6 +42,15 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def give_plain_file_mode(path: Path) -> None:
+    """Give `path` the permissions plain open() would (0666 less the umask): safetensors
+    creates its files 0600 whatever the umask, which hides them from a group sharing the
+    folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file renamed over it: a crash or a full disk
     leaves the old file or the new one, never a part."""

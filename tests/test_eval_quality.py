@@ -3,7 +3,9 @@ sweeps and `diffuse report`, 2-D metrics, and the Inception path with the networ
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -68,6 +70,9 @@ def test_eval_report_has_everything_to_reproduce_the_number(run32):
     cache = cwd / report["reference"]["cache"]
     assert cache.parent == cwd / "data" / "reference_stats"
     assert cache.name.startswith("shapes-test-32px-3ch-n32-builtin-")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cache.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as the folder is shared
     from diffuse_cli.evaluate.command import eval_command
 
     again = [f"run_dir={run}", "metrics=[fid]", *QUICK, f"eval.cache_dir={cache.parent}"]
@@ -266,22 +271,31 @@ class FakeInception(torch.nn.Module):
         return pooled.repeat(1, 2), pooled @ torch.ones(48, 1008) / 48
 
 
-def test_inception_path_with_the_network_replaced(run32, compose, monkeypatch):
+def test_inception_path_with_the_network_replaced(run32, compose, monkeypatch, tmp_path):
     import torch_fidelity
 
     from diffuse_cli.evaluate.features import inception
 
-    monkeypatch.setattr(inception, "load_inception", lambda weights, device: FakeInception())
+    monkeypatch.setattr(inception, "load_inception", lambda path, device: FakeInception())
+    weights = tmp_path / "my-inception.pth"
+    weights.write_bytes(b"stand-in weights")
     _, run = run32
     (path,) = eval_in_process(
-        compose, run, ["metrics=[fid,kid,is,pr]", "eval.features=inception", *QUICK]
-    )
+        compose,
+        run,
+        ["metrics=[fid,kid,is,pr]", "eval.features=inception", f"eval.inception_weights={weights}",
+         *QUICK],
+    )  # fmt: skip
     report = json.loads(path.read_text())
     assert path.name == "inception.json"
     assert {"fid", "kid", "is", "precision", "recall"} <= set(report["metrics"])
     assert report["extractor"]["implementation"] == "torch-fidelity"
     assert report["extractor"]["version"] == torch_fidelity.__version__
-    assert "-inception-v3-compat-" in report["reference"]["cache"]
+    assert report["extractor"]["weights"] == "my-inception.pth"
+    # the key names the weights, so other weights never reuse these reference statistics
+    digest = hashlib.sha256(b"stand-in weights").hexdigest()[:8]
+    assert report["extractor"]["weights_sha256"] == digest
+    assert f"-inception-v3-compat-{digest}-" in report["reference"]["cache"]
 
 
 def test_2d_data_gets_sliced_wasserstein_and_energy_distance(compose, tmp_path):

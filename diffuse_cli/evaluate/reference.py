@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from diffuse_cli.build import build_data
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
+from diffuse_cli.runs import give_plain_file_mode
 
 
 def reference_split(cfg: DictConfig) -> str:
@@ -119,6 +120,7 @@ def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> 
         meta = {"dataset": cfg.data.name, "split": split, "num": str(num),
                 "extractor": extractor.key}  # fmt: skip
         save_file(stored, tmp, metadata=meta)
+        give_plain_file_mode(tmp)  # a cache under data.root is shared
         os.replace(tmp, path)
     return {
         "features": stored["features"],

@@ -24,6 +24,17 @@ from omegaconf import DictConfig
 from diffuse_cli.errors import UserError
 
 
+def file_digest(path: Path) -> str:
+    """The first 8 hex digits of the file's sha256, read in blocks (Inception's are 92 MB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:8]
+
+
 @dataclass
 class Extractor:
     name: str  # inception | builtin | ...: in metric names (fid or fd_<name>, ...)
@@ -73,8 +84,6 @@ def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
 
 def classifier_extractor(cfg: DictConfig, device: torch.device, path: str) -> Extractor:
     """The pooled features (and logits) of a task=classifier run's image classifier, at t = 0."""
-    import hashlib
-
     from diffuse_cli import __version__
     from diffuse_cli.api import load_classifier
     from diffuse_cli.build import data_shape
@@ -89,7 +98,7 @@ def classifier_extractor(cfg: DictConfig, device: torch.device, path: str) -> Ex
             f"this run makes {data_shape(cfg)}"
         )
     weights = latest_checkpoint(path) / MODEL
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
+    digest = file_digest(weights)
     classifier.requires_grad_(False)
 
     def extract(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

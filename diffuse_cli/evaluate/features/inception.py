@@ -52,11 +52,10 @@ def resolve_weights(weights: str | None) -> Path:
     return path
 
 
-def load_inception(weights: str | None, device: torch.device) -> torch.nn.Module:
+def load_inception(path: Path, device: torch.device) -> torch.nn.Module:
     """torch-fidelity's FeatureExtractorInceptionV3 on `device`, giving (pool3, logits)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    path = resolve_weights(weights)
     try:  # weights_only: a file that would run code when loaded is refused here, before
         # torch-fidelity loads it without that guard
         torch.load(path, map_location="cpu", weights_only=True)
@@ -77,13 +76,15 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def inception_extractor(cfg: DictConfig, device: torch.device):
     import torch_fidelity
 
-    from diffuse_cli.evaluate.features import Extractor
+    from diffuse_cli.evaluate.features import Extractor, file_digest
 
     if cfg.data.channels not in (1, 3):
         raise UserError(
             f"eval.features=inception takes grey or RGB images, not {cfg.data.channels} channels"
         )
-    net = load_inception(cfg.eval.inception_weights, device)
+    path = resolve_weights(cfg.eval.inception_weights)
+    net = load_inception(path, device)
+    digest = file_digest(path)  # other weights never reuse these reference statistics
 
     def extract(x: torch.Tensor):
         features, logits = net(to_uint8(x).to(device))
@@ -91,12 +92,13 @@ def inception_extractor(cfg: DictConfig, device: torch.device):
 
     return Extractor(
         name="inception",
-        key="inception-v3-compat",
+        key=f"inception-v3-compat-{digest}",
         implementation={
             "implementation": "torch-fidelity",
             "version": torch_fidelity.__version__,
             "network": "inception-v3-compat",
-            "weights": FILENAME,
+            "weights": path.name,
+            "weights_sha256": digest,
         },  # fmt: skip
         extract=extract,
     )
