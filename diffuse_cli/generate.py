@@ -31,7 +31,7 @@ from diffuse_cli.images import from_uint8_nhwc, save_preview, to_uint8_nhwc
 from diffuse_cli.runs import differences, variant_name, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
-from diffuse_cli.train.checkpoint import chosen_checkpoint
+from diffuse_cli.train.checkpoint import agreed_step, step_name
 
 
 def pick_device(name: str) -> torch.device:
@@ -234,7 +234,8 @@ def sample_command(cfg: DictConfig) -> Path:
         raise UserError(f"guidance={cfg.guidance.name!r} is not one of: none, classifier, cfg")
     state = process_state()
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
-    _, model, diffusion = load_run(cfg.run_dir, device=device, config=cfg, step=cfg.checkpoint)
+    step = agreed_step(cfg.run_dir, cfg.checkpoint)
+    _, model, diffusion = load_run(cfg.run_dir, device=device, config=cfg, step=step)
     classifier = guidance_classifier(cfg, device) if cfg.guidance.name == "classifier" else None
     num_classes, null = conditioning(cfg, model, classifier)
     labels = sample_labels(cfg, num_classes, range(cfg.num_samples), null)
@@ -247,8 +248,8 @@ def sample_command(cfg: DictConfig) -> Path:
         what += f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
     where = f"{state.num_processes} processes" if state.num_processes > 1 else str(device)
     say = print if state.is_main_process else (lambda *a, **k: None)
-    weights = chosen_checkpoint(cfg.run_dir, cfg.checkpoint).name  # what load_run read
-    say(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}, {weights} EMA")
+    say(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}, "
+        f"{step_name(step)} EMA")  # fmt: skip
     counted = NFECounter(guided)
     mine = shard(cfg.num_samples, state.process_index, state.num_processes)
     mine_labels = None if labels is None else labels[mine.start : mine.stop]

@@ -349,3 +349,42 @@ def test_report_rows_name_the_settings_of_their_folder():
     assert _sampler(record) == "ddim"
     record["path"] = "runs/a/eval/ddim-50-eta0.5-spacingkarras-raw/builtin.json"
     assert _sampler(record) == "ddim (eta0.5-spacingkarras-raw)"
+
+
+def test_sample_and_eval_name_the_checkpoint_they_loaded_while_a_run_saves_more(
+    run32, compose, monkeypatch, tmp_path, capsys
+):
+    """A run still training may save a newer checkpoint while sample or eval loads one: the
+    step is decided once, so the printed name and the report are those of the loaded weights."""
+    import shutil
+
+    from diffuse_cli import api
+    from diffuse_cli.evaluate.command import eval_command
+    from diffuse_cli.generate import sample_command
+    from diffuse_cli.train.checkpoint import latest_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(run32[1], run)
+    loaded = latest_checkpoint(run)
+    real_load_run = api.load_run
+
+    def load_run_then_a_newer_checkpoint_lands(*args, **kwargs):
+        out = real_load_run(*args, **kwargs)
+        newer = loaded.with_name("step_00000099")
+        shutil.rmtree(newer, ignore_errors=True)
+        shutil.copytree(loaded, newer)
+        state = json.loads((newer / "state.json").read_text())
+        (newer / "state.json").write_text(json.dumps({**state, "step": 99}))
+        (loaded.parent / "latest").write_text(newer.name)
+        return out
+
+    monkeypatch.setattr(api, "load_run", load_run_then_a_newer_checkpoint_lands)
+    (path,) = eval_command(compose([f"run_dir={run}", "metrics=[fid]", *QUICK], "eval"))
+    report = json.loads(path.read_text())
+    assert report["checkpoint"] == loaded.name and report["checkpoint_step"] == 4
+    (loaded.parent / "latest").write_text(loaded.name)
+    sample_command(
+        compose([f"run_dir={run}", "sampler=ddim", "steps=3", "num_samples=4", "progress=false"],
+                "sample")
+    )  # fmt: skip
+    assert f"{loaded.name} EMA" in capsys.readouterr().out

@@ -72,7 +72,7 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     from diffuse_cli.api import load_run
     from diffuse_cli.distributed import process_state
     from diffuse_cli.generate import pick_device
-    from diffuse_cli.train.checkpoint import chosen_checkpoint
+    from diffuse_cli.train.checkpoint import agreed_step, checkpoint_root, step_name
 
     run_dir = Path(cfg.run_dir)
     cfg = with_run_config(cfg, run_dir, also=("loss",))  # the loss the run trained with
@@ -86,9 +86,9 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     def load_model():
         """(model, diffusion, checkpoint folder), loaded once and only when needed."""
         if not loaded:
-            step = cfg.checkpoint
+            step = agreed_step(run_dir, cfg.checkpoint)  # a run still training saves more
             _, model, diffusion = load_run(run_dir, device, cfg.eval.ema, config=cfg, step=step)
-            checkpoint = chosen_checkpoint(run_dir, step)
+            checkpoint = checkpoint_root(run_dir) / step_name(step)
             loaded.update(model=model, diffusion=diffusion, checkpoint=checkpoint)
         return loaded["model"], loaded["diffusion"], loaded["checkpoint"]
 

@@ -90,7 +90,7 @@ def save_checkpoint(
     `timestep_state` (tensors; written only when non-empty) is the training timestep sampler's.
     """
     root = checkpoint_root(run_dir)
-    name = f"step_{step:08d}"
+    name = step_name(step)
     tmp = root / f".tmp-{name}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -211,6 +211,20 @@ def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> Non
     module.load_state_dict(state)
 
 
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def agreed_step(run_dir: str | Path, step: int | None = None) -> int:
+    """The step of chosen_checkpoint(run_dir, step), as the main process finds it, on every
+    process: a run that is still training can save a newer checkpoint at any moment, and every
+    process, and the report naming the checkpoint, must use the same weights."""
+    from diffuse_cli.distributed import broadcast_from_main
+
+    folder = chosen_checkpoint(run_dir, step)
+    return broadcast_from_main(int(folder.name.removeprefix(MOVED_ASIDE)[len("step_") :]))
+
+
 def chosen_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     """The checkpoint folder of `step` (None: the latest); a UserError naming the steps there
     are when it has none."""
@@ -222,7 +236,7 @@ def chosen_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
         )
     if step is None:
         return latest
-    folder = checkpoint_root(run_dir) / f"step_{step:08d}"
+    folder = checkpoint_root(run_dir) / step_name(step)
     aside = folder.with_name(f"{MOVED_ASIDE}{folder.name}")  # see _restore_moved_aside
     if not (folder / STATE).is_file() and (aside / STATE).is_file():
         folder = aside
