@@ -23,6 +23,8 @@ def test_resume_reproduces_an_uninterrupted_run(compose, tmp_path):
         "model.dropout=0.1",
         "data.hflip=true",
         "trainer.grad_accum=2",
+        "trainer.lr_decay=cosine",  # a function of the step: the resumed half continues it
+        "trainer.lr_decay_steps=6",
     ]
     straight = compose([*common, "trainer.max_steps=6", f"run_dir={tmp_path / 'a'}"])
     train(straight)

@@ -11,6 +11,7 @@ wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -35,6 +36,24 @@ def build_optimizer(
         weight_decay=tc.weight_decay,
         fused=fused,
     )
+
+
+def learning_rate(tc, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): a linear warmup over
+    trainer.warmup_steps steps, then trainer.lr, or with trainer.lr_decay a decay to 0 at
+    trainer.lr_decay_steps (default max_steps): `linear` as improved-diffusion's
+    lr_anneal_steps, `cosine` along a half cosine (Loshchilov & Hutter 2017). A function of
+    the step alone, so a resumed run follows the same schedule."""
+    warm = tc.warmup_steps
+    if step < warm:
+        return tc.lr * (step + 1) / warm
+    if tc.lr_decay == "constant":
+        return tc.lr
+    horizon = tc.lr_decay_steps or tc.max_steps
+    done = min(1.0, (step - warm) / (horizon - warm))
+    if tc.lr_decay == "linear":
+        return tc.lr * (1.0 - done)
+    return tc.lr * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:

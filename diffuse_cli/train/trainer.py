@@ -37,7 +37,7 @@ from diffuse_cli.train.checkpoint import (
 )
 from diffuse_cli.train.ema import EMA
 from diffuse_cli.train.loggers import MetricsFile, make_logger
-from diffuse_cli.train.optimizer import build_optimizer, load_optimizer_state
+from diffuse_cli.train.optimizer import build_optimizer, learning_rate, load_optimizer_state
 from diffuse_cli.train.preview import save_training_preview
 from diffuse_cli.train.tasks import make_task
 from diffuse_cli.train.validate import check_resumable, validate_train_config
@@ -248,11 +248,6 @@ class Trainer:
             write_atomically(self.run_dir / "overrides.yaml", OmegaConf.to_yaml(hydra_overrides()))
         self.accelerator.wait_for_everyone()
 
-    def lr_at(self, step: int) -> float:
-        """Linear warmup over trainer.warmup_steps optimizer steps, then constant."""
-        warm = self.tc.warmup_steps
-        return self.tc.lr * min(1.0, (step + 1) / warm) if warm > 0 else self.tc.lr
-
     def train_step(self, step: int, batches) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """One optimizer step over grad_accum micro-batches; returns (loss, grad norm, skipped).
 
@@ -262,7 +257,7 @@ class Trainer:
         """
         acc, rank = self.accelerator, self.accelerator.process_index
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(step)
+            group["lr"] = learning_rate(self.tc, step)
         total = torch.zeros((), device=acc.device)
         grad_norm = torch.zeros((), device=acc.device)
         skipped = False
@@ -408,7 +403,7 @@ class Trainer:
         row = {
             "step": step,
             "loss": loss,
-            "lr": self.lr_at(step - 1),
+            "lr": learning_rate(self.tc, step - 1),
             "grad_norm": grad_norm,
             "img_per_s": img_per_s,
             "world_size": self.accelerator.num_processes,

@@ -17,7 +17,11 @@ from diffuse_cli.train.batches import MAX_MICRO_BATCHES
 from diffuse_cli.train.checkpoint import latest_checkpoint
 from diffuse_cli.train.loggers import check_logger
 
-CHOICES = {"mixed_precision": ("no", "fp16", "bf16"), "optimizer": ("adam", "adamw")}
+CHOICES = {
+    "mixed_precision": ("no", "fp16", "bf16"),
+    "optimizer": ("adam", "adamw"),
+    "lr_decay": ("constant", "linear", "cosine"),
+}
 POSITIVE = (
     "max_steps",
     "batch_size",
@@ -51,6 +55,7 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
     for key in NOT_NEGATIVE:
         if tc[key] < 0:
             raise UserError(f"trainer.{key}={tc[key]} must be >= 0")
+    check_lr_decay(tc)
     if tc.grad_accum > MAX_MICRO_BATCHES:
         raise UserError(f"trainer.grad_accum={tc.grad_accum} must be <= {MAX_MICRO_BATCHES}")
     if tc.sample_num < 0:
@@ -66,6 +71,24 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
     if cfg.task == "diffusion":  # a classifier ignores loss.*
         validate_loss_config(cfg, fresh)
     check_family(cfg)
+
+
+def check_lr_decay(tc: DictConfig) -> None:
+    """A decay must end after the warmup and not before the last step (the steps after it
+    would train with a learning rate of 0)."""
+    if tc.lr_decay == "constant":
+        return
+    horizon = tc.lr_decay_steps or tc.max_steps
+    if tc.lr_decay_steps is not None and tc.lr_decay_steps < tc.max_steps:
+        raise UserError(
+            f"trainer.lr_decay_steps={tc.lr_decay_steps} is below trainer.max_steps="
+            f"{tc.max_steps}: the steps after it would train with lr 0; raise it or leave it null"
+        )
+    if horizon <= tc.warmup_steps:
+        raise UserError(
+            f"trainer.lr_decay={tc.lr_decay} ends at step {horizon}, within "
+            f"trainer.warmup_steps={tc.warmup_steps}; shorten the warmup"
+        )
 
 
 def validate_loss_config(cfg: DictConfig, fresh: bool = True) -> None:
