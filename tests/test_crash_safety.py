@@ -138,7 +138,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     assert latest_checkpoint(tmp_path).name == "step_00000001"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_a_signal_saves_a_checkpoint_and_exits_with_how_to_resume(tmp_path, signum):
     args = [*QUIET, "trainer.max_steps=100000", "trainer.log_every=1", "trainer.ckpt_every=1000"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
