@@ -388,3 +388,29 @@ def test_sample_and_eval_name_the_checkpoint_they_loaded_while_a_run_saves_more(
                 "sample")
     )  # fmt: skip
     assert f"{loaded.name} EMA" in capsys.readouterr().out
+
+
+def test_a_later_eval_of_the_same_samples_keeps_the_metrics_it_did_not_compute(
+    run32, compose, tmp_path, capsys
+):
+    """The tag names the samples, not the metrics: `metrics=[fid]` after `metrics=[fid,kid]`
+    used to replace the report and drop kid. Of other samples, the report is replaced, said."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run32[1], run)
+    (first,) = eval_in_process(compose, run, ["metrics=[fid,kid]", *QUICK])
+    before = json.loads(first.read_text())["metrics"]
+    (again,) = eval_in_process(compose, run, ["metrics=[fid]", *QUICK])
+    assert again == first
+    kept = json.loads(again.read_text())
+    assert kept["metrics"] == before  # kd from the first, fd recomputed on the same samples
+    assert kept["reference"]["cached"] is True  # the second eval's own provenance
+    other = [o if o != "eval.num_samples=12" else "eval.num_samples=13" for o in QUICK]
+    capsys.readouterr()
+    (replaced,) = eval_in_process(compose, run, ["metrics=[fid]", *other])
+    report = json.loads(replaced.read_text())
+    assert replaced == first and report["num_samples"] == 13
+    assert set(report["metrics"]) == {"fd_builtin"}
+    note = capsys.readouterr().err
+    assert "kd_builtin" in note and "were of other samples (num_samples 12" in note

@@ -19,6 +19,7 @@ with everything needed to reproduce the number (see `record`).
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import sys
 import time
@@ -34,7 +35,7 @@ from diffuse_cli.build import data_shape, resolve_steps, sample
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.distributed import gather_exact, shard
 from diffuse_cli.errors import UserError
-from diffuse_cli.evaluate.output import write_json
+from diffuse_cli.evaluate.output import strict, write_json
 from diffuse_cli.images import from_uint8_nhwc
 
 # metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
@@ -290,6 +291,43 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
     )
 
 
+NOT_OF_THE_SAMPLES = ("metrics", "warnings", "seconds", "versions", "device", "num_processes")
+
+
+def samples_identity(report: dict) -> dict:
+    """What decides a report's samples and their comparison: all but its metrics and how and
+    when they were computed."""
+    same = {k: v for k, v in report.items() if k not in NOT_OF_THE_SAMPLES}
+    same["reference"] = {k: v for k, v in (same.get("reference") or {}).items() if k != "cached"}
+    return same
+
+
+def with_earlier_metrics(record: dict, path: Path) -> dict:
+    """The report to write at `path`. The tag does not name the metrics, so an earlier report
+    there may hold some this eval did not compute: of the same samples (seed, number, sampler,
+    checkpoint, extractor, reference), they are kept, so `metrics=[fid]` after
+    `metrics=[fid,kid]` keeps kid; of other samples, they go, and stderr says which."""
+    try:
+        earlier = json.loads(path.read_text())
+        old = earlier["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return record
+    new = json.loads(json.dumps(strict(record)))
+    lost = [k for k in old if k not in new["metrics"]]
+    if not lost:
+        return record
+    if samples_identity(earlier) != samples_identity(new):
+        print(f"note: replacing {path}, whose {', '.join(lost)} were of other samples "
+              f"(num_samples {earlier.get('num_samples')}, seed {earlier.get('seed')})",
+              file=sys.stderr)  # fmt: skip
+        return record
+    merged = new | {"metrics": old | new["metrics"]}
+    if "warnings" in new:
+        earlier_notes = earlier.get("warnings", [])
+        merged["warnings"] = earlier_notes + [w for w in new["warnings"] if w not in earlier_notes]
+    return merged
+
+
 def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, reference) -> dict:
     """{"extractor", "reference", "metrics"}: the gathered samples against the reference
     features (images) or fresh data samples (2-D)."""
@@ -359,7 +397,7 @@ def quality_metric(
         },  # fmt: skip
     }
     path = Path(cfg.run_dir) / "eval" / tag / f"{extractor.name if extractor else 'points'}.json"
-    write_json(record, path)
+    write_json(with_earlier_metrics(record, path), path)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items()
                       if not k.endswith(("_std", "_subset_size", "_splits")))  # fmt: skip
     print(f"{shown} over {num} samples in {record['seconds']['total']:.1f} s; wrote {path}")
