@@ -10,8 +10,8 @@ _STARTED = time.time()  # when this process started the CLI (see _remove_empty_o
 
 COMMANDS = {
     "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
-    "sample": "draw samples from a run's latest EMA checkpoint into <run_dir>/samples/",
-    "eval": "evaluate a run's latest EMA checkpoint and write JSON reports to <run_dir>/eval/",
+    "sample": "draw samples from a run's checkpoint (latest, EMA) into <run_dir>/samples/",
+    "eval": "evaluate a run's checkpoint (latest, EMA) and write JSON reports to <run_dir>/eval/",
     "report": "gather the eval reports below a run or sweep folder into report.md and report.png",
 }
 

@@ -3,7 +3,7 @@
 <run_dir>/config.yaml          the resolved config the run trained with
 <run_dir>/checkpoints/         step_XXXXXXXX/ folders and a `latest` pointer
 <run_dir>/metrics.jsonl        one JSON object per logged step
-<run_dir>/samples/             grids made during training; <sampler>-<steps>/ from `sample`
+<run_dir>/samples/             grids made during training; <tag>/ from `sample` (see README)
 <run_dir>/eval/                JSON reports
 """
 

@@ -34,8 +34,8 @@ def default_run_name(task: str) -> str:
 
 
 def job_dir_name(num: int, override_dirname: str) -> str:
-    """A sweep job's folder: its overrides (`schedule=cosine`), or `<num>-<hash>` when those
-    would make a path component too long or nested."""
+    """A sweep job's folder: its overrides (`schedule=cosine`, '/' in values made '_'), or
+    `<num>-<hash>` when those are longer than 100 characters (a path component has a limit)."""
     name = str(override_dirname).replace("/", "_")
     if name and len(name) <= 100:
         return name

@@ -205,7 +205,7 @@ class SampleConfig(_Common):
     num_samples: int = 64
     batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out_dir: str | None = None  # default: <run_dir>/samples/<sampler>-<steps>
+    out_dir: str | None = None  # default: <run_dir>/samples/<tag> (generate.sampler_tag)
     progress: bool = True
     checkpoint: int | None = None  # the step whose checkpoint to draw from; null: the latest
 

@@ -11,7 +11,7 @@ Images are rounded to 8 bits first, so generated samples and the same samples re
 samples.npz give the same features. The main process compares them with the reference features
 of the data (reference.py, cached) and writes
 
-    <run_dir>/eval/<sampler>-<steps>/<extractor>.json       (file-<name>/ for eval.samples)
+    <run_dir>/eval/<tag>/<extractor>.json    (file-<folder>-<file>-<hash>/ for eval.samples)
 
 with everything needed to reproduce the number (see `record`).
 """
