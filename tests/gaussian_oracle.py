@@ -65,7 +65,15 @@ class GaussianOracle:
         return out.to(device=x_t.device, dtype=x_t.dtype)
 
 
-def reverse_moments(oracle: GaussianOracle, sub, sampler="ddpm", variance="fixed_small", eta=0.0):
+def reverse_moments(
+    oracle: GaussianOracle,
+    sub,
+    sampler="ddpm",
+    variance="fixed_small",
+    eta=0.0,
+    corrector_steps=0,
+    snr=0.16,
+):
     """Exact mean and variance (float64, per dimension) of a sampler's output when driven by the
     oracle from x_T ~ N(0, I), without clipping.
 
@@ -76,6 +84,11 @@ def reverse_moments(oracle: GaussianOracle, sub, sampler="ddpm", variance="fixed
         ddim: x_prev = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z (Song eq. 12),
               sigma^2 = eta^2 (1 - a') / (1 - a) (1 - a / a')
     where x0 = mu + k0 (x - sqrt(a) mu), eps = ke (x - sqrt(a) mu) are the oracle's predictors.
+    With corrector_steps > 0 each step but the last is followed by that many Langevin steps at
+    the step's target a' (predictor-corrector, Song et al. 2021 "Score-Based Generative
+    Modeling through SDEs", Algorithm 5, with the step size e = 2 (a' / a'') snr^2 (1 - a') of
+    samplers.pc, a'' the kept abar before a', 1 at the first):
+        x + e s + sqrt(2 e) z,  s = -eps / sqrt(1 - a')                   (Song eq. 12 / Tweedie)
 
     Args:
         sub: the (respaced) GaussianDiffusion the sampler walks; only its alphas_cumprod and
@@ -107,7 +120,56 @@ def reverse_moments(oracle: GaussianOracle, sub, sampler="ddpm", variance="fixed
             A = a_prev.sqrt() * k0 + e * ke
             b = a_prev.sqrt() * (mu - k0 * shift) - e * ke * shift
         m, v = A * m + b, A**2 * v + (sigma2 if i > 0 else 0.0)
+        if i > 0 and corrector_steps:
+            a_c = abars[i - 1]
+            step = 2 * a_c / (abars[i - 2] if i > 1 else 1.0) * snr**2 * (1 - a_c)
+            a_model = oracle.alphas_cumprod[sub.timestep_map[i - 1]]
+            ke = (1 - a_model).sqrt() / (a_model * s2 + 1 - a_model)
+            pull = step * ke / (1 - a_c).sqrt()  # x + e s = (1 - pull) x + pull sqrt(a) mu
+            for _ in range(corrector_steps):
+                m = (1 - pull) * m + pull * a_model.sqrt() * mu
+                v = (1 - pull) ** 2 * v + 2 * step
     return m, v
+
+
+class BasisNoise:
+    """A noise source for exact moments: row 2 + k gets z = 1 at the k-th draw, all else 0."""
+
+    def __init__(self, batch_size):
+        self.batch_size = batch_size
+        self.draws = 0
+
+    def randn(self, shape_per_sample, dtype=torch.float32):
+        raise AssertionError("samplers take x_T from the caller")
+
+    def randn_like(self, x):
+        z = torch.zeros_like(x)
+        z[2 + self.draws] = 1.0
+        self.draws += 1
+        return z
+
+
+def moments_by_linearity(run, mean, std, max_draws, dtype=torch.float64):
+    """Exact mean and variance of run(x, noise) for x ~ N(mean, diag(std^2)) and standard normal
+    noise, for a `run` that is affine in x and in the noise it draws (every sampler step driven
+    by the exact model of Gaussian data is). Row 0 starts at the mean with no noise (the output
+    mean), row 1 at mean + std (the part of the variance that comes from x), row 2 + k at the
+    mean with unit noise at draw k only; the variance is the sum of the squared deviations.
+
+    Args:
+        run: run(x [2 + max_draws, ...], noise source) -> output like x.
+        mean, std: tensors of one sample's shape.
+        max_draws: at least the number of noise draws run makes (unused rows add 0).
+
+    Returns:
+        (mean, var, draws): float64 tensors of one sample's shape, and the draws made.
+    """
+    mean = torch.as_tensor(mean, dtype=dtype)
+    rows = mean.expand(2 + max_draws, *mean.shape).clone()
+    rows[1] += torch.as_tensor(std, dtype=dtype)
+    noise = BasisNoise(len(rows))
+    out = run(rows, noise).double()
+    return out[0], ((out[1:] - out[0]) ** 2).sum(dim=0), noise.draws
 
 
 class WithVariance:

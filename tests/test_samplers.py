@@ -11,7 +11,7 @@ discretized chain is known exactly (gaussian_oracle.reverse_moments). Two kinds 
 import numpy as np
 import pytest
 import torch
-from gaussian_oracle import GaussianOracle, reverse_moments
+from gaussian_oracle import BasisNoise, GaussianOracle, moments_by_linearity, reverse_moments
 
 from diffuse_cli.diffusion import GaussianDiffusion, get_betas, respace, space_timesteps
 from diffuse_cli.samplers import (
@@ -23,9 +23,11 @@ from diffuse_cli.samplers import (
     ddpm,
     evaluations,
     get_sampler,
+    pc,
 )
 from diffuse_cli.samplers.grids import SPACINGS
 from diffuse_cli.samplers.noise import seeded_generator
+from diffuse_cli.samplers.pc import langevin_corrector_step
 
 # The samplers of a GaussianDiffusion (langevin samples the NoiseLevels of an NCSN).
 DDPM_SAMPLERS = {k: v for k, v in SAMPLERS.items() if k not in SCORE_SAMPLERS}
@@ -38,23 +40,6 @@ def make(schedule="linear", prediction="eps", variance="fixed_small", T=1000, re
     diffusion = GaussianDiffusion(get_betas(schedule, T), prediction, variance)
     oracle = GaussianOracle(MU, STD, diffusion.alphas_cumprod, prediction, record=record)
     return diffusion, oracle
-
-
-class BasisNoise:
-    """A noise source for exact moments: row 2 + k gets z = 1 at the k-th draw, all else 0."""
-
-    def __init__(self, batch_size):
-        self.batch_size = batch_size
-        self.draws = 0
-
-    def randn(self, shape_per_sample, dtype=torch.float32):
-        raise AssertionError("samplers take x_T from the caller")
-
-    def randn_like(self, x):
-        z = torch.zeros_like(x)
-        z[2 + self.draws] = 1.0
-        self.draws += 1
-        return z
 
 
 def exact_output_moments(sampler, diffusion, oracle, steps, **options):
@@ -95,6 +80,69 @@ def test_output_moments_equal_the_discretized_chain(
     torch.testing.assert_close(var, want_var, rtol=2e-4, atol=1e-6)
     noisy = name == "ddpm" or options["eta"] > 0
     assert draws == (steps - 1 if noisy else 0)  # never noise at the last step
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+@pytest.mark.parametrize(("predictor", "corrector_steps"), [("ddpm", 1), ("ddim", 1), ("ddpm", 3)])
+def test_pc_output_moments_equal_the_discretized_chain(prediction, predictor, corrector_steps):
+    """pc on the Gaussian oracle, exact moments by linearity in float64: every predictor step
+    but the last followed by `corrector_steps` Langevin steps x + e s + sqrt(2 e) z at the
+    predictor's target (Song et al. 2021, Algorithm 5, with samplers.pc's step size), against
+    the independent recursion of gaussian_oracle.reverse_moments. A corrector that returns x
+    unchanged leaves the predictor's moments."""
+    diffusion, oracle = make("linear", prediction)
+    steps = 10
+
+    def run(x_T, noise):
+        return pc(
+            oracle,
+            diffusion,
+            x_T,
+            steps=steps,
+            noise=noise,
+            clip_denoised=False,
+            predictor=predictor,
+            corrector_steps=corrector_steps,
+        )
+
+    draws = (steps - 1) * (corrector_steps + (predictor == "ddpm"))
+    mean, var, made = moments_by_linearity(run, torch.zeros(4), torch.ones(4), draws)
+    assert made == draws
+    sub = respace(diffusion, space_timesteps(1000, steps, "even"))
+    want_mean, want_var = reverse_moments(
+        oracle, sub, predictor, corrector_steps=corrector_steps, snr=0.16
+    )
+    torch.testing.assert_close(mean, want_mean, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(var, want_var, rtol=1e-9, atol=1e-12)
+    predictor_only = reverse_moments(oracle, sub, predictor)[1]
+    assert ((var - predictor_only).abs() / predictor_only > 1e-3).any()
+
+
+@pytest.mark.parametrize("t", [300, 600])
+@pytest.mark.parametrize("start_var", [4.0, 0.25])
+def test_langevin_corrector_moves_a_wrong_distribution_to_p_t(t, start_var):
+    """Langevin corrector steps at timestep t with the exact score of p_t = N(sqrt(a) MU,
+    a STD^2 + 1 - a) (a = abar_t) pull any start towards p_t: from the wrong mean 0 and
+    start_var times p_t's variance, 200 steps (snr 0.16) land within 3.5% of p_t's variance and
+    0.01 std of its mean. The step e = 2 alpha_t snr^2 (1 - a) does not depend on x, so the
+    chain is affine and its moments exact by linearity; its own stationary variance is
+    V / (1 - e / (2 V)) (Roberts & Tweedie 1996), 1.6-2.6% above V here. A corrector that
+    returns x keeps the start."""
+    diffusion, oracle = make("linear", "eps")
+    a = diffusion.alphas_cumprod[t]
+    target_var = a * STD.double() ** 2 + 1 - a
+    index = torch.full((2 + 200,), t)
+
+    def run(x, noise):
+        for _ in range(200):
+            x = langevin_corrector_step(oracle, diffusion, x, index, 0.16, noise, False, None)
+        return x
+
+    start_std = (start_var * target_var).sqrt()
+    mean, var, _ = moments_by_linearity(run, torch.zeros(4), start_std, 200)
+    mean_z = (mean - a.sqrt() * MU.double()) / target_var.sqrt()
+    assert (mean_z.abs() < 0.01).all(), mean_z
+    assert ((var / target_var - 1).abs() < 0.035).all(), var / target_var
 
 
 def test_discretization_bias_shrinks_with_steps():
