@@ -18,6 +18,7 @@ from conftest import TINY, checksums, run_cli
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from diffuse_cli.data import DataError
 from diffuse_cli.errors import UserError
 from diffuse_cli.train import checkpoint as ckpt
 from diffuse_cli.train.checkpoint import latest_checkpoint, save_checkpoint
@@ -411,3 +412,29 @@ def test_img_per_s_leaves_out_the_time_spent_saving(compose, tmp_path, monkeypat
     trainer.fit()
     batch = cfg.trainer.batch_size  # 2 steps of `batch` images in 2 s, every window
     assert [r["img_per_s"] for r in rows(tmp_path)] == [batch, batch, batch]
+
+
+# --- one writer per run ---------------------------------------------------------------------
+
+
+def test_a_second_training_of_a_run_in_progress_is_refused(compose, tmp_path):
+    """Two trainings of one run interleaved checkpoints and metrics.jsonl lines, and one's save
+    removed the other's; the first holds the run's lock until it ends."""
+    cfg = compose([*QUIET, "trainer.max_steps=2", f"run_dir={tmp_path}"])
+    first = Trainer(cfg)
+    with pytest.raises(UserError, match=rf"is being trained by pid {os.getpid()} on "):
+        Trainer(cfg)
+    first.fit()  # ends, and unlocks
+    more = Trainer(compose([*QUIET, "trainer.max_steps=3", f"run_dir={tmp_path}"]))
+    assert more.start_step == 2
+    more.fit()
+    assert [r["step"] for r in rows(tmp_path)][-1] == 3
+
+
+def test_a_refused_start_leaves_no_lock_or_folder(compose, tmp_path):
+    run = tmp_path / "new" / "run"
+    cfg = compose([*QUIET, "data=image_folder", f"data.root={tmp_path / 'none'}",
+                   f"run_dir={run}"])  # fmt: skip
+    with pytest.raises(DataError):
+        Trainer(cfg)
+    assert not run.exists()

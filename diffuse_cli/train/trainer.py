@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from diffuse_cli.build import build_data, data_shape
 from diffuse_cli.data import DataError, random_hflip
 from diffuse_cli.diffusion import get_timestep_sampler
-from diffuse_cli.distributed import check_joined
+from diffuse_cli.distributed import broadcast_from_main, check_joined
 from diffuse_cli.errors import Interrupted, UserError
 from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides, write_atomically
 from diffuse_cli.train.batches import StepBatchSampler, step_seed
@@ -39,6 +39,7 @@ from diffuse_cli.train.ema import EMA
 from diffuse_cli.train.loggers import MetricsFile, make_logger
 from diffuse_cli.train.optimizer import build_optimizer, learning_rate, load_optimizer_state
 from diffuse_cli.train.preview import save_training_preview
+from diffuse_cli.train.run_lock import RunLock
 from diffuse_cli.train.tasks import make_task
 from diffuse_cli.train.validate import check_resumable, validate_train_config
 
@@ -117,6 +118,15 @@ class Trainer:
         validate_train_config(cfg, fresh=latest_checkpoint(self.run_dir) is None)
         self.cfg, self.tc = cfg, cfg.trainer
         self.accelerator = self._setup_accelerator()
+        self.lock = self._lock_run_dir()
+        try:
+            self._setup(cfg)
+        except BaseException:
+            if self.lock is not None:  # a refused start leaves no lock file or folder of its own
+                self.lock.release(tidy=True)
+            raise
+
+    def _setup(self, cfg: DictConfig) -> None:
         check_resumable(cfg, self.run_dir)
         self.dataset = build_data(cfg, "train", every_process=True)
         self.task = make_task(cfg, self.dataset)
@@ -167,6 +177,15 @@ class Trainer:
         )
         check_joined(acc.num_processes)
         return acc
+
+    def _lock_run_dir(self) -> RunLock | None:
+        """The main process locks the run directory (run_lock.py); every process hears if
+        another training holds it."""
+        lock = RunLock(self.run_dir) if self.is_main else None
+        refusal = broadcast_from_main(lock.refusal if lock is not None else None)
+        if refusal:
+            raise UserError(refusal)
+        return lock
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.seed)
@@ -363,6 +382,8 @@ class Trainer:
             bar.close()
             if self.logger is not None:
                 self.logger.finish()
+            if self.lock is not None:
+                self.lock.release()
         acc.wait_for_everyone()  # the CLI leaves the process group after the last job
         if self.is_main:
             if self.start_step >= tc.max_steps:
