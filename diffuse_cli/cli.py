@@ -62,8 +62,14 @@ def _task(command: str):
         except KeyboardInterrupt:
             print(f"diffuse {command}: interrupted", file=sys.stderr)
             sys.exit(130)
-        except Exception:
+        except Exception as err:
             if distributed.launched_world_size() <= 1:
+                if isinstance(err, OSError) and err.filename and not cfg.get("debug", False):
+                    # a full disk, a read-only folder, a file where a folder should be: the
+                    # path and the reason say what to change; a traceback would hide them
+                    _remove_empty_output_dir()
+                    print(f"diffuse {command}: error: {err}", file=sys.stderr)
+                    sys.exit(2)
                 raise
             # Hydra would log this job's error and start the next job of a sweep while the
             # other processes still wait in this one's collectives: end all of them instead.

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -51,10 +52,16 @@ def give_plain_file_mode(path: Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
+def temporary_sibling(path: Path, suffix: str = ".tmp") -> Path:
+    """A name beside `path` for writing it before the rename, one per writer: two processes
+    writing the same file (parallel sweep jobs) must not write into one temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file renamed over it: a crash or a full disk
     leaves the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_sibling(path)
     try:
         with open(tmp, "w") as fh:
             fh.write(text)
@@ -76,7 +83,19 @@ def read_run_config(run_dir: str | Path, task: str = "diffusion") -> DictConfig:
             f"no {what} found in '{run_dir}' ({CONFIG_FILE} is missing); train one "
             f"with `diffuse train{how} run_dir={run_dir}` or point to another folder"
         )
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml's errors, or a file that is not text
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"'{path}' cannot be read ({first}); it is the run's config as diffuse train wrote "
+            "it: restore it, or use another run_dir"
+        ) from err
+    if not isinstance(cfg, DictConfig) or not cfg:
+        raise UserError(
+            f"'{path}' holds no config; it is the run's config as diffuse train wrote it: "
+            "restore it, or use another run_dir"
+        )
     if "schedule" in cfg and "scale_betas" not in cfg.schedule:  # written before the key:
         s = cfg.schedule  # linear betas were taken as given, which scaling changes unless T=1000
         cfg.schedule.scale_betas = not (s.get("name") == "linear" and s.num_timesteps != 1000)

@@ -153,3 +153,25 @@ def test_a_step_asked_for_is_found_in_its_moved_aside_copy(tmp_path):
     assert chosen_checkpoint(tmp_path, 1) == root / ".old-step_00000001"
     with pytest.raises(UserError, match="no checkpoint of step 3; it has steps 2"):
         chosen_checkpoint(tmp_path, 3)
+
+
+def test_a_checkpoint_pruned_while_it_is_read_is_not_called_damaged(tmp_path, monkeypatch):
+    """sample/eval beside a training run: keep_last may remove the chosen checkpoint before
+    its files are read; the folder is gone, not damaged."""
+    import shutil
+
+    from diffuse_cli.train import checkpoint
+
+    folder = save(tmp_path, 1)
+    real = checkpoint.load_file
+
+    def pruned_first(path, *args, **kwargs):
+        shutil.rmtree(folder)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_file", pruned_first)
+    model = torch.nn.Module()
+    model.register_buffer("w", torch.zeros(2, 2))
+    with pytest.raises(UserError, match="was removed while it was read") as err:
+        checkpoint.load_weights(model, tmp_path)
+    assert "damaged" not in str(err.value)

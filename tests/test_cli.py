@@ -211,6 +211,21 @@ def test_sample_user_errors_are_one_line(trained, args, message):
     assert checksums(run) == before
 
 
+def test_an_output_that_cannot_be_written_is_one_line(trained, tmp_path):
+    """A file where the output folder should be (or a read-only folder, a full disk): the
+    path and the reason in one line, exit status 2, instead of a traceback."""
+    from conftest import run_cli
+
+    cwd, _, _ = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_cli("sample", "steps=2", "num_samples=2", "progress=false",
+                   f"out_dir={blocker}", cwd=cwd, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert str(blocker) in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_sample_without_a_run(cli):
     proc = cli("sample", "run_dir=nowhere", check=False)
     assert proc.returncode == 2 and "no run found in 'nowhere'" in proc.stderr

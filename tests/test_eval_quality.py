@@ -414,3 +414,20 @@ def test_a_later_eval_of_the_same_samples_keeps_the_metrics_it_did_not_compute(
     assert set(report["metrics"]) == {"fd_builtin"}
     note = capsys.readouterr().err
     assert "kd_builtin" in note and "were of other samples (num_samples 12" in note
+
+
+def test_damaged_samples_and_reference_cache_are_one_line(run32, compose, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run32[1], run)
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, arr_0=np.zeros((4, 32, 32, 3), np.uint8))
+    npz.write_bytes(npz.read_bytes()[:-30])  # a copy cut short: no zip directory
+    with pytest.raises(UserError, match="not an .npz with an arr_0 array"):
+        eval_in_process(compose, run, ["metrics=[fid]", f"eval.samples={npz}", *QUICK])
+    eval_in_process(compose, run, ["metrics=[fid]", *QUICK])  # fills the reference cache
+    (cache,) = (run / "cache").iterdir()
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.raises(UserError, match="cannot be read .*; delete it and run the command again"):
+        eval_in_process(compose, run, ["metrics=[fid]", *QUICK])

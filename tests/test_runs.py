@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,79 @@ def test_keys_added_with_plus_are_refused_with_the_nearest_key(compose):
     with pytest.raises(UserError, match=r"trainer.max_step is not a setting of `diffuse train` "
                        r"\(did you mean trainer.max_steps\?"):  # fmt: skip
         check_known_keys(cfg, "train")
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from diffuse_cli.runs import write_atomically
+for _ in range(300):
+    write_atomically(Path(sys.argv[1]), sys.argv[2] * 50_000)
+"""
+
+
+def test_two_processes_writing_one_report_each_leave_a_whole_file(tmp_path):
+    """Parallel sweep jobs write the same eval/loss.json: with one shared temporary name, one
+    writer's rename failed and two writes could mix in one file."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "loss.json"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), tag], stderr=subprocess.PIPE)
+        for tag in "ab"
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert path.read_text() in ("a" * 50_000, "b" * 50_000)
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.json"]  # no temporary file left
+
+
+def test_a_failed_samples_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    """A full disk used to leave a partial temporary file, which kept the disk full."""
+    import errno
+
+    import numpy as np
+
+    from diffuse_cli import generate
+
+    path = tmp_path / "samples.npz"
+    generate._save_npz(path, np.zeros((2, 4, 4, 3), np.uint8), None)
+
+    def full_disk(file, **arrays):
+        Path(file).write_bytes(b"part of a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        generate._save_npz(path, np.ones((2, 4, 4, 3), np.uint8), None)
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.npz"]
+    assert np.load(path)["arr_0"].sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("schedule: [linear\n", "cannot be read (while parsing"), ("", "holds no config")],
+)
+def test_a_damaged_run_config_is_one_line(tmp_path, text, message):
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        runs.read_run_config(tmp_path)
+
+
+def test_a_state_file_without_its_step_is_a_damaged_checkpoint(tmp_path):
+    from diffuse_cli.train.checkpoint import read_checkpoint
+
+    folder = save_checkpoint(tmp_path, 3, {"w": torch.zeros(2)}, {"w": torch.zeros(2)}, {}, {})
+    (folder / "state.json").write_text('{"skipped_steps": 0}')
+    with pytest.raises(UserError, match="it is damaged"):
+        read_checkpoint(folder)
+
+
+def test_metrics_lines_that_are_not_text_are_dropped_on_resume(tmp_path):
+    from diffuse_cli.train.loggers import MetricsFile
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n\xff\xfe{"step": 2}\n{"step": 3}\n')
+    MetricsFile(path, start_step=2)
+    assert path.read_text() == '{"step": 1}\n'

@@ -23,6 +23,7 @@ import json
 import platform
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def read_samples(cfg: DictConfig) -> torch.Tensor:
     try:
         with np.load(path) as npz:
             arr = npz["arr_0"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(f"eval.samples={path}: not an .npz with an arr_0 array ({err})") from err
     shape = data_shape(cfg)
     if len(shape) == 3:

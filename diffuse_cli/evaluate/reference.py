@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from diffuse_cli.build import build_data
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
-from diffuse_cli.runs import give_plain_file_mode
+from diffuse_cli.runs import give_plain_file_mode, temporary_sibling
 
 
 def reference_split(cfg: DictConfig) -> str:
@@ -97,7 +97,13 @@ def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> 
     if cached:
         if not state.is_main_process:
             return None
-        stored = load_file(path)
+        try:
+            stored = load_file(path)
+        except Exception as err:  # safetensors' own error type, or the file system's
+            raise UserError(
+                f"the reference cache '{path}' cannot be read ({err}); delete it and run the "
+                "command again to recompute it"
+            ) from err
     else:
         mine = shard(num, state.process_index, state.num_processes)
         progress = cfg.progress and state.is_main_process
@@ -116,12 +122,15 @@ def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> 
             "sigma": torch.from_numpy(stats["sigma"]).contiguous(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs: one each
+        tmp = temporary_sibling(path)  # parallel jobs: one each
         meta = {"dataset": cfg.data.name, "split": split, "num": str(num),
                 "extractor": extractor.key}  # fmt: skip
-        save_file(stored, tmp, metadata=meta)
-        give_plain_file_mode(tmp)  # a cache under data.root is shared
-        os.replace(tmp, path)
+        try:
+            save_file(stored, tmp, metadata=meta)
+            give_plain_file_mode(tmp)  # a cache under data.root is shared
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return {
         "features": stored["features"],
         "mu": stored["mu"].numpy(),

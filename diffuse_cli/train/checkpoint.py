@@ -162,6 +162,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def _unreadable(folder: Path, err: Exception) -> UserError:
+    if not folder.exists():  # not damaged: a run still training pruned it meanwhile
+        return UserError(
+            f"checkpoint '{folder}' was removed while it was read (a run that is still "
+            "training keeps only its newest trainer.keep_last checkpoints); run the command "
+            "again for the latest, or pass checkpoint=<step> of a kept one"
+        )
     return UserError(
         f"checkpoint '{folder}' cannot be read ({err}); it is damaged: move it out of "
         f"'{folder.parent}' to fall back to the checkpoint before it, then run the command again"
@@ -172,11 +178,13 @@ def read_checkpoint(folder: Path) -> dict:
     """Everything in a checkpoint folder, as tensors on the CPU ("timesteps" is {} when the
     run's timestep sampler has no state)."""
     try:
+        state = json.loads((folder / STATE).read_text())
+        int(state["step"])  # a state.json without its step cannot be resumed
         return {
             "model": load_file(folder / MODEL),
             "ema": load_file(folder / EMA),
             "optimizer": torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True),
-            "state": json.loads((folder / STATE).read_text()),
+            "state": state,
             "timesteps": load_file(folder / TIMESTEPS) if (folder / TIMESTEPS).is_file() else {},
         }
     except pickle.UnpicklingError as err:
@@ -184,7 +192,7 @@ def read_checkpoint(folder: Path) -> dict:
             f"checkpoint '{folder}' holds pickled objects that are not plain tensors "
             "and was refused unread (loading it could run code)"
         ) from err
-    except FILE_ERRORS as err:
+    except (*FILE_ERRORS, KeyError, TypeError) as err:
         raise _unreadable(folder, err) from err
 
 

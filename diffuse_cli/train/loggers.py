@@ -23,7 +23,7 @@ class MetricsFile:
         if path.exists():  # on resume, drop lines from steps after the checkpoint
             kept = [
                 ln
-                for ln in path.read_text().splitlines()
+                for ln in path.read_text(errors="replace").splitlines()  # damaged lines go
                 if ln.strip() and _step_of(ln) is not None and _step_of(ln) <= start_step
             ]
             write_atomically(path, "".join(ln + "\n" for ln in kept))
