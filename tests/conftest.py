@@ -39,11 +39,12 @@ TINY32 = [
 
 
 def checksums(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file below `folder`: equal before and after means nothing changed."""
+    """SHA-256 of every file below `folder`: equal before and after means nothing changed.
+    The run lock's file is left out: it names whichever process last took the lock."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"
     }
 
 
