@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 _STARTED = time.time()  # when this process started the CLI (see _remove_empty_output_dir)
+_FIRST_ENTRIES: set[str] | None = None  # the working folder's entries then (main() reads them)
 
 COMMANDS = {
     "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
@@ -60,6 +63,7 @@ def _task(command: str):
             print(f"diffuse {command}: error: {err}", file=sys.stderr)
             sys.exit(getattr(err, "exit_code", 2))
         except KeyboardInterrupt:
+            _remove_empty_output_dir()
             print(f"diffuse {command}: interrupted", file=sys.stderr)
             sys.exit(130)
         except Exception as err:
@@ -87,9 +91,8 @@ def _remove_empty_output_dir() -> None:
     """Hydra makes the job's output folder (the run directory for `train`) before the command
     runs; a command refused before writing anything leaves no empty run folder behind. Only a
     folder that is empty and was made after this process started is removed, never one the
-    user made, and never its parents."""
-    import os
-
+    user made; its parents go too while they are empty and lie below a folder of the working
+    directory that was not there when the command started (`runs/` of a first command)."""
     from diffuse_cli.runs import hydra_output_dir
 
     out = hydra_output_dir()
@@ -97,6 +100,12 @@ def _remove_empty_output_dir() -> None:
         if out is None or any(out.iterdir()) or os.stat(out).st_mtime < _STARTED - 1:
             return
         out.rmdir()
+        cwd, parent = Path.cwd(), out.absolute().parent
+        while parent != cwd and parent.is_relative_to(cwd) and _FIRST_ENTRIES is not None:
+            if parent.relative_to(cwd).parts[0] in _FIRST_ENTRIES or any(parent.iterdir()):
+                return
+            parent.rmdir()
+            parent = parent.parent
     except OSError:  # not there (another process of the job removed it) or not a folder
         return
 
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(report(rest))
 
+    global _FIRST_ENTRIES
+    _FIRST_ENTRIES = set(os.listdir("."))  # what a refused command must leave as it was
     missing = _missing_launcher(rest)
     if missing:
         print(f"diffuse {command}: error: {missing}", file=sys.stderr)

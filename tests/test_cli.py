@@ -274,7 +274,10 @@ def test_a_plus_override_of_a_misspelt_key_is_refused_before_writing(cli):
     proc = cli("train", "+trainer.max_step=5", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "trainer.max_step is not a setting of `diffuse train` (did you mean" in proc.stderr
-    assert not (cli.cwd / "runs" / "default").exists()  # Hydra made it: removed again
+    assert not (cli.cwd / "runs").exists()  # Hydra made runs/default: both removed again
+    (cli.cwd / "runs").mkdir()  # the user's own folder stays
+    cli("train", "+trainer.max_step=5", check=False)
+    assert [p.name for p in (cli.cwd / "runs").iterdir()] == []
 
 
 def test_multirun_gives_each_job_its_own_run_dir(cli):
