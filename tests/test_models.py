@@ -453,3 +453,282 @@ def test_a_timestep_scale_is_the_same_network_fed_scaled_timesteps(net):
     plain.load_state_dict(scaled.state_dict())  # the same keys: no new parameters
     torch.testing.assert_close(scaled(x, t), plain(x, t.float() * 0.25))
     assert not torch.allclose(scaled(x, t), plain(x, t))
+
+
+# ---- architecture as published: heads, rescaling, embedding, dropout, layer order, pooling ----
+
+TINY_UNET = dict(
+    model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,)
+)
+
+
+def _attention_blocks(model):
+    from diffuse_cli.models.unet import AttentionBlock
+
+    return [m for m in model.modules() if isinstance(m, AttentionBlock)]
+
+
+def test_unet_attention_heads_follow_num_heads_and_num_head_channels():
+    """The UNet hands its num_heads / num_head_channels to every attention block, the middle
+    one included: fixed channels per head (ADM) gives C/16 heads at a C-channel level."""
+    kwargs = dict(
+        model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(32, 16)
+    )
+    by_channels = _attention_blocks(UNet(**kwargs, num_head_channels=16))
+    by_count = _attention_blocks(UNet(**kwargs, num_heads=2))
+    # input: 1 per level; middle: 1; output: 2 per level
+    assert len(by_channels) == len(by_count) == 2 + 1 + 4
+    widths = [b.qkv.in_channels for b in by_channels]
+    assert sorted(set(widths)) == [32, 64]
+    assert [b.num_heads for b in by_channels] == [c // 16 for c in widths]
+    assert [b.num_heads for b in by_count] == [2] * len(by_count)
+
+
+def test_residual_rescale_reaches_every_block_of_the_unet():
+    """With residual_rescale every ResBlock of the UNet (plain, BigGAN up and down, with and
+    without a 1x1 skip convolution) returns (skip(x) + h) / sqrt(2), h being its residual
+    branch, and every attention block scales by 1/sqrt(2); without it the scales are 1."""
+    from diffuse_cli.models.unet import ResBlock
+
+    kwargs = dict(TINY_UNET, image_size=16, resblock_updown=True)
+    assert {b.skip_scale for b in _attention_blocks(UNet(**kwargs))} == {1.0}
+    model = UNet(**kwargs, residual_rescale=True).eval()
+    perturb(model)
+    assert [b.skip_scale for b in _attention_blocks(model)] == pytest.approx([2**-0.5] * 4)
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    seen: dict = {}
+    hooks = []
+    for i, block in enumerate(blocks):
+        hooks.append(_capture(block, seen, f"in{i}", output=False))
+        hooks.append(_capture(block.out_conv, seen, f"h{i}"))
+        hooks.append(_capture(block, seen, f"out{i}"))
+    x, t = inputs(size=16)
+    with torch.no_grad():
+        model(x, t)
+        for i, block in enumerate(blocks):
+            skip = block.skip(block.resample(seen[f"in{i}"]))
+            expected = (skip + seen[f"h{i}"]) / 2**0.5
+            torch.testing.assert_close(seen[f"out{i}"], expected, rtol=1e-5, atol=1e-6)
+    for h in hooks:
+        h.remove()
+    assert any(b.up for b in blocks) and any(
+        not isinstance(b.skip, torch.nn.Identity) for b in blocks
+    )
+
+
+@pytest.mark.parametrize("dim", [8, 7])
+def test_timestep_embedding_is_the_improved_diffusion_formula(dim):
+    """emb[:, i] = cos(t 10000^(-i/half)) and emb[:, half + i] = sin(t 10000^(-i/half)) for
+    i < half = dim // 2 (improved-diffusion / ADM); an odd dim ends with a zero column."""
+    t = torch.tensor([1, 37, 999])
+    emb = timestep_embedding(t, dim)
+    half = dim // 2
+    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
+    args = t.double()[:, None] * freqs[None]
+    assert emb.dtype == torch.float32 and emb.shape == (3, dim)
+    # float32 arguments up to 999 carry an absolute error of about 999 * 2^-24
+    torch.testing.assert_close(emb[:, :half].double(), torch.cos(args), rtol=0, atol=2e-4)
+    torch.testing.assert_close(emb[:, half : 2 * half].double(), torch.sin(args), rtol=0, atol=2e-4)
+    if dim % 2:
+        assert torch.equal(emb[:, -1], torch.zeros(3))
+
+
+def test_unet_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
+    """Dropout in the residual blocks (DDPM: before the last convolution) is random in train
+    mode and reproducible from the seed; eval mode is deterministic and equals the network
+    without dropout."""
+    kwargs = dict(TINY_UNET, image_size=16)
+    model = UNet(**kwargs, dropout=0.5)
+    perturb(model)  # the zero-initialised last convolutions would hide the masks
+    plain = UNet(**kwargs).eval()
+    plain.load_state_dict(model.state_dict())
+    x, t = inputs(size=16)
+    with torch.no_grad():
+        model.train()
+        a, b = model(x, t), model(x, t)
+        torch.manual_seed(3)
+        c = model(x, t)
+        torch.manual_seed(3)
+        d = model(x, t)
+        model.eval()
+        e, f = model(x, t), model(x, t)
+        reference = plain(x, t)
+    assert not torch.allclose(a, b)
+    assert torch.equal(c, d)
+    assert torch.equal(e, f)
+    torch.testing.assert_close(e, reference, rtol=0, atol=0)
+    assert not torch.allclose(a, reference)
+
+
+def test_middle_block_is_resblock_attention_resblock():
+    from diffuse_cli.models.unet import AttentionBlock, ResBlock
+
+    model = UNet(**TINY_UNET, image_size=16)
+    assert [type(m) for m in model.middle_block] == [ResBlock, AttentionBlock, ResBlock]
+
+
+def test_biggan_down_block_equals_average_pooling_before_its_first_convolution():
+    """A BigGAN down-block (ADM's resblock_updown) average-pools both paths 2x2 without
+    parameters: skip = avgpool(x), and the residual branch pools silu(norm(x)) before its
+    first convolution."""
+    import torch.nn.functional as F
+
+    from diffuse_cli.models.unet import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, 6, down=True).eval().double()
+    perturb(block)
+    x, emb = torch.randn(2, 8, 8, 8, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    h = block.in_conv(F.avg_pool2d(F.silu(block.in_norm(x)), 2))
+    h = block.out_norm(h + block.emb_proj(F.silu(emb))[:, :, None, None])
+    wanted = F.avg_pool2d(x, 2) + block.out_conv(F.silu(h))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, emb), wanted, rtol=1e-12, atol=1e-12)
+
+
+def test_unet_down_blocks_are_the_biggan_blocks_when_resblock_updown():
+    """The UNet's BigGAN down-blocks pool by averaging, like the block tested above."""
+    from diffuse_cli.models.unet import ResBlock
+
+    model = UNet(**TINY_UNET, image_size=16, resblock_updown=True)
+    down = [m for m in model.input_blocks.modules() if isinstance(m, ResBlock) and not m.up]
+    pools = [type(m.resample) for m in down if not isinstance(m.resample, torch.nn.Identity)]
+    assert pools == [torch.nn.AvgPool2d] * (len(TINY_UNET["channel_mult"]) - 1)
+
+
+def test_embedding_is_linear_silu_linear_of_the_sinusoid_plus_the_label_row():
+    """DDPM's time embedding MLP: Linear(C, 4C), SiLU, Linear(4C, 4C) on the sinusoidal
+    embedding of width C = model_channels; a label adds its embedding row."""
+    import torch.nn.functional as F
+
+    model = UNet(**TINY_UNET, image_size=16, num_classes=3)
+    t, y = torch.tensor([0, 5, 999]), torch.tensor([0, 2, 3])
+    l1, l2 = model.time_embed[0], model.time_embed[2]
+    sinusoid = timestep_embedding(t, 16)
+    wanted = F.linear(F.silu(F.linear(sinusoid, l1.weight, l1.bias)), l2.weight, l2.bias)
+    wanted = wanted + model.label_embed.weight[y]
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(t, y), wanted)
+    assert (l1.in_features, l1.out_features, l2.out_features) == (16, 64, 64)
+
+
+def test_output_head_is_groupnorm_silu_convolution():
+    """The UNet's last layers: GroupNorm (32 groups at the published widths, fewer when
+    narrower), SiLU, then a 3x3 convolution to out_channels."""
+    import torch.nn.functional as F
+
+    model = UNet(**TINY_UNET, image_size=16, out_channels=6).eval()
+    perturb(model)
+    seen: dict = {}
+    hook = _capture(model.out, seen, "h", output=False)
+    x, t = inputs(size=16)
+    with torch.no_grad():
+        out = model(x, t)
+        norm, conv = model.out[0], model.out[-1]
+        h = F.group_norm(seen["h"], 8, norm.weight, norm.bias, norm.eps)
+        wanted = F.conv2d(F.silu(h), conv.weight, conv.bias, padding=1)
+    hook.remove()
+    assert out.shape == (2, 6, 16, 16)
+    torch.testing.assert_close(out, wanted)
+
+
+@pytest.mark.parametrize(
+    "channels, groups",
+    [
+        (128, 32),
+        (256, 32),
+        (96, 32),
+        (64, 32),
+        (48, 24),
+        (40, 20),
+        (24, 12),
+        (100, 25),
+        (16, 8),
+        (8, 4),
+        (3, 1),
+        (1, 1),
+    ],
+)
+def test_norm_groups_is_the_largest_divisor_up_to_32_with_two_channels_per_group(channels, groups):
+    from diffuse_cli.models.unet import norm_groups
+
+    assert norm_groups(channels) == groups
+
+
+def test_published_widths_normalise_in_32_groups():
+    with torch.device("meta"):
+        model = UNet(**DDPM_CIFAR10)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {32}
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("train", True), ("eval", False), ("no_grad", False), ("off", False)],
+)
+def test_gradient_checkpointing_runs_only_when_training_with_gradients(monkeypatch, mode, expected):
+    """use_checkpoint wraps every block in torch.utils.checkpoint in train mode with gradients
+    on; in eval mode, under no_grad and with the option off the blocks run directly."""
+    import contextlib
+
+    import diffuse_cli.models.unet as unet
+
+    calls = []
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "checkpoint", counting)
+    model = UNet(**TINY_UNET, image_size=16, use_checkpoint=mode != "off")
+    model.train(mode != "eval")
+    x, t = inputs(size=16)
+    with torch.no_grad() if mode == "no_grad" else contextlib.nullcontext():
+        model(x, t)
+    blocks = [*model.input_blocks, model.middle_block, *model.output_blocks]
+    if expected:
+        assert len(calls) == len(blocks) and all(a is b for a, b in zip(calls, blocks, strict=True))
+    else:
+        assert calls == []
+
+
+# ---- the classifier's attention pooling (ADM's AttentionPool2d) ----
+
+
+def _reference_attention_pool(pool, x):
+    """ADM's attention pooling, written out: tokens = [spatial mean, x_1..x_HW] + position;
+    q, k, v = the channel thirds of the qkv 1x1 convolution, split into heads of d channels;
+    output = per head softmax(q_mean . k / sqrt(d)) v, the mean token's row."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    tokens = torch.cat([flat.mean(dim=-1, keepdim=True), flat], dim=-1) + pool.position[None]
+    qkv = torch.einsum("oc,bcn->bon", pool.qkv.weight[:, :, 0], tokens) + pool.qkv.bias[:, None]
+    q, k, v = qkv[:, :c], qkv[:, c : 2 * c], qkv[:, 2 * c :]
+    heads = pool.num_heads
+    d = c // heads
+    out = []
+    for i in range(heads):
+        part = slice(i * d, (i + 1) * d)
+        logits = torch.einsum("bd,bdn->bn", q[:, part, 0], k[:, part]) / d**0.5
+        out.append(torch.einsum("bn,bdn->bd", torch.softmax(logits, dim=-1), v[:, part]))
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_attention_pool_is_the_mean_tokens_attention_over_all_positions(heads):
+    from diffuse_cli.models.classifier import AttentionPool
+
+    torch.manual_seed(0)
+    pool = AttentionPool(8, 3 * 3, heads)
+    x = torch.randn(2, 8, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(pool(x), _reference_attention_pool(pool, x), rtol=0, atol=1e-6)
+
+
+def test_classifier_pool_heads_follow_num_head_channels_or_num_heads():
+    from diffuse_cli.models import EncoderClassifier
+
+    kwargs = dict(TINY_UNET, image_size=16)  # encoder width 32
+    assert EncoderClassifier(4, **kwargs, num_head_channels=8).pool.num_heads == 32 // 8
+    assert EncoderClassifier(4, **kwargs, num_heads=2).pool.num_heads == 2
+    assert EncoderClassifier(4, **kwargs).pool.num_heads == 1
