@@ -74,3 +74,17 @@ def test_negative_trainer_settings_are_refused(compose, key):
 def test_an_empty_data_set_is_refused():
     with pytest.raises(ValueError, match="the training data set is empty"):
         StepBatchSampler(0, 8, seed=0, start_step=0)
+
+
+def test_every_epoch_is_its_own_permutation_and_the_seed_picks_the_order():
+    """Each epoch shuffles anew (an epoch seed without the epoch would repeat one order), and
+    the run's data seed changes the batches (a seed left out would give every run one order)."""
+    n = 20
+    epochs = [torch.cat([global_batch(n, 5, seed=3, step=4 * e + s) for s in range(4)])
+              for e in range(3)]  # fmt: skip
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(n))
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    assert not torch.equal(global_batch(n, 5, seed=0, step=0), global_batch(n, 5, seed=1, step=0))
+    first = [next(iter(StepBatchSampler(n, 5, seed, start_step=0))) for seed in (0, 1)]
+    assert first[0] != first[1]

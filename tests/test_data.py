@@ -1,5 +1,6 @@
 import pickle
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -37,6 +38,13 @@ def test_shapes_items_are_labelled_images_in_unit_range():
     assert sorted(set(labels)) == list(range(4)) and all(isinstance(y, int) for y in labels)
     assert ds.num_classes == 4 and ds.class_names == CLASS_NAMES
     assert len(x.unique(dim=0)) == 40  # position, size and colour vary
+
+
+def test_shapes_classes_cycle_so_they_are_exactly_balanced():
+    """Image i is of class i mod 4, so any number of images is balanced to within one."""
+    _, labels = stack(build_dataset("shapes", "test", num_test=42, image_size=8))
+    assert labels == [i % 4 for i in range(42)]
+    assert Counter(labels[:40]) == {0: 10, 1: 10, 2: 10, 3: 10}
 
 
 def test_shapes_other_sizes_and_channels():
@@ -191,6 +199,35 @@ def test_corrupt_image_error_names_the_file(tmp_path, name):
         ds[bad]
 
 
+def test_image_folder_crops_the_centre_of_the_longer_side(tmp_path):
+    """A 30x10 image at image_size=10 needs no resizing and keeps columns 10..19, the centre
+    (a top-left crop would keep 0..9); each column's grey level says which column it was."""
+    columns = np.arange(30, dtype=np.uint8) * 8
+    Image.fromarray(np.tile(columns, (10, 1)), "L").save(tmp_path / "wide.png")
+    x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=10, channels=1)[0]
+    expected = torch.from_numpy(columns[10:20]).float() / 127.5 - 1
+    assert x.shape == (1, 10, 10) and torch.equal(x[0], expected.expand(10, 10))
+
+
+def test_image_folder_puts_transparent_pixels_on_white(tmp_path):
+    """Transparent pixels' colour is arbitrary (here black): they load as white, +1."""
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=8)[0]
+    assert torch.equal(x, torch.ones(3, 8, 8))
+
+
+def test_image_folder_scales_16_bit_grey_to_8_bits(tmp_path):
+    """16-bit levels 0, 257 * 100, 257 * 200, 65535 are 8-bit 0, 100, 200, 255 (divided by
+    257, not clipped at 255)."""
+    levels = np.array([0, 25_700, 51_400, 65_535], dtype=np.uint16)
+    image = Image.fromarray(np.tile(levels, (4, 1)))
+    assert image.mode.startswith("I")
+    image.save(tmp_path / "deep.png")
+    x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=4, channels=1)[0]
+    expected = torch.tensor([0.0, 100.0, 200.0, 255.0]) / 127.5 - 1
+    assert torch.equal(x[0], expected.expand(4, 4))
+
+
 # --- cifar10 / mnist ------------------------------------------------------------------------
 
 
@@ -227,6 +264,18 @@ def test_cifar10_reads_the_python_batches(tmp_path):
     assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and 0 <= y < 10
     assert test[0][0].shape == test.shape == (1, 16, 16)
     assert len(build_dataset("cifar10", "train", root=tmp_path, num_train=5)) == 5
+
+
+def test_cifar10_rows_are_red_green_and_blue_planes(tmp_path):
+    """A CIFAR-10 row is 1024 red values, then 1024 green, then 1024 blue (channel-major, as
+    the python version stores them): planes 0, 128, 255 give every pixel (-1, 128/127.5 - 1, 1)."""
+    fake_cifar10(tmp_path)
+    row = np.repeat(np.array([0, 128, 255], dtype=np.uint8), 1024)[None]
+    batch = {"data": row, "labels": [7]}
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch))
+    x, y = build_dataset("cifar10", "test", root=tmp_path)[0]
+    expected = torch.tensor([0.0, 128.0, 255.0]) / 127.5 - 1
+    assert y == 7 and torch.equal(x, expected[:, None, None].expand(3, 32, 32))
 
 
 def write_idx(path, array):

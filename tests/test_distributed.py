@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from diffuse_cli import distributed
 from diffuse_cli.errors import UserError
@@ -111,6 +112,19 @@ def test_gathering_collects_on_the_main_process_and_the_main_process_goes_first(
     assert main == {"index": [0, 1, 2, 3, 4], "x": [0, 10, 20, 30, 40]}
     assert json.loads((tmp_path / "rank1.json").read_text()) is None  # no copy on the others
     assert (tmp_path / "order").read_text().split() == ["0", "1"]
+
+
+def test_gathering_checks_that_every_item_is_there_exactly_once():
+    """Shares are put in index order (every key alike); a missing or repeated index (shards
+    that do not partition the items) is an error, not a short or padded result."""
+    got = distributed.gather_exact(
+        {"index": torch.tensor([2, 0, 1]), "x": torch.tensor([20, 0, 10])}, 3
+    )
+    assert got["index"].tolist() == [0, 1, 2] and got["x"].tolist() == [0, 10, 20]
+    for index in ([0, 2], [0, 1, 1, 2], [0, 1, 1], [1, 2, 3]):
+        share = {"index": torch.tensor(index), "x": torch.zeros(len(index))}
+        with pytest.raises(RuntimeError, match="expected 0..2 once"):
+            distributed.gather_exact(share, 3)
 
 
 def test_a_download_runs_in_the_main_process_first_block(compose, monkeypatch):

@@ -153,6 +153,22 @@ def test_report_shows_a_metric_that_was_not_finite_as_n_a(tmp_path, capsys):
     assert "n/a" in row and "3" in row
 
 
+def test_report_shows_a_metric_s_standard_deviation_beside_it_not_as_a_column():
+    """kid_builtin_std (and the other auxiliary keys) are stored beside the metric: the table
+    has one kid_builtin column, its cell "value ± std", and no column of their own."""
+    from diffuse_cli.evaluate.report import metric_names, table
+
+    metrics = {"kid_builtin": 0.125, "kid_builtin_std": 0.01, "kid_builtin_subset_size": 100,
+               "is_builtin": 2.5, "is_builtin_std": 0.25, "is_builtin_splits": 10}  # fmt: skip
+    record = {"run": ".", "path": "eval/ddim-5/builtin.json", "sampler": {"name": "ddim"},
+              "steps": 5, "num_samples": 8, "extractor": {"name": "builtin"},
+              "metrics": metrics}  # fmt: skip
+    assert metric_names([record]) == ["kid_builtin", "is_builtin"]
+    head, _, row = table([record]).splitlines()
+    assert head == "| run | sampler | steps | NFE | samples | features | kid_builtin | is_builtin |"
+    assert row == "| . | ddim | 5 |  | 8 | builtin | 0.125 ± 0.01 | 2.5 ± 0.25 |"
+
+
 def test_report_defaults_to_the_default_run(tmp_path, capsys, monkeypatch):
     from diffuse_cli.evaluate.report import main as report
 

@@ -71,3 +71,21 @@ def test_a_bucket_without_examples_reports_no_loss(compose):
     filled = report["buckets"][:4]  # widths 2, 1, 1, 2
     expected = sum((b["t_max"] - b["t_min"] + 1) * b["loss"] for b in filled) / 6
     assert report["loss"] == pytest.approx(expected)
+
+
+def test_stratified_timesteps_are_uniform_inside_their_bucket():
+    """Example i falls in bucket i mod 4 of T = 1000 and its t is uniform on [lo, hi): every t
+    inside, the bucket's ends both drawn, the mean (lo + hi - 1) / 2 within 5 standard errors
+    (a t pinned to the bucket's start would bias every bucket's loss)."""
+    edges = bucket_edges(1000, 4)
+    assert edges == [0, 250, 500, 750, 1000]
+    t, k = stratified_timesteps(40_000, edges, torch.Generator().manual_seed(0), start=3)
+    assert torch.equal(k, (3 + torch.arange(40_000)) % 4)
+    for b, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False)):
+        tb = t[k == b].double()
+        assert len(tb) == 10_000
+        assert lo <= tb.min() and tb.max() < hi
+        assert (tb.min(), tb.max()) == (lo, hi - 1)  # each end has ~1 - e^-40 odds
+        width = hi - lo
+        std_err = ((width**2 - 1) / 12) ** 0.5 / len(tb) ** 0.5  # discrete uniform
+        assert abs(tb.mean() - (lo + hi - 1) / 2) < 5 * std_err

@@ -81,6 +81,30 @@ def test_sample_may_run_the_network_in_another_memory_layout(compose, run, monke
     assert cfg.model.channels_last and cfg.model.name == "ddpm" and cfg.model.dropout == 0.1
 
 
+def test_a_group_choice_leaves_out_the_execution_keys_when_it_compares(compose, run, monkeypatch):
+    """`sample model=ddpm model.channels_last=true` on a model=ddpm run: the group is compared
+    whole but without its execution keys, so the memory layout may differ; the command's
+    execution keys are used and every other key is the run's."""
+    overrides = ["model=ddpm", "model.channels_last=true", "model.use_checkpoint=true"]
+    monkeypatch.setattr(runs, "hydra_overrides", lambda: overrides)
+    cfg = runs.with_run_config(compose(overrides, command="sample"), run)
+    assert cfg.model.channels_last and cfg.model.use_checkpoint
+    saved = OmegaConf.load(run / runs.CONFIG_FILE).model
+    assert {**saved, "channels_last": True, "use_checkpoint": True} == dict(cfg.model)
+
+
+def test_a_group_choice_with_a_package_is_compared_whole(compose, run, monkeypatch):
+    """A group choice written with its package (`model@model=small`, Hydra's group@package
+    syntax) names the whole group just as `model=small` does: it is compared whole, not taken
+    for a command line that leaves the model alone."""
+    monkeypatch.setattr(runs, "hydra_overrides", lambda: ["model@model=small"])
+    with pytest.raises(UserError, match=r"model.model_channels=16 \(run: 128\)"):
+        runs.with_run_config(compose(["model=small"], command="eval"), run)
+    monkeypatch.setattr(runs, "hydra_overrides", lambda: ["model@model=ddpm"])
+    same = runs.with_run_config(compose(["model=ddpm"], command="eval"), run)
+    assert same.model.model_channels == 128
+
+
 def test_eval_refuses_another_loss_than_the_run_trained_with(compose, run, monkeypatch):
     monkeypatch.setattr(runs, "hydra_overrides", lambda: ["loss=vlb"])
     with pytest.raises(UserError, match=r"loss.name='vlb' \(run: 'simple'\)"):
@@ -117,6 +141,36 @@ def test_keys_added_with_plus_are_refused_with_the_nearest_key(compose):
     with pytest.raises(UserError, match=r"trainer.max_step is not a setting of `diffuse train` "
                        r"\(did you mean trainer.max_steps\?"):  # fmt: skip
         check_known_keys(cfg, "train")
+
+
+def test_a_plus_override_of_an_unknown_top_level_key_is_refused(compose):
+    """`+foo=1` adds a top-level key no command reads, as `+trainer.foo=1` adds a nested one."""
+    from diffuse_cli.config import check_known_keys
+
+    for command in ("train", "sample", "eval"):
+        with pytest.raises(UserError, match=rf"^foo is not a setting of `diffuse {command}`"):
+            check_known_keys(compose(["+foo=1"], command=command), command)
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_sample_and_eval_refuse_an_unknown_key_before_running(
+    compose, command, monkeypatch, capsys
+):
+    """The CLI checks the keys of every command, not only train's: `sample +num_sample=3` (a
+    typo of num_samples) is one line, exit 2, and the command does not run."""
+    from diffuse_cli import api
+    from diffuse_cli.cli import _task
+
+    ran = []
+    monkeypatch.setitem(api.COMMANDS, command, ran.append)
+    cfg = compose(["+num_sample=3"], command=command)
+    with pytest.raises(SystemExit) as exit_:
+        _task(command)(cfg)
+    assert exit_.value.code == 2 and ran == []
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"diffuse {command}: error: num_sample is not a setting of `diffuse {command}`"
+    )
 
 
 WRITER = """

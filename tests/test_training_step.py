@@ -63,3 +63,30 @@ def test_the_step_sees_gradients_clipped_to_grad_clip_and_the_log_the_norm_befor
         assert norms == pytest.approx([clip] * 3, rel=1e-4)
     else:  # 0: no clipping
         assert norms == pytest.approx(logged, rel=1e-5)
+
+
+def test_the_step_flips_each_micro_batch_with_its_own_seed(compose, tmp_path, monkeypatch):
+    """With data.hflip=true the network trains on random_hflip(x) drawn from a generator
+    seeded by step_seed(seed, step, micro, process), so a resumed run flips alike."""
+    from diffuse_cli.data import random_hflip
+    from diffuse_cli.train.batches import step_seed
+
+    cfg = compose([*TINY, "data.hflip=true", "seed=5", "trainer.grad_accum=2",
+                   f"run_dir={tmp_path / 'run'}"])  # fmt: skip
+    trainer = Trainer(cfg)
+    seen, losses = [], trainer.task.losses
+
+    def recording(model, x, y, t):
+        seen.append(x.clone())
+        return losses(model, x, y, t)
+
+    monkeypatch.setattr(trainer.task, "losses", recording)
+    data = [(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
+    trainer.train_step(3, iter(data))
+    assert len(seen) == 2
+    for micro, ((x, _), got) in enumerate(zip(data, seen, strict=True)):
+        g = torch.Generator().manual_seed(step_seed(5, 3, micro, 0))
+        assert torch.equal(got, random_hflip(x, g))
+    flipped = [not torch.equal(a, b) for (x, _), got in zip(data, seen, strict=True)
+               for a, b in zip(x, got, strict=True)]  # fmt: skip
+    assert any(flipped) and not all(flipped)
