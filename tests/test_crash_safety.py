@@ -438,3 +438,35 @@ def test_a_refused_start_leaves_no_lock_or_folder(compose, tmp_path):
     with pytest.raises(DataError):
         Trainer(cfg)
     assert not run.exists()
+
+
+def hold_lock(run: Path, holder: str):
+    """Another process's lock on `run`, as its file says (flock conflicts between two opens)."""
+    import fcntl
+
+    run.mkdir(parents=True, exist_ok=True)
+    fh = open(run / ".lock", "w")
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fh.write(holder + "\n")
+    fh.flush()
+    return fh
+
+
+def test_a_lock_held_from_another_machine_is_waited_for(compose, tmp_path, monkeypatch):
+    """A network file system keeps a failed node's lock until its lease ends, and Slurm may
+    requeue the job elsewhere before that: wait for it, then take it."""
+    import threading
+
+    from diffuse_cli.train import run_lock
+
+    monkeypatch.setattr(run_lock, "POLL", 0.05)
+    held = hold_lock(tmp_path, "pid 1 on a-node-that-failed")
+    threading.Timer(0.5, held.close).start()  # the lease runs out
+    trainer = Trainer(compose([*QUIET, "trainer.max_steps=1", f"run_dir={tmp_path}"]))
+    assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+    trainer.fit()
+    monkeypatch.setattr(run_lock, "OTHER_HOST_WAIT", 0.3)
+    held = hold_lock(tmp_path, "pid 1 on a-node-that-trains")
+    with pytest.raises(UserError, match="is being trained by pid 1 on a-node-that-trains"):
+        Trainer(compose([*QUIET, "trainer.max_steps=2", f"run_dir={tmp_path}"]))
+    held.close()
