@@ -395,7 +395,10 @@ def test_sample_and_eval_name_the_checkpoint_they_loaded_while_a_run_saves_more(
         return out
 
     monkeypatch.setattr(api, "load_run", load_run_then_a_newer_checkpoint_lands)
-    (path,) = eval_command(compose([f"run_dir={run}", "metrics=[fid]", *QUICK], "eval"))
+    cfg = compose(
+        [f"run_dir={run}", "metrics=[fid]", f"eval.cache_dir={run / 'cache'}", *QUICK], "eval"
+    )
+    (path,) = eval_command(cfg)
     report = json.loads(path.read_text())
     assert report["checkpoint"] == loaded.name and report["checkpoint_step"] == 4
     (loaded.parent / "latest").write_text(loaded.name)
