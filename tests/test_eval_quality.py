@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -414,8 +415,6 @@ def test_a_later_eval_of_the_same_samples_keeps_the_metrics_it_did_not_compute(
 ):
     """The tag names the samples, not the metrics: `metrics=[fid]` after `metrics=[fid,kid]`
     used to replace the report and drop kid. Of other samples, the report is replaced, said."""
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(run32[1], run)
     (first,) = eval_in_process(compose, run, ["metrics=[fid,kid]", *QUICK])
@@ -425,6 +424,9 @@ def test_a_later_eval_of_the_same_samples_keeps_the_metrics_it_did_not_compute(
     kept = json.loads(again.read_text())
     assert kept["metrics"] == before  # kd from the first, fd recomputed on the same samples
     assert kept["reference"]["cached"] is True  # the second eval's own provenance
+    (earlier,) = kept["earlier"]  # and the first's, for what it kept
+    assert set(earlier["metrics"]) == {k for k in before if k.startswith("kd_")}
+    assert earlier["versions"] == json.loads(first.read_text())["versions"]
     other = [o if o != "eval.num_samples=12" else "eval.num_samples=13" for o in QUICK]
     capsys.readouterr()
     (replaced,) = eval_in_process(compose, run, ["metrics=[fid]", *other])
@@ -432,7 +434,23 @@ def test_a_later_eval_of_the_same_samples_keeps_the_metrics_it_did_not_compute(
     assert replaced == first and report["num_samples"] == 13
     assert set(report["metrics"]) == {"fd_builtin"}
     note = capsys.readouterr().err
-    assert "kd_builtin" in note and "were of other samples (num_samples 12" in note
+    assert "kd_builtin" in note and "came from other samples or settings (num_samples 12" in note
+
+
+def test_a_samples_file_rewritten_in_place_is_other_samples(run32, compose, tmp_path):
+    """`diffuse sample` rewrites samples/<tag>/samples.npz as the run trains on: the report
+    folder is named by the path, so the file's content decides whether metrics are kept."""
+    run = tmp_path / "run"
+    shutil.copytree(run32[1], run)
+    npz = tmp_path / "samples.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, arr_0=rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    quick = ["batch_size=12", "progress=false", f"eval.samples={npz}"]
+    (path,) = eval_in_process(compose, run, ["metrics=[fid,kid]", *quick])
+    np.savez(npz, arr_0=np.zeros((12, 32, 32, 3), np.uint8))
+    (again,) = eval_in_process(compose, run, ["metrics=[fid]", *quick])
+    assert again == path
+    assert set(json.loads(again.read_text())["metrics"]) == {"fd_builtin"}
 
 
 def test_damaged_samples_and_reference_cache_are_one_line(run32, compose, tmp_path):

@@ -263,7 +263,10 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
         if num > len(given):
             raise UserError(f"eval.num_samples={num}, but eval.samples has only {len(given)}")
         tag = samples_tag(cfg.eval.samples)
-        provenance = {"samples": str(cfg.eval.samples), "checkpoint": None,
+        from diffuse_cli.evaluate.features import file_digest
+
+        provenance = {"samples": str(cfg.eval.samples),
+                      "samples_sha256": file_digest(Path(cfg.eval.samples)), "checkpoint": None,
                       "checkpoint_step": None, "ema": None, "sampler": None, "steps": None,
                       "eta": None, "guidance": None, "class_labels": None}  # fmt: skip
         return (lambda chunk: given[chunk.start : chunk.stop]), num, tag, None, provenance
@@ -292,7 +295,9 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
     )
 
 
-NOT_OF_THE_SAMPLES = ("metrics", "warnings", "seconds", "versions", "device", "num_processes")
+NOT_OF_THE_SAMPLES = (
+    "metrics", "warnings", "earlier", "seconds", "versions", "device", "num_processes"
+)  # fmt: skip
 
 
 def samples_identity(report: dict) -> dict:
@@ -303,11 +308,30 @@ def samples_identity(report: dict) -> dict:
     return same
 
 
+HOW_IT_RAN = ("seconds", "versions", "device", "num_processes")
+
+
+def kept_provenance(earlier: dict, kept: list[str]) -> list[dict]:
+    """[{"metrics": names, "versions", "device", ...}]: how each kept metric was computed, from
+    the earlier report or from the reports before it."""
+    entries = []
+    for entry in earlier.get("earlier", []):
+        names = [m for m in entry["metrics"] if m in kept]
+        if names:
+            entries.append(entry | {"metrics": names})
+    own = [m for m in kept if not any(m in e["metrics"] for e in entries)]
+    if own:
+        entries.insert(0, {"metrics": own, **{k: earlier.get(k) for k in HOW_IT_RAN}})
+    return entries
+
+
 def with_earlier_metrics(record: dict, path: Path) -> dict:
     """The report to write at `path`. The tag does not name the metrics, so an earlier report
-    there may hold some this eval did not compute: of the same samples (seed, number, sampler,
-    checkpoint, extractor, reference), they are kept, so `metrics=[fid]` after
-    `metrics=[fid,kid]` keeps kid; of other samples, they go, and stderr says which."""
+    there may hold some this eval did not compute. Where everything but the metrics and how
+    they were run agrees (samples_identity: the run, checkpoint, sampler settings, seed and
+    number, or an eval.samples file's content; extractor and reference), they are kept, with
+    their own versions and devices under `earlier`, so `metrics=[fid]` after
+    `metrics=[fid,kid]` keeps kid. Otherwise they go, and stderr says which."""
     try:
         earlier = json.loads(path.read_text())
         old = earlier["metrics"]
@@ -318,11 +342,11 @@ def with_earlier_metrics(record: dict, path: Path) -> dict:
     if not lost:
         return record
     if samples_identity(earlier) != samples_identity(new):
-        print(f"note: replacing {path}, whose {', '.join(lost)} were of other samples "
-              f"(num_samples {earlier.get('num_samples')}, seed {earlier.get('seed')})",
+        print(f"note: replacing {path}, whose {', '.join(lost)} came from other samples or "
+              f"settings (num_samples {earlier.get('num_samples')}, seed {earlier.get('seed')})",
               file=sys.stderr)  # fmt: skip
         return record
-    merged = new | {"metrics": old | new["metrics"]}
+    merged = new | {"metrics": old | new["metrics"], "earlier": kept_provenance(earlier, lost)}
     if "warnings" in new:
         earlier_notes = earlier.get("warnings", [])
         merged["warnings"] = earlier_notes + [w for w in new["warnings"] if w not in earlier_notes]
