@@ -437,7 +437,61 @@ def test_a_refused_start_leaves_no_lock_or_folder(compose, tmp_path):
                    f"run_dir={run}"])  # fmt: skip
     with pytest.raises(DataError):
         Trainer(cfg)
-    assert not run.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent it made
+
+
+def test_a_refused_start_gives_the_users_empty_folder_its_old_times(tmp_path):
+    """The CLI removes an empty run folder made after the command started (Hydra's); the lock
+    file's creation and removal must not make the user's own empty folder look new."""
+    run = tmp_path / "runs" / "exp"
+    run.mkdir(parents=True)
+    os.utime(run, (time.time() - 3600, time.time() - 3600))
+    proc = run_cli("train", *QUIET, f"run_dir={run}", "data=image_folder",
+                   f"data.root={tmp_path / 'none'}", cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert run.is_dir() and list(run.iterdir()) == []
+
+
+def test_a_lock_taken_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """Between opening .lock and locking it, a refused start may remove it and a third start
+    create a new one: a lock on the removed file would let two trainings run."""
+    from diffuse_cli.train import run_lock
+
+    real, calls = run_lock.fcntl.flock, []
+
+    def removed_before_the_first_lock(fh, how):
+        if not calls:
+            (tmp_path / ".lock").unlink()
+            (tmp_path / ".lock").write_text("")  # the third start's new file
+        calls.append(how)
+        return real(fh, how)
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", removed_before_the_first_lock)
+    lock = run_lock.RunLock(tmp_path)
+    assert lock.refusal is None and len(calls) == 2
+    assert os.fstat(lock.file.fileno()).st_ino == (tmp_path / ".lock").stat().st_ino
+    lock.release()
+
+
+def test_a_lock_whose_holder_is_not_written_yet_is_this_machines(compose, tmp_path, monkeypatch):
+    from diffuse_cli.train import run_lock
+
+    def no_waiting(seconds):
+        raise AssertionError("waited for a lock of this machine")
+
+    monkeypatch.setattr(run_lock.time, "sleep", no_waiting)
+    held = hold_lock(tmp_path, "")
+    with pytest.raises(UserError, match="is being trained by another process on "):
+        Trainer(compose([*QUIET, f"run_dir={tmp_path}"]))
+    held.close()
+
+
+def test_the_lock_is_released_when_training_fails_before_its_loop(compose, tmp_path):
+    trainer = Trainer(compose([*QUIET, "trainer.max_steps=2", f"run_dir={tmp_path}"]))
+    trainer.loader = None  # iter(None) fails before the first step
+    with pytest.raises(TypeError):
+        trainer.fit()
+    Trainer(compose([*QUIET, "trainer.max_steps=2", f"run_dir={tmp_path}"])).fit()
 
 
 def hold_lock(run: Path, holder: str):

@@ -26,21 +26,26 @@ POLL = 5.0
 
 class RunLock:
     def __init__(self, run_dir: Path):
-        self.made_dir = not run_dir.exists()
+        self.run_dir = run_dir
+        self.made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / LOCK_FILE
         self.made_file = not self.path.exists()
-        self.file = open(self.path, "a+")  # held open while the run trains
+        stat = run_dir.stat()
+        self.dir_times = (stat.st_atime_ns, stat.st_mtime_ns)  # put back by a tidy release
+        self.file = None
         self.refusal = None
-        me = f"pid {os.getpid()} on {socket.gethostname()}"
+        host = socket.gethostname()
         deadline = None
-        while not self._try_lock():
-            if self.file.closed:  # no locks on this file system: warned, go on unlocked
+        while not self._lock():
+            if self.file is None:  # no locks on this file system: warned, go on unlocked
                 return
             self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            elsewhere = not holder.endswith(f" on {socket.gethostname()}")
-            if deadline is None and elsewhere:
+            holder = self.file.read().strip()
+            self.file.close()
+            if not holder:  # taken a moment ago, its name not yet written: this machine
+                holder = f"another process on {host}"
+            if deadline is None and not holder.endswith(f" on {host}"):
                 deadline = time.monotonic() + OTHER_HOST_WAIT
                 print(
                     f"'{run_dir}' is locked by {holder}; waiting up to {OTHER_HOST_WAIT:.0f} s "
@@ -48,7 +53,7 @@ class RunLock:
                     file=sys.stderr,
                 )
             if deadline is None or time.monotonic() >= deadline:
-                self.file.close()
+                self.file = None
                 self.refusal = (
                     f"'{run_dir}' is being trained by {holder}; wait for it to end (a second "
                     "training would mix their checkpoints), or train into another run_dir"
@@ -57,28 +62,46 @@ class RunLock:
             time.sleep(POLL)
         self.file.seek(0)
         self.file.truncate()
-        self.file.write(me + "\n")
+        self.file.write(f"pid {os.getpid()} on {host}\n")
         self.file.flush()
 
-    def _try_lock(self) -> bool:
-        """True when this process now holds the lock; a file system without locks closes the
-        file after a warning."""
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
+    def _lock(self) -> bool:
+        """True when this process holds the lock of the file now at self.path (a lock taken on
+        a file another start has just removed does not count). On a file system without
+        locks, warn and leave self.file None."""
+        while True:
+            self.file = open(self.path, "a+")  # held open while the run trains
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    return False
+                self.file.close()
+                self.file = None
                 print(f"warning: cannot lock {self.path} ({err.strerror}): nothing stops a "
                       "second `diffuse train` of this run", file=sys.stderr)  # fmt: skip
-                self.file.close()
-            return False
+                return False
+            try:
+                if os.fstat(self.file.fileno()).st_ino == self.path.stat().st_ino:
+                    return True
+            except FileNotFoundError:
+                pass
+            self.file.close()  # that file was removed meanwhile: lock the new one
 
     def release(self, tidy: bool = False) -> None:
-        """Unlock; `tidy`: a refused start also removes the lock file and run folder it made."""
-        if self.file.closed:
+        """Unlock; `tidy`: a refused start also removes the lock file and the folders it made,
+        and gives a folder it did not make its old times back (the CLI tells a folder Hydra
+        made from the user's own by its modification time)."""
+        if self.file is None or self.file.closed:
             return
-        self.file.close()  # closing the only descriptor releases the flock
         if tidy and self.made_file:
-            self.path.unlink(missing_ok=True)
-            if self.made_dir and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()
+            self.path.unlink(missing_ok=True)  # while still locked: no one can lock it anew
+        self.file.close()  # closing the only descriptor releases the flock
+        if not (tidy and self.made_file):
+            return
+        for folder in self.made:
+            if any(folder.iterdir()):
+                return
+            folder.rmdir()
+        if not self.made:
+            os.utime(self.run_dir, ns=self.dir_times)

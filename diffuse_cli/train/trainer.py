@@ -317,6 +317,14 @@ class Trainer:
         return total, grad_norm, skipped
 
     def fit(self) -> Path:
+        """Train to trainer.max_steps; the run's lock is released however this ends."""
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self) -> Path:
         acc, tc = self.accelerator, self.tc
         batches = iter(self.loader)
         bar = tqdm(
@@ -382,8 +390,6 @@ class Trainer:
             bar.close()
             if self.logger is not None:
                 self.logger.finish()
-            if self.lock is not None:
-                self.lock.release()
         acc.wait_for_everyone()  # the CLI leaves the process group after the last job
         if self.is_main:
             if self.start_step >= tc.max_steps:
