@@ -75,3 +75,30 @@ def test_a_decaying_run_trains_and_logs_with_the_schedule(compose, tmp_path):
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
     saved = torch.load(latest_checkpoint(run) / "optimizer.pt", weights_only=True)
     assert saved["param_groups"][0]["lr"] == pytest.approx(2.5e-4)  # the last step's rate
+
+
+def test_extending_a_decaying_run_past_its_horizon_is_refused_with_both_ways_on(compose, tmp_path):
+    """Trained to 4 steps with the horizon at max_steps, the rate reached about 0; resumed with
+    max_steps=8 it would jump back to half. Restarting the decay is allowed when asked for."""
+    run = tmp_path / "run"
+    common = [*TINY, "trainer.warmup_steps=0", "trainer.lr_decay=linear", f"run_dir={run}"]
+    train(compose([*common, "trainer.max_steps=4"]))
+    with pytest.raises(UserError, match=r"to 0 at step 4; .* would end the decay at step 8") as err:
+        train(compose([*common, "trainer.max_steps=8"]))
+    assert "pass trainer.lr_decay_steps=8" in str(err.value)
+    train(compose([*common, "trainer.max_steps=3"]))  # nothing to train: no refusal
+    train(compose([*common, "trainer.max_steps=8", "trainer.lr_decay_steps=8"]))  # on purpose
+
+
+def test_a_pinned_horizon_is_kept_by_a_resume_that_forgets_it(compose, tmp_path):
+    run = tmp_path / "run"
+    common = [*TINY, "trainer.lr_decay=cosine", f"run_dir={run}"]
+    train(compose([*common, "trainer.max_steps=2", "trainer.lr_decay_steps=6"]))
+    with pytest.raises(UserError, match="resume with trainer.lr_decay_steps=6 to keep it"):
+        train(compose([*common, "trainer.max_steps=4"]))
+    train(compose([*common, "trainer.max_steps=4", "trainer.lr_decay_steps=6"]))  # smooth
+
+
+def test_a_horizon_that_is_not_positive_is_refused(compose):
+    with pytest.raises(UserError, match=r"trainer.lr_decay_steps=-3 must be > 0"):
+        validate_train_config(compose(["trainer.lr_decay_steps=-3"]))

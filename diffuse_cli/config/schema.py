@@ -105,7 +105,7 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
     lr_decay: str = "constant"  # constant | linear | cosine: after warmup, to 0 at lr_decay_steps
-    lr_decay_steps: int | None = None  # null: max_steps (pin it to extend a decaying run)
+    lr_decay_steps: int | None = None  # null: max_steps; set past it to extend the run later
     grad_clip: float = 1.0  # <= 0 disables clipping
     mixed_precision: str = "no"  # no | fp16 (CUDA, with loss scaling) | bf16
     compile: bool = False  # torch.compile the network for training; checkpoints keep plain keys

@@ -223,14 +223,28 @@ def step_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(folder: Path) -> int:
+    """The step of a checkpoint folder, also of its moved-aside copy."""
+    return int(folder.name.removeprefix(MOVED_ASIDE)[len("step_") :])
+
+
 def agreed_step(run_dir: str | Path, step: int | None = None) -> int:
     """The step of chosen_checkpoint(run_dir, step), as the main process finds it, on every
     process: a run that is still training can save a newer checkpoint at any moment, and every
-    process, and the report naming the checkpoint, must use the same weights."""
-    from diffuse_cli.distributed import broadcast_from_main
+    process, and the report naming the checkpoint, must use the same weights. Only the main
+    process looks (its answer or its error goes to all), so no process leaves alone."""
+    from diffuse_cli.distributed import broadcast_from_main, in_process_group
 
-    folder = chosen_checkpoint(run_dir, step)
-    return broadcast_from_main(int(folder.name.removeprefix(MOVED_ASIDE)[len("step_") :]))
+    answer = None
+    if not in_process_group() or torch.distributed.get_rank() == 0:
+        try:
+            answer = step_of(chosen_checkpoint(run_dir, step))
+        except UserError as err:
+            answer = str(err)
+    answer = broadcast_from_main(answer)
+    if isinstance(answer, str):
+        raise UserError(answer)
+    return answer
 
 
 def chosen_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:

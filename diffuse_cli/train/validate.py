@@ -14,7 +14,7 @@ from diffuse_cli.config import MODEL_DEFINING, SCHEMAS, defining
 from diffuse_cli.errors import UserError
 from diffuse_cli.runs import CONFIG_FILE, differences, read_run_config
 from diffuse_cli.train.batches import MAX_MICRO_BATCHES
-from diffuse_cli.train.checkpoint import latest_checkpoint
+from diffuse_cli.train.checkpoint import latest_checkpoint, step_of
 from diffuse_cli.train.loggers import check_logger
 
 CHOICES = {
@@ -76,6 +76,8 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
 def check_lr_decay(tc: DictConfig) -> None:
     """A decay must end after the warmup and not before the last step (the steps after it
     would train with a learning rate of 0)."""
+    if tc.lr_decay_steps is not None and tc.lr_decay_steps <= 0:
+        raise UserError(f"trainer.lr_decay_steps={tc.lr_decay_steps} must be > 0 (or null)")
     if tc.lr_decay == "constant":
         return
     horizon = tc.lr_decay_steps or tc.max_steps
@@ -150,6 +152,34 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
                 f"({differences(key, ours, theirs, 'saved')}); refusing to mix them: pick "
                 f"another name= or run_dir=, or resume it with {saved_overrides(key, ours, theirs)}"
             )
+    check_lr_horizon(cfg, old, run_dir)
+
+
+def check_lr_horizon(cfg: DictConfig, old: DictConfig, run_dir: Path) -> None:
+    """A decaying run resumed with a horizon other than its own (a new max_steps, the horizon
+    left null) would see its learning rate jump back up: say so, and how to do either on
+    purpose."""
+    tc, saved = cfg.trainer, old.get("trainer") or {}
+    if tc.lr_decay == "constant" or tc.lr_decay_steps is not None:
+        return
+    if saved.get("lr_decay", "constant") != tc.lr_decay:
+        return
+    theirs, ours = saved.get("lr_decay_steps") or saved.get("max_steps"), tc.max_steps
+    step = step_of(latest_checkpoint(run_dir))
+    if theirs == ours or step >= ours:  # the same schedule, or nothing left to train
+        return
+    keep = (
+        f"resume with trainer.lr_decay_steps={theirs} to keep it"
+        if theirs >= ours
+        else f"to decay anew from step {step} to step {ours}, pass trainer.lr_decay_steps="
+        f"{ours}; to extend a decaying run smoothly, set trainer.lr_decay_steps past "
+        "max_steps when it starts"
+    )
+    raise UserError(
+        f"'{run_dir}' decays its learning rate ({tc.lr_decay}) to 0 at step {theirs}; this "
+        f"command would end the decay at step {ours}, and the rate would jump at step {step}: "
+        f"{keep}"
+    )
 
 
 def saved_overrides(key: str, ours: dict, theirs: dict) -> str:
