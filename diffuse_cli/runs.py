@@ -47,9 +47,21 @@ def give_plain_file_mode(path: Path) -> None:
     """Give `path` the permissions plain open() would (0666 less the umask): safetensors
     creates its files 0600 whatever the umask, which hides them from a group sharing the
     folder."""
-    umask = os.umask(0)
+    path.chmod(0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process's umask, read without setting it where Linux shows it (setting it, even
+    for a moment, would apply to files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)  # elsewhere: the strict mask for the moment it takes
     os.umask(umask)
-    path.chmod(0o666 & ~umask)
+    return umask
 
 
 def temporary_sibling(path: Path, suffix: str = ".tmp") -> Path:

@@ -247,3 +247,18 @@ def test_metrics_lines_that_are_not_text_are_dropped_on_resume(tmp_path):
     path.write_bytes(b'{"step": 1}\n\xff\xfe{"step": 2}\n{"step": 3}\n')
     MetricsFile(path, start_step=2)
     assert path.read_text() == '{"step": 1}\n'
+
+
+def test_the_umask_is_read_as_it_is(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        assert runs.current_umask() == 0o027
+        path = tmp_path / "cache.safetensors"
+        path.write_bytes(b"")
+        path.chmod(0o600)  # as safetensors writes it
+        runs.give_plain_file_mode(path)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
