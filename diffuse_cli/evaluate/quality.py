@@ -38,6 +38,7 @@ from diffuse_cli.distributed import gather_exact, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.output import strict, write_json
 from diffuse_cli.images import from_uint8_nhwc
+from diffuse_cli.train.checkpoint import step_of
 
 # metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
 QUALITY = {"fid": "fd", "fd": "fd", "kid": "kd", "kd": "kd", "is": "is", "pr": "pr",
@@ -278,7 +279,7 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
     nfe = NFECounter(guided)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
     provenance = {"samples": None, "checkpoint": checkpoint.name,
-                  "checkpoint_step": int(checkpoint.name.split("_")[-1]), "ema": cfg.eval.ema,
+                  "checkpoint_step": step_of(checkpoint), "ema": cfg.eval.ema,
                   "sampler": OmegaConf.to_container(cfg.sampler), "steps": steps,
                   "eta": cfg.sampler.eta, "guidance": guidance,
                   "class_labels": plain(cfg.class_labels) if num_classes else None}  # fmt: skip

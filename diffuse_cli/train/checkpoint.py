@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from diffuse_cli.errors import UserError
+from diffuse_cli.runs import give_plain_file_mode
 
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
 TIMESTEPS = "timesteps.safetensors"
@@ -50,14 +51,11 @@ def _fsync_files(folder: Path) -> None:
     _fsync_dir(folder)
 
 
-def _match_mode(folder: Path, like: Path) -> None:
-    """Give every file in `folder` the permissions of `like`, a file written with plain open():
-    safetensors creates its files with mode 0600 whatever the umask, which hides the weights
-    from the rest of a group sharing a cluster folder."""
-    mode = like.stat().st_mode & 0o777
+def _match_mode(folder: Path) -> None:
+    """Every file in `folder` with the permissions of a plain file (runs.give_plain_file_mode:
+    safetensors writes 0600, which hides the weights from a group sharing the folder)."""
     for f in folder.iterdir():
-        if f.stat().st_mode & 0o777 != mode:
-            f.chmod(mode)
+        give_plain_file_mode(f)
 
 
 def _restore_moved_aside(root: Path) -> None:
@@ -104,7 +102,7 @@ def save_checkpoint(
         if timestep_state:
             save_file(_contiguous(timestep_state), tmp / TIMESTEPS)
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
-        _match_mode(tmp, like=tmp / STATE)
+        _match_mode(tmp)
         _fsync_files(tmp)
     except FILE_ERRORS as err:  # e.g. no space left: only the temporary folder was touched
         shutil.rmtree(tmp, ignore_errors=True)
@@ -263,7 +261,7 @@ def chosen_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     if not (folder / STATE).is_file() and (aside / STATE).is_file():
         folder = aside
     if not (folder / STATE).is_file():
-        kept = ", ".join(p.name[5:].lstrip("0") or "0" for p in _step_folders(aside.parent))
+        kept = ", ".join(str(step_of(p)) for p in _step_folders(aside.parent))
         raise UserError(
             f"checkpoint={step}: '{run_dir}' has no checkpoint of step {step}; it has steps "
             f"{kept} (trainer.keep_last=0 keeps every checkpoint)"

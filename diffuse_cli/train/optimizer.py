@@ -38,6 +38,12 @@ def build_optimizer(
     )
 
 
+def lr_horizon(tc) -> int:
+    """The step at which a learning-rate decay reaches 0: trainer.lr_decay_steps, else
+    max_steps (also of a saved run config written before the key)."""
+    return tc.get("lr_decay_steps") or tc.max_steps
+
+
 def learning_rate(tc, step: int) -> float:
     """The learning rate of optimizer step `step` (0-based): a linear warmup over
     trainer.warmup_steps steps, then trainer.lr, or with trainer.lr_decay a decay to 0 at
@@ -49,8 +55,7 @@ def learning_rate(tc, step: int) -> float:
         return tc.lr * (step + 1) / warm
     if tc.lr_decay == "constant":
         return tc.lr
-    horizon = tc.lr_decay_steps or tc.max_steps
-    done = min(1.0, (step - warm) / (horizon - warm))
+    done = min(1.0, (step - warm) / (lr_horizon(tc) - warm))
     if tc.lr_decay == "linear":
         return tc.lr * (1.0 - done)
     return tc.lr * 0.5 * (1.0 + math.cos(math.pi * done))

@@ -275,8 +275,9 @@ class Trainer:
         gradients after they are synchronized, so every process decides alike.
         """
         acc, rank = self.accelerator, self.accelerator.process_index
+        lr = learning_rate(self.tc, step)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.tc, step)
+            group["lr"] = lr
         total = torch.zeros((), device=acc.device)
         grad_norm = torch.zeros((), device=acc.device)
         skipped = False

@@ -16,6 +16,7 @@ from diffuse_cli.runs import CONFIG_FILE, differences, read_run_config
 from diffuse_cli.train.batches import MAX_MICRO_BATCHES
 from diffuse_cli.train.checkpoint import latest_checkpoint, step_of
 from diffuse_cli.train.loggers import check_logger
+from diffuse_cli.train.optimizer import lr_horizon
 
 CHOICES = {
     "mixed_precision": ("no", "fp16", "bf16"),
@@ -80,7 +81,7 @@ def check_lr_decay(tc: DictConfig) -> None:
         raise UserError(f"trainer.lr_decay_steps={tc.lr_decay_steps} must be > 0 (or null)")
     if tc.lr_decay == "constant":
         return
-    horizon = tc.lr_decay_steps or tc.max_steps
+    horizon = lr_horizon(tc)
     if tc.lr_decay_steps is not None and tc.lr_decay_steps < tc.max_steps:
         raise UserError(
             f"trainer.lr_decay_steps={tc.lr_decay_steps} is below trainer.max_steps="
@@ -164,7 +165,7 @@ def check_lr_horizon(cfg: DictConfig, old: DictConfig, run_dir: Path) -> None:
         return
     if saved.get("lr_decay", "constant") != tc.lr_decay:
         return
-    theirs, ours = saved.get("lr_decay_steps") or saved.get("max_steps"), tc.max_steps
+    theirs, ours = lr_horizon(saved), tc.max_steps
     step = step_of(latest_checkpoint(run_dir))
     if theirs == ours or step >= ours:  # the same schedule, or nothing left to train
         return
