@@ -27,8 +27,9 @@ from diffuse_cli.build import (
 )
 from diffuse_cli.distributed import gather_exact, process_state, shard
 from diffuse_cli.errors import UserError
+from diffuse_cli.files import replacing
 from diffuse_cli.images import from_uint8_nhwc, save_preview, to_uint8_nhwc
-from diffuse_cli.runs import differences, temporary_sibling, variant_name, with_run_config
+from diffuse_cli.runs import differences, variant_name, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
 from diffuse_cli.train.checkpoint import agreed_step, step_name
@@ -142,13 +143,9 @@ def draw_samples(
 def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
     """Written beside `path` and renamed: the old file or the new one, never a part, and no
     partial file left behind on a full disk."""
-    tmp = temporary_sibling(path, ".npz")
     arrays = {"arr_0": arr} if labels is None else {"arr_0": arr, "arr_1": labels}
-    try:
+    with replacing(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def guidance_classifier(cfg: DictConfig, device: torch.device):

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffuse_cli.files import replacing
+
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] float images [B, C, H, W] -> uint8 [B, H, W, C], the format evaluators read."""
@@ -25,14 +27,15 @@ def save_grid(x: torch.Tensor, path: Path) -> None:
     from torchvision.utils import save_image
 
     nrow = max(1, int(math.ceil(math.sqrt(x.shape[0]))))
-    save_image(
-        x.detach().float().cpu().clamp(-1, 1),
-        path,
-        nrow=nrow,
-        normalize=True,
-        value_range=(-1, 1),
-        padding=1,
-    )
+    with replacing(Path(path)) as tmp:  # a reader never sees half a PNG
+        save_image(
+            x.detach().float().cpu().clamp(-1, 1),
+            tmp,
+            nrow=nrow,
+            normalize=True,
+            value_range=(-1, 1),
+            padding=1,
+        )
 
 
 def save_scatter(x: torch.Tensor, path: Path, reference: torch.Tensor | None = None) -> None:
@@ -51,7 +54,8 @@ def save_scatter(x: torch.Tensor, path: Path, reference: torch.Tensor | None = N
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=4)
     fig.tight_layout()
-    fig.savefig(path)
+    with replacing(Path(path)) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 

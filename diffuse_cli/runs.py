@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,47 +39,6 @@ def hydra_overrides() -> list[str]:
     if not HydraConfig.initialized():
         return []
     return list(HydraConfig.get().overrides.task)
-
-
-def give_plain_file_mode(path: Path) -> None:
-    """Give `path` the permissions plain open() would (0666 less the umask): safetensors
-    creates its files 0600 whatever the umask, which hides them from a group sharing the
-    folder."""
-    path.chmod(0o666 & ~current_umask())
-
-
-def current_umask() -> int:
-    """The process's umask, read without setting it where Linux shows it (setting it, even
-    for a moment, would apply to files other threads create meanwhile)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o077)  # elsewhere: the strict mask for the moment it takes
-    os.umask(umask)
-    return umask
-
-
-def temporary_sibling(path: Path, suffix: str = ".tmp") -> Path:
-    """A name beside `path` for writing it before the rename, one per writer: two processes
-    writing the same file (parallel sweep jobs) must not write into one temporary file."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file renamed over it: a crash or a full disk
-    leaves the old file or the new one, never a part."""
-    tmp = temporary_sibling(path)
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_run_config(run_dir: str | Path, task: str = "diffusion") -> DictConfig:

@@ -352,7 +352,7 @@ def test_a_window_of_skipped_steps_logs_null_in_strict_json(compose, tmp_path):
 
 
 def test_a_config_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
-    from diffuse_cli import runs
+    from diffuse_cli import files
 
     path = tmp_path / "config.yaml"
     path.write_text("old: 1\n")
@@ -360,9 +360,9 @@ def test_a_config_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError):
-        runs.write_atomically(path, "new: 2\n")
+        files.write_atomically(path, "new: 2\n")
     assert path.read_text() == "old: 1\n" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
@@ -524,3 +524,47 @@ def test_a_lock_held_from_another_machine_is_waited_for(compose, tmp_path, monke
     with pytest.raises(UserError, match="is being trained by pid 1 on a-node-that-trains"):
         Trainer(compose([*QUIET, "trainer.max_steps=2", f"run_dir={tmp_path}"]))
     held.close()
+
+
+def _quality_report(folder: Path) -> None:
+    report = {"kind": "sample_quality", "sampler": {"name": "ddim"}, "steps": 10,
+              "num_samples": 8, "extractor": {"name": "builtin"},
+              "metrics": {"fd_builtin": 1.0}}  # fmt: skip
+    (folder / "eval" / "ddim-10").mkdir(parents=True)
+    (folder / "eval" / "ddim-10" / "builtin.json").write_text(json.dumps(report))
+
+
+def _write_images(kind: str, folder: Path) -> list[Path]:
+    from diffuse_cli.evaluate import report
+    from diffuse_cli.images import save_grid, save_scatter
+
+    if kind == "grid":
+        save_grid(torch.zeros(4, 3, 8, 8), folder / "grid.png")
+        return [folder / "grid.png"]
+    if kind == "scatter":
+        save_scatter(torch.zeros(16, 2), folder / "grid.png")
+        return [folder / "grid.png"]
+    return list(report.write_report(folder))
+
+
+@pytest.mark.parametrize("kind", ["grid", "scatter", "report"])
+def test_a_picture_or_table_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch, kind):
+    """A sweep's `diffuse report` or a preview killed mid-write left half a PNG where a
+    reader (an image viewer, a web page of the run) expected the last whole one."""
+    from diffuse_cli import files
+
+    _quality_report(tmp_path)
+    paths = _write_images(kind, tmp_path)
+    old = {p: p.read_bytes() for p in paths}
+    assert all(b.startswith(b"\x89PNG") or b.startswith(b"|") for b in old.values())
+
+    def crash(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", crash)
+    for p in paths:
+        p.write_bytes(old[p])  # a whole file from an earlier run
+    with pytest.raises(OSError, match="No space"):
+        _write_images(kind, tmp_path)
+    assert {p: p.read_bytes() for p in paths} == old
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

@@ -262,7 +262,7 @@ def test_reports_are_strict_json(tmp_path):
     path = tmp_path / "r.json"
     write_json({"kd": float("nan"), "rows": [{"is": float("inf")}, 1.5]}, path)
     assert json.loads(path.read_text()) == {"kd": None, "rows": [{"is": None}, 1.5]}
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
 
 
 def test_missing_inception_weights_names_the_file_and_the_folder(tmp_path, monkeypatch):
@@ -469,3 +469,35 @@ def test_damaged_samples_and_reference_cache_are_one_line(run32, compose, tmp_pa
     cache.write_bytes(cache.read_bytes()[:100])
     with pytest.raises(UserError, match="cannot be read .*; delete it and run the command again"):
         eval_in_process(compose, run, ["metrics=[fid]", *QUICK])
+
+
+MERGING_WRITER = """
+import sys
+from pathlib import Path
+from diffuse_cli.evaluate.quality import write_report
+name = sys.argv[2]
+for i in range(100):
+    record = {"kind": "sample_quality", "seed": 0, "num_samples": 8, "versions": {"w": name},
+              "metrics": {f"{name}{i}": float(i)}}
+    write_report(record, Path(sys.argv[1]))
+"""
+
+
+def test_parallel_evals_of_the_same_samples_keep_each_others_metrics(tmp_path):
+    """Two evals computing different metrics of one tag, e.g. a `metrics=[fid]` and a
+    `metrics=[kid]` job of one sweep, each read the report, add theirs and write it back:
+    unlocked, one's write replaced the other's between its read and its rename."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "eval" / "tag" / "builtin.json"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", MERGING_WRITER, str(path), name],
+                         stderr=subprocess.PIPE)  # fmt: skip
+        for name in "ab"
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    metrics = json.loads(path.read_text())["metrics"]
+    assert sorted(metrics) == sorted(f"{n}{i}" for n in "ab" for i in range(100))
+    assert [p.name for p in path.parent.iterdir()] == ["builtin.json"]

@@ -176,7 +176,7 @@ def test_sample_and_eval_refuse_an_unknown_key_before_running(
 WRITER = """
 import sys
 from pathlib import Path
-from diffuse_cli.runs import write_atomically
+from diffuse_cli.files import write_atomically
 for _ in range(300):
     write_atomically(Path(sys.argv[1]), sys.argv[2] * 50_000)
 """
@@ -252,13 +252,15 @@ def test_metrics_lines_that_are_not_text_are_dropped_on_resume(tmp_path):
 def test_the_umask_is_read_as_it_is(tmp_path):
     import os
 
+    from diffuse_cli import files
+
     old = os.umask(0o027)
     try:
-        assert runs.current_umask() == 0o027
+        assert files.current_umask() == 0o027
         path = tmp_path / "cache.safetensors"
         path.write_bytes(b"")
         path.chmod(0o600)  # as safetensors writes it
-        runs.give_plain_file_mode(path)
+        files.give_plain_file_mode(path)
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)

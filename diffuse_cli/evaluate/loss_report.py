@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data, build_loss
 from diffuse_cli.evaluate.output import write_json
+from diffuse_cli.files import replacing
 from diffuse_cli.runs import variant_name
 
 
@@ -115,7 +116,8 @@ def plot_buckets(report: dict, path: Path) -> None:
     ax.set_ylabel(report["metric"])
     ax.set_title(f"{report['run_dir']} @ {report['checkpoint']}")
     fig.tight_layout()
-    fig.savefig(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 

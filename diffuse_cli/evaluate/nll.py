@@ -31,6 +31,7 @@ from diffuse_cli.distributed import shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import label_kwargs
 from diffuse_cli.evaluate.output import write_json
+from diffuse_cli.files import replacing
 from diffuse_cli.models.modes import evaluating
 from diffuse_cli.runs import variant_name
 from diffuse_cli.samplers import PerSampleNoise, as_noise_source
@@ -158,7 +159,8 @@ def plot_terms(report: dict, path: Path) -> None:
     ax.set_title(f"{report['bpd']:.3f} bits/dim, {report['run_dir']} @ {report['checkpoint']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 

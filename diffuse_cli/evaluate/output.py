@@ -4,7 +4,7 @@ import json
 import math
 from pathlib import Path
 
-from diffuse_cli.runs import write_atomically
+from diffuse_cli.files import write_atomically
 
 
 def strict(value):

@@ -37,6 +37,7 @@ from diffuse_cli.diffusion import quantize
 from diffuse_cli.distributed import gather_exact, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.output import strict, write_json
+from diffuse_cli.files import folder_locked
 from diffuse_cli.images import from_uint8_nhwc
 from diffuse_cli.train.checkpoint import step_of
 
@@ -354,6 +355,15 @@ def with_earlier_metrics(record: dict, path: Path) -> dict:
     return merged
 
 
+def write_report(record: dict, path: Path) -> None:
+    """Write `record` at `path`, keeping the earlier metrics there (with_earlier_metrics), with
+    the folder locked from the read to the rename: evals of the same samples run in parallel
+    with different metrics would otherwise each write back only their own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with folder_locked(path.parent):
+        write_json(with_earlier_metrics(record, path), path)
+
+
 def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, reference) -> dict:
     """{"extractor", "reference", "metrics"}: the gathered samples against the reference
     features (images) or fresh data samples (2-D)."""
@@ -423,7 +433,7 @@ def quality_metric(
         },  # fmt: skip
     }
     path = Path(cfg.run_dir) / "eval" / tag / f"{extractor.name if extractor else 'points'}.json"
-    write_json(with_earlier_metrics(record, path), path)
+    write_report(record, path)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items()
                       if not k.endswith(("_std", "_subset_size", "_splits")))  # fmt: skip
     print(f"{shown} over {num} samples in {record['seconds']['total']:.1f} s; wrote {path}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from diffuse_cli.build import build_data
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
-from diffuse_cli.runs import give_plain_file_mode, temporary_sibling
+from diffuse_cli.files import give_plain_file_mode, replacing
 
 
 def reference_split(cfg: DictConfig) -> str:
@@ -122,15 +121,11 @@ def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> 
             "sigma": torch.from_numpy(stats["sigma"]).contiguous(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(path)  # parallel jobs: one each
         meta = {"dataset": cfg.data.name, "split": split, "num": str(num),
                 "extractor": extractor.key}  # fmt: skip
-        try:
+        with replacing(path) as tmp:  # parallel jobs: a temporary file each
             save_file(stored, tmp, metadata=meta)
             give_plain_file_mode(tmp)  # a cache under data.root is shared
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return {
         "features": stored["features"],
         "mu": stored["mu"].numpy(),

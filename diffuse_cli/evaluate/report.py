@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from diffuse_cli.files import replacing, write_atomically
+
 AUXILIARY = ("_std", "_subset_size", "_splits")  # stored beside a metric, not plotted
 
 
@@ -105,7 +107,8 @@ def plot(records: list[dict], path: Path) -> None:
     if drawn:
         drawn[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
@@ -123,7 +126,7 @@ def write_report(root: Path, out: Path | None = None) -> tuple[Path, Path]:
     out = Path(out) if out else root
     out.mkdir(parents=True, exist_ok=True)
     md, png = out / "report.md", out / "report.png"
-    md.write_text(table(records))
+    write_atomically(md, table(records))
     plot(records, png)
     return md, png
 

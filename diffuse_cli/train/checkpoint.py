@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from diffuse_cli.errors import UserError
-from diffuse_cli.runs import give_plain_file_mode
+from diffuse_cli.files import give_plain_file_mode
 
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
 TIMESTEPS = "timesteps.safetensors"
@@ -52,7 +52,7 @@ def _fsync_files(folder: Path) -> None:
 
 
 def _match_mode(folder: Path) -> None:
-    """Every file in `folder` with the permissions of a plain file (runs.give_plain_file_mode:
+    """Every file in `folder` with the permissions of a plain file (files.give_plain_file_mode:
     safetensors writes 0600, which hides the weights from a group sharing the folder)."""
     for f in folder.iterdir():
         give_plain_file_mode(f)

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse_cli.errors import UserError
-from diffuse_cli.runs import write_atomically
+from diffuse_cli.files import write_atomically
 
 
 class MetricsFile:

@@ -27,7 +27,8 @@ from diffuse_cli.data import DataError, random_hflip
 from diffuse_cli.diffusion import get_timestep_sampler
 from diffuse_cli.distributed import broadcast_from_main, check_joined
 from diffuse_cli.errors import Interrupted, UserError
-from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides, write_atomically
+from diffuse_cli.files import write_atomically
+from diffuse_cli.runs import CONFIG_FILE, hydra_output_dir, hydra_overrides
 from diffuse_cli.train.batches import StepBatchSampler, step_seed
 from diffuse_cli.train.checkpoint import (
     latest_checkpoint,
