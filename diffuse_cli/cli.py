@@ -6,10 +6,8 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 
 _STARTED = time.time()  # when this process started the CLI (see _remove_empty_output_dir)
-_FIRST_ENTRIES: set[str] | None = None  # the working folder's entries then (main() reads them)
 
 COMMANDS = {
     "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
@@ -89,24 +87,25 @@ def _task(command: str):
 
 def _remove_empty_output_dir() -> None:
     """Hydra makes the job's output folder (the run directory for `train`) before the command
-    runs; a command refused before writing anything leaves no empty run folder behind. Only a
-    folder that is empty and was made after this process started is removed, never one the
-    user made; its parents go too while they are empty and lie below a folder of the working
-    directory that was not there when the command started (`runs/` of a first command)."""
-    from diffuse_cli.runs import hydra_output_dir
+    runs; a command refused before writing anything leaves no empty run folder behind. The
+    folder goes when it is empty and was made by this command (a sweep job's folder: made
+    after it started), never one the user made; so do its parents that this command made
+    (`runs/` of a first command, `runs/a` of `name=a/b`; see runs.noting_new_folders)."""
+    from diffuse_cli.runs import hydra_output_dir, is_new_folder
 
     out = hydra_output_dir()
+    if out is None:
+        return
+    out = out.absolute()
     try:
-        if out is None or any(out.iterdir()) or os.stat(out).st_mtime < _STARTED - 1:
+        if not is_new_folder(out) and os.stat(out).st_mtime < _STARTED - 1:
             return
         out.rmdir()
-        cwd, parent = Path.cwd(), out.absolute().parent
-        while parent != cwd and parent.is_relative_to(cwd) and _FIRST_ENTRIES is not None:
-            if parent.relative_to(cwd).parts[0] in _FIRST_ENTRIES or any(parent.iterdir()):
+        for parent in out.parents:
+            if not is_new_folder(parent):
                 return
             parent.rmdir()
-            parent = parent.parent
-    except OSError:  # not there (another process of the job removed it) or not a folder
+    except OSError:  # not empty, not there (another process of the job removed it)
         return
 
 
@@ -151,8 +150,6 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(report(rest))
 
-    global _FIRST_ENTRIES
-    _FIRST_ENTRIES = set(os.listdir("."))  # what a refused command must leave as it was
     missing = _missing_launcher(rest)
     if missing:
         print(f"diffuse {command}: error: {missing}", file=sys.stderr)
@@ -175,7 +172,10 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(stop.code, int | None):
             print(stop.code, file=sys.stderr)
     from diffuse_cli import distributed
+    from diffuse_cli.runs import remove_new_folders
 
+    if code != 0:  # a refused sweep: its multirun.yaml and the folders made for it
+        remove_new_folders()
     if distributed.in_process_group():  # after the last job of a launched run: see distributed
         distributed.leave(code)
     sys.exit(code)

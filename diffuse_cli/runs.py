@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +18,46 @@ from diffuse_cli.config import EXECUTION_KEYS, MODEL_DEFINING, defining
 from diffuse_cli.errors import UserError
 
 CONFIG_FILE = "config.yaml"
+
+
+_NOTED: list[Path] = []  # output folders Hydra resolved, in order (a sweep's folder first)
+_NEW: set[Path] = set()  # the folders of those paths that did not exist then
+
+
+def noting_new_folders(path: str) -> str:
+    """The resolver `${diffuse_new_folders:...}` around hydra.run.dir and hydra.sweep.dir.
+    Hydra resolves them just before it makes the folders, so the folders of the path that are
+    missing at the first resolution are this command's; a refused command removes those
+    while they are empty (remove_new_folders), never a folder that was there before."""
+    folder = Path(str(path)).absolute()
+    if folder not in _NOTED:
+        _NOTED.append(folder)
+        _NEW.update(f for f in (folder, *folder.parents) if not f.exists())
+    return str(path)
+
+
+def is_new_folder(folder: Path) -> bool:
+    """Whether this command made `folder` (see noting_new_folders)."""
+    return Path(folder).absolute() in _NEW
+
+
+def remove_new_folders(leftover: str = "multirun.yaml") -> None:
+    """Remove the output folders this command made while they are empty, deepest first; a
+    sweep's `leftover` (Hydra's record of the sweep, written before its first job) goes too when
+    it is all that a new folder holds, i.e. when no job of the sweep wrote anything."""
+    for noted in reversed(_NOTED):
+        try:
+            if noted in _NEW and os.listdir(noted) == [leftover]:
+                (noted / leftover).unlink()
+        except OSError:  # gone, or not a folder
+            pass
+        for folder in (noted, *noted.parents):
+            if folder not in _NEW:
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or gone already
+                break
 
 
 def hydra_output_dir() -> Path | None:

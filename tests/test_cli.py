@@ -280,6 +280,32 @@ def test_a_plus_override_of_a_misspelt_key_is_refused_before_writing(cli):
     assert [p.name for p in (cli.cwd / "runs").iterdir()] == []
 
 
+def test_a_refused_command_removes_only_the_folders_it_made(cli):
+    """`name=a/b` under an existing runs/ left runs/a, and a refused sweep its multirun.yaml
+    and the sweep folder; a folder that was there before stays, even when empty."""
+    (cli.cwd / "runs").mkdir()
+    proc = cli("train", "name=a/b", "+trainer.max_step=5", check=False)
+    assert proc.returncode == 2 and list((cli.cwd / "runs").iterdir()) == []
+    proc = cli("train", "-m", "name=s", "+trainer.max_step=5", "schedule=linear,cosine",
+               check=False)  # fmt: skip
+    assert proc.returncode == 2 and list((cli.cwd / "runs").iterdir()) == []
+    (cli.cwd / "runs" / "a").mkdir()
+    cli("train", "name=a/b", "+trainer.max_step=5", check=False)
+    assert [p.name for p in (cli.cwd / "runs").iterdir()] == ["a"]
+    assert list((cli.cwd / "runs" / "a").iterdir()) == []
+
+
+def test_a_refused_eval_sweep_leaves_the_run_as_it_was(trained):
+    from conftest import run_cli
+
+    cwd, run, _ = trained
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    proc = run_cli("eval", "-m", f"run_dir={run}", "+foo=1", "metrics=[loss],[nll]",
+                   cwd=cwd, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "foo is not a setting" in proc.stderr
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
 def test_multirun_gives_each_job_its_own_run_dir(cli):
     cli("train", "-m", *TINY, "trainer.max_steps=2", "schedule=linear,cosine")
     from omegaconf import OmegaConf

@@ -20,6 +20,10 @@ def register_configs() -> None:
         return
     if not OmegaConf.has_resolver("diffuse_job_dir"):
         OmegaConf.register_new_resolver("diffuse_job_dir", job_dir_name)
+    if not OmegaConf.has_resolver("diffuse_new_folders"):
+        from diffuse_cli.runs import noting_new_folders
+
+        OmegaConf.register_new_resolver("diffuse_new_folders", noting_new_folders)
     if not OmegaConf.has_resolver("diffuse_run_name"):
         OmegaConf.register_new_resolver("diffuse_run_name", default_run_name)
     cs = ConfigStore.instance()
