@@ -492,8 +492,9 @@ def test_parallel_evals_of_the_same_samples_keep_each_others_metrics(tmp_path):
 
     path = tmp_path / "eval" / "tag" / "builtin.json"
     procs = [
-        subprocess.Popen([sys.executable, "-c", MERGING_WRITER, str(path), name],
-                         stderr=subprocess.PIPE)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", MERGING_WRITER, str(path), name], stderr=subprocess.PIPE
+        )  # fmt: skip
         for name in "ab"
     ]
     errors = [p.communicate(timeout=120)[1].decode() for p in procs]
