@@ -502,3 +502,76 @@ def test_parallel_evals_of_the_same_samples_keep_each_others_metrics(tmp_path):
     metrics = json.loads(path.read_text())["metrics"]
     assert sorted(metrics) == sorted(f"{n}{i}" for n in "ab" for i in range(100))
     assert [p.name for p in path.parent.iterdir()] == ["builtin.json"]
+
+
+def _quality(steps, metrics, sampler="ddim", **extra) -> dict:
+    return {"kind": "sample_quality", "sampler": {"name": sampler, **extra}, "steps": steps,
+            "num_samples": 8, "extractor": {"name": "builtin"}, "metrics": metrics}  # fmt: skip
+
+
+def test_report_rows_and_lines_follow_the_steps_of_each_run(tmp_path, capsys):
+    """Rows sort by run, sampler and steps as numbers (not as text: 100 before 20); the run
+    column names each run folder below the sweep folder; each panel is one metric, with one
+    line per run against the sampling steps on a log axis."""
+    from diffuse_cli.evaluate.output import write_json
+    from diffuse_cli.evaluate.report import collect, figure, table
+
+    for run, scale in (("a", 1.0), ("b", 2.0)):
+        for steps in (100, 20, 5):
+            record = _quality(steps, {"fd_builtin": scale * steps, "is_builtin": scale})
+            record["nfe_per_sample"] = steps + 1
+            write_json(record, tmp_path / run / "eval" / f"ddim-{steps}" / "builtin.json")
+    records, skipped = collect(tmp_path)
+    assert skipped == []
+    rows = [line.split(" | ") for line in table(records).splitlines()[2:]]
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        ("| a", "5", "6"), ("| a", "20", "21"), ("| a", "100", "101"),
+        ("| b", "5", "6"), ("| b", "20", "21"), ("| b", "100", "101"),
+    ]  # fmt: skip
+    fig = figure(records)
+    fd, is_ = fig.axes[:2]
+    assert (fd.get_title(), is_.get_title()) == ("fd_builtin", "is_builtin")
+    assert fd.get_xscale() == "log" and fd.get_xlabel() == "sampling steps"
+    lines = {line.get_label(): line for line in fd.get_lines()}
+    assert list(lines["b: ddim"].get_xdata()) == [5, 20, 100]
+    assert list(lines["b: ddim"].get_ydata()) == [10.0, 40.0, 200.0]
+    assert list(lines["a: ddim"].get_ydata()) == [5.0, 20.0, 100.0]
+
+
+def test_langevin_reports_with_other_steps_per_level_are_other_lines():
+    """steps counts a Langevin run's noise levels: two runs that differ in steps per level
+    were one row label and one zig-zag line."""
+    from diffuse_cli.evaluate.report import _sampler
+
+    def record(per_level: int) -> dict:
+        sampler = {"name": "langevin", "steps_per_level": per_level}
+        return {"sampler": sampler, "path": f"r/eval/langevin-10x{per_level}/builtin.json"}
+
+    assert [_sampler(record(100)), _sampler(record(20))] == ["langevin x100", "langevin x20"]
+
+
+def test_report_names_the_reports_it_cannot_show(tmp_path, capsys):
+    """A damaged or malformed report was dropped without a word (or stopped the report with a
+    traceback), and a folder of only damaged ones was said to have none."""
+    from diffuse_cli.evaluate.output import write_json
+    from diffuse_cli.evaluate.report import main as report
+
+    folder = tmp_path / "eval"
+    (folder / "ddim-5").mkdir(parents=True)
+    (folder / "ddim-5" / "builtin.json").write_text('{"kind": "sample_quality", "met')
+    assert report([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "skipped" in err and "ddim-5" in err and "cannot be read" in err
+    assert "none of the 1 sample-quality reports" in err and "Traceback" not in err
+    no_steps = _quality(5, {"fd_builtin": 1.0})
+    del no_steps["steps"]
+    write_json(no_steps, folder / "ddim-6" / "builtin.json")
+    write_json(_quality(7, {"fd_builtin": "low"}), folder / "ddim-7" / "builtin.json")
+    write_json(_quality(8, {"fd_builtin": 2.0}), folder / "ddim-8" / "builtin.json")
+    assert report([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "no 'steps' in it" in captured.err and "'low', not a number" in captured.err
+    assert [row.split(" | ")[2] for row in captured.out.splitlines()[2:-1]] == ["8"]
+    (tmp_path / "taken").write_text("a file where --out wants a folder")
+    assert report([str(tmp_path), "--out", str(tmp_path / "taken")]) == 2
+    assert "taken" in capsys.readouterr().err
