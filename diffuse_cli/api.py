@@ -61,6 +61,12 @@ def load_run(
     EMA weights by default. `config`: a command's config, whose execution keys
     (config.EXECUTION_KEYS, e.g. model.channels_last) replace the run's; everything else is the
     run's own."""
+    return open_run(run_dir, device, ema, config, step)[:3]
+
+
+def open_run(run_dir, device="cpu", ema=True, config=None, step=None):
+    """load_run's (cfg, model, diffusion) and the LoadedWeights (checkpoint, step, sha256) the
+    model holds, which reports record."""
     from diffuse_cli.config import EXECUTION_KEYS
     from diffuse_cli.runs import read_run_config
     from diffuse_cli.train.checkpoint import load_weights
@@ -79,16 +85,23 @@ def load_run(
         }
         cfg = OmegaConf.merge(cfg, execution)
     model = build_model(cfg)
-    load_weights(model, run_dir, ema=ema, step=step)
-    return cfg, model.to(device).eval(), build_diffusion(cfg)
+    weights = load_weights(model, run_dir, ema=ema, step=step)
+    return cfg, model.to(device).eval(), build_diffusion(cfg), weights
 
 
-def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = False):
-    """(cfg, classifier) of the latest checkpoint of a task=classifier run. The raw weights by
-    default: ADM's guidance classifiers are used without EMA."""
+def load_classifier(
+    run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = False, step=None
+):
+    """(cfg, classifier) of the checkpoint of `step` (None: the latest) of a task=classifier
+    run. The raw weights by default: ADM's guidance classifiers are used without EMA."""
+    return open_classifier(run_dir, device, ema, step)[:2]
+
+
+def open_classifier(run_dir, device="cpu", ema=False, step=None):
+    """load_classifier's (cfg, classifier) and the LoadedWeights it holds."""
     from diffuse_cli.build import build_classifier
     from diffuse_cli.runs import read_run_config
-    from diffuse_cli.train.checkpoint import load_weights
+    from diffuse_cli.train.checkpoint import agreed_step, load_weights
 
     cfg = read_run_config(run_dir, task="classifier")
     if cfg.get("task", "diffusion") != "classifier":
@@ -97,8 +110,9 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", ema
             "train one with `diffuse train task=classifier`"
         )
     model = build_classifier(cfg, cfg.classifier.num_classes)
-    load_weights(model, run_dir, ema=ema)
-    return cfg, model.to(device).eval()
+    step = agreed_step(run_dir, step)  # a classifier run may still be training: one step for all
+    weights = load_weights(model, run_dir, ema=ema, step=step)
+    return cfg, model.to(device).eval(), weights
 
 
 def _train(cfg: DictConfig) -> None:

@@ -111,6 +111,16 @@ def broadcast_from_main(value):
     return box[0]
 
 
+def all_agree(value) -> bool:
+    """Whether every process holds the main process's `value` (picklable); the same answer on
+    every process, so all of them can stop together instead of one alone."""
+    if not in_process_group():
+        return True
+    differs = torch.tensor([float(broadcast_from_main(value) != value)])
+    torch.distributed.all_reduce(differs, op=torch.distributed.ReduceOp.MAX)
+    return not differs.item()
+
+
 @contextlib.contextmanager
 def main_process_first():
     """A block the main process runs first and the others after it (a download into a shared

@@ -149,9 +149,9 @@ def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
 
 
 def guidance_classifier(cfg: DictConfig, device: torch.device):
-    """The classifier of guidance=classifier, checked against the generator's run: trained for
-    the same noise schedule and the same data shape."""
-    from diffuse_cli.api import load_classifier
+    """(classifier, its LoadedWeights) of guidance=classifier, checked against the generator's
+    run: trained for the same noise schedule and the same data shape."""
+    from diffuse_cli.api import open_classifier
 
     path = cfg.guidance.classifier
     if not path:
@@ -160,7 +160,7 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
             "trained with `diffuse train task=classifier`>"
         )
     path = os.path.normpath(str(path))
-    clf_cfg, classifier = load_classifier(path, device=device)
+    clf_cfg, classifier, weights = open_classifier(path, device)
     if not clf_cfg.classifier.noised:
         raise UserError(
             f"the classifier in '{path}' was trained on clean images (classifier.noised=false) "
@@ -192,7 +192,7 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
             f"the classifier in '{path}' takes data of shape {data_shape(clf_cfg)}, the model "
             f"makes {data_shape(cfg)}"
         )
-    return classifier
+    return classifier, weights
 
 
 def conditioning(cfg: DictConfig, model, classifier) -> tuple[int | None, int | None]:
@@ -238,7 +238,9 @@ def sample_command(cfg: DictConfig) -> Path:
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
     step = agreed_step(cfg.run_dir, cfg.checkpoint)
     _, model, diffusion = load_run(cfg.run_dir, device=device, config=cfg, step=step)
-    classifier = guidance_classifier(cfg, device) if cfg.guidance.name == "classifier" else None
+    classifier = None
+    if cfg.guidance.name == "classifier":
+        classifier, _ = guidance_classifier(cfg, device)
     num_classes, null = conditioning(cfg, model, classifier)
     labels = sample_labels(cfg, num_classes, range(cfg.num_samples), null)
     guided, cond_fn = build_guidance(cfg, model, diffusion, classifier)

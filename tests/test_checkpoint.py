@@ -163,13 +163,13 @@ def test_a_checkpoint_pruned_while_it_is_read_is_not_called_damaged(tmp_path, mo
     from diffuse_cli.train import checkpoint
 
     folder = save(tmp_path, 1)
-    real = checkpoint.load_file
+    real = checkpoint.load_safetensors
 
-    def pruned_first(path, *args, **kwargs):
+    def pruned_meanwhile(data):
         shutil.rmtree(folder)
-        return real(path, *args, **kwargs)
+        return real(data)
 
-    monkeypatch.setattr(checkpoint, "load_file", pruned_first)
+    monkeypatch.setattr(checkpoint, "load_safetensors", pruned_meanwhile)
     model = torch.nn.Module()
     model.register_buffer("w", torch.zeros(2, 2))
     with pytest.raises(UserError, match="was removed while it was read") as err:

@@ -165,6 +165,35 @@ def test_eval_samples_a_conditional_run_with_guidance_and_classifier_features(ru
     assert report["extractor"]["run"] == str(clf)
 
 
+def test_a_report_names_the_weights_that_made_its_samples(runs):
+    """The generator's and the guidance classifier's weights by the digest of the bytes
+    loaded: a run trained anew under the same step name, or a classifier run that trained on,
+    makes other samples, and an eval of them must not keep the earlier report's metrics."""
+    import hashlib
+    import json
+
+    from diffuse_cli.evaluate.command import eval_command
+    from diffuse_cli.train.checkpoint import latest_checkpoint
+
+    cwd, _ = runs
+    run, clf = cwd / "runs" / "default", cwd / "runs" / "classifier"
+    cfg = dc.compose_config(
+        [f"run_dir={run}", "metrics=[fid]", f"eval.features={clf}", "eval.num_samples=6",
+         f"eval.cache_dir={cwd / 'cache'}", "steps=3", "guidance=classifier",
+         f"guidance.classifier={clf}", "progress=false"],
+        "eval",
+    )  # fmt: skip
+    (path,) = eval_command(cfg)
+    report = json.loads(path.read_text())
+
+    def sha(folder, name):
+        return hashlib.sha256((latest_checkpoint(folder) / name).read_bytes()).hexdigest()
+
+    assert report["weights_sha256"] == sha(run, "ema.safetensors")
+    assert report["guidance"]["checkpoint"] == latest_checkpoint(clf).name
+    assert report["guidance"]["weights_sha256"] == sha(clf, "model.safetensors")
+
+
 @pytest.mark.parametrize(
     ("change", "refused"),
     [
@@ -183,9 +212,9 @@ def test_a_guidance_classifier_is_checked_by_what_it_was_trained_for(
 
     cfg = compose(["guidance=classifier", "guidance.classifier=clf"], "sample")
     trained = compose(["task=classifier", *change])
-    monkeypatch.setattr(api, "load_classifier", lambda path, device: (trained, "classifier"))
+    monkeypatch.setattr(api, "open_classifier", lambda *a, **k: (trained, "classifier", "w"))
     if refused is None:
-        assert guidance_classifier(cfg, "cpu") == "classifier"
+        assert guidance_classifier(cfg, "cpu") == ("classifier", "w")
     else:
         with pytest.raises(UserError, match=refused):
             guidance_classifier(cfg, "cpu")

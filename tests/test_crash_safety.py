@@ -440,6 +440,14 @@ def test_a_refused_start_leaves_no_lock_or_folder(compose, tmp_path):
     assert not (tmp_path / "new").exists()  # nor the parent it made
 
 
+def test_a_lock_that_cannot_be_taken_is_a_refusal_every_process_hears(compose, tmp_path):
+    """An OSError in the main process's locking was a traceback there, and under several
+    processes the others went on into setup without it."""
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(UserError, match=r"cannot lock the run directory: .*Is a directory"):
+        Trainer(compose([*QUIET, f"run_dir={tmp_path}"]))
+
+
 def test_a_refused_start_gives_the_users_empty_folder_its_old_times(tmp_path):
     """The CLI removes an empty run folder made after the command started (Hydra's); the lock
     file's creation and removal must not make the user's own empty folder look new."""

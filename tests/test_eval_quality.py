@@ -575,3 +575,79 @@ def test_report_names_the_reports_it_cannot_show(tmp_path, capsys):
     (tmp_path / "taken").write_text("a file where --out wants a folder")
     assert report([str(tmp_path), "--out", str(tmp_path / "taken")]) == 2
     assert "taken" in capsys.readouterr().err
+
+
+def _merge_report(metrics: dict, version: int = 1, **changes) -> dict:
+    report = {"kind": "sample_quality", "run_dir": "r", "samples": None,
+              "checkpoint": "step_00000004", "checkpoint_step": 4, "weights_sha256": "aa",
+              "ema": True, "sampler": {"name": "ddim"}, "steps": 3, "eta": 0.0,
+              "guidance": {"name": "none"}, "class_labels": None, "seed": 0, "num_samples": 8,
+              "extractor": {"name": "builtin"},
+              "reference": {"split": "test", "num": 32, "cache": "c", "cached": False},
+              "metrics": metrics, "versions": {"diffuse": version}, "device": "cpu",
+              "num_processes": 1, "seconds": {"total": 1.0}}  # fmt: skip
+    return report | changes
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weights_sha256": "bb"},  # trained anew under the same step name
+        {"checkpoint": "step_00000008", "checkpoint_step": 8},  # trained on
+        {"reference": {"split": "test", "num": 16, "cache": "d", "cached": False}},
+        {"guidance": {"name": "classifier", "checkpoint": "step_2", "weights_sha256": "cc"}},
+        {"samples_sha256": "dd"},
+    ],
+)
+def test_an_eval_of_other_samples_or_references_drops_the_earlier_metrics(tmp_path, change):
+    from diffuse_cli.evaluate.quality import write_report
+
+    path = tmp_path / "builtin.json"
+    write_report(_merge_report({"fd_builtin": 1.0, "kd_builtin": 0.5}), path)
+    write_report(_merge_report({"fd_builtin": 2.0}, **change), path)
+    assert json.loads(path.read_text())["metrics"] == {"fd_builtin": 2.0}
+
+
+def test_merged_reports_keep_each_metric_from_the_eval_that_computed_it_last(tmp_path):
+    """The newer value of a metric computed again wins; each kept metric names the versions it
+    came from, through a chain of evals; warnings of both are kept once."""
+    from diffuse_cli.evaluate.quality import write_report
+
+    path = tmp_path / "builtin.json"
+    first = _merge_report({"fd_builtin": 1.0, "kd_builtin": 0.5, "is_builtin": 3.0}, 1)
+    write_report(first | {"warnings": ["few samples"]}, path)
+    second = _merge_report({"fd_builtin": 2.0}, 2)
+    write_report(second | {"warnings": ["few samples", "biased"]}, path)
+    write_report(_merge_report({"kd_builtin": 0.25}, 3), path)
+    merged = json.loads(path.read_text())
+    assert merged["metrics"] == {"fd_builtin": 2.0, "kd_builtin": 0.25, "is_builtin": 3.0}
+    assert merged["versions"] == {"diffuse": 3}
+    assert [(e["metrics"], e["versions"]) for e in merged["earlier"]] == [
+        (["fd_builtin"], {"diffuse": 2}), (["is_builtin"], {"diffuse": 1})
+    ]  # fmt: skip
+    assert merged["warnings"] == ["few samples", "biased"]
+
+
+def test_the_samples_digest_is_of_the_samples_measured(tmp_path, compose, monkeypatch):
+    """`diffuse sample` may rewrite a samples.npz while an eval reads it: the file was read
+    twice, for the images and for the digest, so a report could name samples it never saw."""
+    import hashlib
+
+    import numpy as np
+
+    from diffuse_cli.evaluate import quality
+
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, arr_0=np.zeros((2, 32, 32, 3), np.uint8))
+    np.savez(b, arr_0=np.full((2, 32, 32, 3), 255, np.uint8))
+    digest_a = hashlib.sha256(a.read_bytes()).hexdigest()
+    real = np.load
+
+    def rewritten_meanwhile(*args, **kwargs):
+        out = real(*args, **kwargs)
+        os.replace(b, a)
+        return out
+
+    monkeypatch.setattr(quality.np, "load", rewritten_meanwhile)
+    images, digest = quality.read_samples(compose([f"eval.samples={a}"], "eval"))
+    assert digest == digest_a and images.max() == -1.0  # a's black images, a's digest

@@ -189,3 +189,31 @@ def test_a_sweep_job_that_fails_on_one_process_ends_every_process(tmp_path):
     proc = launch(*sweep, cwd=tmp_path, check=False, timeout=300)
     assert proc.returncode != 0
     assert "IsADirectoryError" in proc.stderr and "a process failed" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_refusals_of_the_main_process_reach_every_process_as_one_line(tmp_path):
+    """The run lock and the checkpoint step are looked up by the main process alone; the
+    other process must stop with the same line, not go on without it or wait forever."""
+    import fcntl
+    import socket
+
+    run_cli("train", *TINY, "trainer.max_steps=2", cwd=tmp_path)
+    with open(tmp_path / "runs" / "default" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another training of the run
+        held.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        held.flush()
+        proc = launch("train", *TINY, "trainer.max_steps=4", cwd=tmp_path, check=False,
+                      timeout=300)  # fmt: skip
+    # each process: the line and status 2 (the launcher adds its own summary and traceback)
+    assert (
+        proc.returncode != 0 and "UserError" not in proc.stderr and "exitcode  : 2 " in proc.stderr
+    )
+    assert proc.stderr.count(f"is being trained by pid {os.getpid()}") == 2, proc.stderr
+    proc = launch("sample", "checkpoint=3", "num_samples=2", cwd=tmp_path, check=False,
+                  timeout=300)  # fmt: skip
+    assert (
+        proc.returncode != 0 and "UserError" not in proc.stderr and "exitcode  : 2 " in proc.stderr
+    )
+    assert proc.stderr.count("diffuse sample: error: ") == 2, proc.stderr

@@ -69,10 +69,10 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
 
 
 def eval_command(cfg: DictConfig) -> list[Path]:
-    from diffuse_cli.api import load_run
+    from diffuse_cli.api import open_run
     from diffuse_cli.distributed import process_state
     from diffuse_cli.generate import pick_device
-    from diffuse_cli.train.checkpoint import agreed_step, checkpoint_root, step_name
+    from diffuse_cli.train.checkpoint import agreed_step
 
     run_dir = Path(cfg.run_dir)
     cfg = with_run_config(cfg, run_dir, also=("loss",))  # the loss the run trained with
@@ -84,22 +84,24 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     loaded = {}
 
     def load_model():
-        """(model, diffusion, checkpoint folder), loaded once and only when needed."""
+        """(model, diffusion, LoadedWeights), loaded once and only when needed."""
         if not loaded:
             step = agreed_step(run_dir, cfg.checkpoint)  # a run still training saves more
-            _, model, diffusion = load_run(run_dir, device, cfg.eval.ema, config=cfg, step=step)
-            checkpoint = checkpoint_root(run_dir) / step_name(step)
-            loaded.update(model=model, diffusion=diffusion, checkpoint=checkpoint)
-        return loaded["model"], loaded["diffusion"], loaded["checkpoint"]
+            _, model, diffusion, weights = open_run(
+                run_dir, device, cfg.eval.ema, config=cfg, step=step
+            )
+            loaded.update(model=model, diffusion=diffusion, weights=weights)
+        return loaded["model"], loaded["diffusion"], loaded["weights"]
 
     paths = []
     quality = [m for m in metrics if m in QUALITY]
     for m in metrics:
         if m in METRICS:
-            model, diffusion, checkpoint = load_model()
+            model, diffusion, weights = load_model()
             header = {
                 "run_dir": str(run_dir),
-                "checkpoint": checkpoint.name,
+                "checkpoint": weights.folder.name,
+                "weights_sha256": weights.sha256,
                 "weights": "ema" if cfg.eval.ema else "model",
                 "split": "test",
                 "config": {

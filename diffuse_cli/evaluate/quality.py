@@ -19,6 +19,7 @@ with everything needed to reproduce the number (see `record`).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import platform
 import sys
@@ -34,12 +35,11 @@ from tqdm.auto import tqdm
 
 from diffuse_cli.build import data_shape, resolve_steps, sample
 from diffuse_cli.diffusion import quantize
-from diffuse_cli.distributed import gather_exact, shard
+from diffuse_cli.distributed import all_agree, gather_exact, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.output import strict, write_json
 from diffuse_cli.files import folder_locked
 from diffuse_cli.images import from_uint8_nhwc
-from diffuse_cli.train.checkpoint import step_of
 
 # metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
 QUALITY = {"fid": "fd", "fd": "fd", "kid": "kd", "kd": "kd", "is": "is", "pr": "pr",
@@ -117,18 +117,22 @@ def default_num_samples(cfg: DictConfig) -> int:
     return PRESET_NUM_SAMPLES if cfg.model.image_size else DEFAULT_NUM_SAMPLES
 
 
-def read_samples(cfg: DictConfig) -> torch.Tensor:
-    """eval.samples as float [-1, 1] NCHW images (from uint8 NHWC arr_0) or [N, D] points."""
+def read_samples(cfg: DictConfig) -> tuple[torch.Tensor, str]:
+    """(eval.samples as float [-1, 1] NCHW images (from uint8 NHWC arr_0) or [N, D] points,
+    the sha256 of the file's bytes): one read, so the digest a report records is that of the
+    samples it measured, even when the file is rewritten meanwhile."""
     path = Path(cfg.eval.samples)
     if not path.is_file():
         raise UserError(
             f"eval.samples={path}: no such file; give a samples.npz from diffuse sample"
         )
     try:
-        with np.load(path) as npz:
+        data = path.read_bytes()
+        with np.load(io.BytesIO(data)) as npz:
             arr = npz["arr_0"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(f"eval.samples={path}: not an .npz with an arr_0 array ({err})") from err
+    digest = hashlib.sha256(data).hexdigest()
     shape = data_shape(cfg)
     if len(shape) == 3:
         c, h, w = shape
@@ -137,12 +141,12 @@ def read_samples(cfg: DictConfig) -> torch.Tensor:
                 f"eval.samples={path}: arr_0 is {arr.dtype} {list(arr.shape)}, but this run's "
                 f"images need uint8 [N, {h}, {w}, {c}] (NHWC)"
             )
-        return from_uint8_nhwc(torch.from_numpy(arr))
+        return from_uint8_nhwc(torch.from_numpy(arr)), digest
     if arr.ndim != 2 or arr.shape[1] != shape[0]:
         raise UserError(
             f"eval.samples={path}: arr_0 is {list(arr.shape)}, expected [N, {shape[0]}]"
         )
-    return torch.from_numpy(arr.astype(np.float32))
+    return torch.from_numpy(arr.astype(np.float32)), digest
 
 
 def batches(indices: range, size: int):
@@ -260,27 +264,36 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
     from diffuse_cli.sampling_labels import sample_labels
 
     if cfg.eval.samples:
-        given = read_samples(cfg)
+        given, digest = read_samples(cfg)  # every process reads its own copy
+        if not all_agree(digest):
+            raise UserError(
+                f"eval.samples={cfg.eval.samples} changed while the processes read it; run "
+                "again once it is written"
+            )
         num = len(given) if cfg.eval.num_samples is None else cfg.eval.num_samples
         if num > len(given):
             raise UserError(f"eval.num_samples={num}, but eval.samples has only {len(given)}")
         tag = samples_tag(cfg.eval.samples)
-        from diffuse_cli.evaluate.features import file_digest
-
-        provenance = {"samples": str(cfg.eval.samples),
-                      "samples_sha256": file_digest(Path(cfg.eval.samples)), "checkpoint": None,
+        provenance = {"samples": str(cfg.eval.samples), "samples_sha256": digest,
+                      "checkpoint": None, "weights_sha256": None,
                       "checkpoint_step": None, "ema": None, "sampler": None, "steps": None,
                       "eta": None, "guidance": None, "class_labels": None}  # fmt: skip
         return (lambda chunk: given[chunk.start : chunk.stop]), num, tag, None, provenance
-    model, diffusion, checkpoint = load_model()
+    model, diffusion, weights = load_model()
     steps = resolve_steps(cfg, diffusion)
-    classifier = guidance_classifier(cfg, device) if cfg.guidance.name == "classifier" else None
+    classifier = classifier_weights = None
+    if cfg.guidance.name == "classifier":
+        classifier, classifier_weights = guidance_classifier(cfg, device)
     num_classes, null = conditioning(cfg, model, classifier)
     guided, cond_fn = build_guidance(cfg, model, diffusion, classifier)
     nfe = NFECounter(guided)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
-    provenance = {"samples": None, "checkpoint": checkpoint.name,
-                  "checkpoint_step": step_of(checkpoint), "ema": cfg.eval.ema,
+    if classifier_weights is not None:  # which weights guided: the samples depend on them
+        guidance |= {"checkpoint": classifier_weights.folder.name,
+                     "weights_sha256": classifier_weights.sha256}  # fmt: skip
+    provenance = {"samples": None, "checkpoint": weights.folder.name,
+                  "checkpoint_step": weights.step, "weights_sha256": weights.sha256,
+                  "ema": cfg.eval.ema,
                   "sampler": OmegaConf.to_container(cfg.sampler), "steps": steps,
                   "eta": cfg.sampler.eta, "guidance": guidance,
                   "class_labels": plain(cfg.class_labels) if num_classes else None}  # fmt: skip
@@ -349,9 +362,10 @@ def with_earlier_metrics(record: dict, path: Path) -> dict:
               file=sys.stderr)  # fmt: skip
         return record
     merged = new | {"metrics": old | new["metrics"], "earlier": kept_provenance(earlier, lost)}
-    if "warnings" in new:
-        earlier_notes = earlier.get("warnings", [])
-        merged["warnings"] = earlier_notes + [w for w in new["warnings"] if w not in earlier_notes]
+    earlier_notes = earlier.get("warnings", [])  # of the same samples: still true
+    notes = earlier_notes + [w for w in new.get("warnings", []) if w not in earlier_notes]
+    if notes:
+        merged["warnings"] = notes
     return merged
 
 

@@ -10,14 +10,17 @@ timesteps.safetensors; state.json stays small.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
 from diffuse_cli.errors import UserError
@@ -269,17 +272,28 @@ def chosen_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Which weights a model holds: the checkpoint folder, its step, and the sha256 of the
+    weights file's bytes that were loaded (one read: a step saved again or a run trained anew
+    under the same step name shows as other weights)."""
+
+    folder: Path
+    step: int
+    sha256: str
+
+
 def load_weights(
     model: torch.nn.Module, run_dir: str | Path, ema: bool = True, step: int | None = None
-) -> int:
-    """Load the (EMA) weights of the checkpoint of `step` (None: the latest) into `model`;
-    returns its step."""
+) -> LoadedWeights:
+    """Load the (EMA) weights of the checkpoint of `step` (None: the latest) into `model`."""
     folder = chosen_checkpoint(run_dir, step)
     path = folder / (EMA if ema else MODEL)
     try:
-        state = load_file(path)
+        data = path.read_bytes()
+        state = load_safetensors(data)
         step = int(json.loads((folder / STATE).read_text())["step"])
     except (*FILE_ERRORS, KeyError, TypeError) as err:
         raise _unreadable(folder, err) from err
     load_state_checked(model, state, f"checkpoint '{path}'")
-    return step
+    return LoadedWeights(folder, step, hashlib.sha256(data).hexdigest())

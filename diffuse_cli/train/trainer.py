@@ -182,8 +182,14 @@ class Trainer:
     def _lock_run_dir(self) -> RunLock | None:
         """The main process locks the run directory (run_lock.py); every process hears if
         another training holds it."""
-        lock = RunLock(self.run_dir) if self.is_main else None
-        refusal = broadcast_from_main(lock.refusal if lock is not None else None)
+        lock, refusal = None, None
+        if self.is_main:
+            try:
+                lock = RunLock(self.run_dir)
+                refusal = lock.refusal
+            except OSError as err:  # a read-only folder, a .lock that is a folder, ...
+                refusal = f"cannot lock the run directory: {err}"
+        refusal = broadcast_from_main(refusal)  # the others must not go on without the main
         if refusal:
             raise UserError(refusal)
         return lock

@@ -85,11 +85,11 @@ def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
 def classifier_extractor(cfg: DictConfig, device: torch.device, path: str) -> Extractor:
     """The pooled features (and logits) of a task=classifier run's image classifier, at t = 0."""
     from diffuse_cli import __version__
-    from diffuse_cli.api import load_classifier
+    from diffuse_cli.api import open_classifier
     from diffuse_cli.build import data_shape
-    from diffuse_cli.train.checkpoint import MODEL, latest_checkpoint
+    from diffuse_cli.train.checkpoint import MODEL
 
-    clf_cfg, classifier = load_classifier(path, device=device)
+    clf_cfg, classifier, loaded = open_classifier(path, device)
     if not hasattr(classifier, "features"):
         raise UserError(f"eval.features={path}: a classifier of 2-D points has no image features")
     if data_shape(clf_cfg) != data_shape(cfg):
@@ -97,8 +97,8 @@ def classifier_extractor(cfg: DictConfig, device: torch.device, path: str) -> Ex
             f"eval.features={path}: the classifier takes data of shape {data_shape(clf_cfg)}, "
             f"this run makes {data_shape(cfg)}"
         )
-    weights = latest_checkpoint(path) / MODEL
-    digest = file_digest(weights)
+    weights = loaded.folder / MODEL
+    digest = loaded.sha256[:8]  # of the bytes loaded, so the cache key names these weights
     classifier.requires_grad_(False)
 
     def extract(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
