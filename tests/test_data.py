@@ -136,7 +136,6 @@ def test_image_folder_with_class_subfolders_and_mixed_modes(tmp_path):
     x, labels = stack(ds)
     assert x.shape == (4, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
     assert labels == [0, 0, 1, 1]
-    assert ds.verify() == 4
     grey = build_dataset("image_folder", "test", root=tmp_path, image_size=8, channels=1)
     assert grey[2][0].shape == (1, 8, 8)
 
@@ -159,6 +158,47 @@ def test_image_folder_leaves_out_hidden_files_and_archive_metadata(tmp_path):
     (tmp_path / "cats" / "._b.png").write_bytes(b"AppleDouble metadata, not an image")
     ds = ImageFolder(tmp_path, image_size=8)
     assert ds.files == [tmp_path / "cats" / "a.png"] and ds.class_names == ("cats",)
+
+
+def test_image_folder_follows_symlinked_folders_but_not_loops(tmp_path):
+    """Class folders linked from another disk count as classes (under their link's name); a
+    link back to a folder it is in is not walked again, and hidden or dangling links stay out."""
+    disk = tmp_path / "disk"
+    write_images(disk / "cats", [("a.png", "RGB", (8, 8)), ("b.png", "RGB", (8, 8))])
+    write_images(disk / "dogs", [("c.png", "RGB", (8, 8))])
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "cats").symlink_to(disk / "cats", target_is_directory=True)
+    (root / "dogs").symlink_to(disk / "dogs", target_is_directory=True)
+    (root / ".cache").symlink_to(disk / "cats", target_is_directory=True)
+    (disk / "cats" / "again").symlink_to(disk / "cats", target_is_directory=True)
+    (disk / "dogs" / "up").symlink_to(root, target_is_directory=True)
+    (root / "gone.png").symlink_to(tmp_path / "deleted.png")
+    ds = ImageFolder(root, image_size=8)
+    cats, dogs = root / "cats", root / "dogs"
+    assert ds.files == [cats / "a.png", cats / "b.png", dogs / "c.png"]
+    assert ds.class_names == ("cats", "dogs") and ds.labels == [0, 0, 1]
+
+
+def write_solid(folder, name, grey):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (4, 4), grey).save(folder / name)
+
+
+def test_image_folder_cap_keeps_evenly_spaced_files_and_their_labels(tmp_path):
+    """3 cats then 9 dogs (sorted), capped at 4: files 0, 3, 6, 9 (1 cat, 3 dogs, as 3:9), not
+    the first 4. Each image's grey level is its class's, so a label must match its image."""
+    for i in range(3):
+        write_solid(tmp_path / "cats", f"{i}.png", 0)
+    for i in range(9):
+        write_solid(tmp_path / "dogs", f"{i}.png", 255)
+    ds = build_dataset("image_folder", "train", root=tmp_path, image_size=4, num_train=4)
+    everything = ImageFolder(tmp_path, image_size=4).files
+    assert ds.files == [everything[i] for i in (0, 3, 6, 9)]
+    x, labels = stack(ds)
+    assert labels == [0, 1, 1, 1]
+    assert torch.equal(x[:, 0, 0, 0], torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    assert len(build_dataset("image_folder", "test", root=tmp_path, num_test=50)) == 12
 
 
 def test_image_folder_test_labels_are_the_training_split_s(tmp_path):
@@ -192,8 +232,6 @@ def test_corrupt_image_error_names_the_file(tmp_path, name):
     bad = ds.files.index(tmp_path / name)
     with pytest.raises(DataError, match=name):
         ds[bad]
-    with pytest.raises(DataError, match=name):
-        ds.verify()
     (tmp_path / name).write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=name):
         ds[bad]
