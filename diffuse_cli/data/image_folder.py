@@ -1,11 +1,12 @@
 """`image_folder`: any folder of images, e.g. a user's own photos.
 
 Images are found recursively, following symlinked folders, skipping hidden files and folders
-(".ipynb_checkpoints") and the "__MACOSX" folders of zip archives. If the images sit in sub-folders, the top-level sub-folder
-names (sorted) are the classes; images directly in the folder get the class ".". With train/ and
-test/ splits the classes are train/'s, so a label means the same class in both. Every image is
-converted to RGB (or L), its shorter side resized to `image_size` and its centre cropped. A cap
-(`data.num_train`, `data.num_test`) keeps evenly spaced files, so each class keeps its share.
+(".ipynb_checkpoints") and the "__MACOSX" folders of zip archives. If the images sit in
+sub-folders, the top-level sub-folder names (sorted) are the classes; images directly in the
+folder get the class ".". With train/ and test/ splits the classes are train/'s, so a label means
+the same class in both. Every image is converted to RGB (or L), its shorter side resized to
+`image_size` and its centre cropped. A cap (`data.num_train`, `data.num_test`) keeps evenly
+spaced files, so each class keeps its share.
 """
 
 import os
