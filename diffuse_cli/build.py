@@ -118,9 +118,22 @@ def build_loss(cfg: DictConfig):
         raise UserError(str(err)) from err
 
 
+POINTS = {"channels": 2, "image_size": 0}  # the data settings of the 2-D toy sets
+
+
 def data_shape(cfg: DictConfig) -> tuple[int, ...]:
-    """Per-sample shape of the configured data: (C, H, W) for images, (D,) for vectors."""
+    """Per-sample shape of the configured data: (C, H, W) for images, (D,) for vectors. A 2-D
+    toy set with other settings is refused (its points would not fit the network)."""
+    from diffuse_cli.data import TOY_SETS
+
     d = cfg.data
+    if d.name in TOY_SETS:  # a network sized by another shape would fail at its first batch
+        wrong = [f"data.{key}={d[key]}" for key, needed in POINTS.items() if d[key] != needed]
+        if wrong:
+            raise UserError(
+                f"data={d.name} is 2-D points, but {' and '.join(wrong)}; set "
+                f"data.channels=2 and data.image_size=0 (the defaults of data={d.name})"
+            )
     return (d.channels,) if d.image_size == 0 else (d.channels, d.image_size, d.image_size)
 
 
@@ -357,6 +370,7 @@ def build_data(cfg: DictConfig, split: str, every_process: bool = False):
     from diffuse_cli.distributed import main_process_first
 
     d = cfg.data
+    data_shape(cfg)  # refuses data settings that the data set cannot give
     together = every_process and d.download
     try:
         with main_process_first() if together else contextlib.nullcontext():

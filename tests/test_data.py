@@ -96,6 +96,28 @@ def test_every_dataset_has_metadata():
         assert tuple(ds[0][0].shape) == ds.shape
 
 
+@pytest.mark.parametrize("override", ["data.channels=3", "data.image_size=32"])
+def test_a_toy_set_refuses_image_settings_naming_the_key(compose, override):
+    """data.channels=3 gave a matmul traceback at the first batch, data.image_size=32 a
+    misleading "data=moons is images"; both name the key and the values the points need."""
+    from diffuse_cli.build import build_data, build_model
+    from diffuse_cli.errors import UserError
+
+    cfg = compose(["data=moons", "model=mlp", override])
+    for build in (lambda: build_data(cfg, "train"), lambda: build_model(cfg)):
+        with pytest.raises(UserError) as err:
+            build()
+        message = str(err.value)
+        assert override in message and "data.channels=2 and data.image_size=0" in message
+        assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["shapes", "moons"])
+def test_a_negative_seed_names_data_seed(name):
+    with pytest.raises(DataError, match=r"^data.seed=-1 must be >= 0$"):
+        build_dataset(name, "train", num_train=4, seed=-1)
+
+
 # --- random_hflip ---------------------------------------------------------------------------
 
 
