@@ -357,3 +357,110 @@ def test_mnist_missing_files_and_fake_files(tmp_path):
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and isinstance(y, int)
     assert build_dataset("mnist", "test", root=tmp_path, channels=1)[1][0].shape == (1, 32, 32)
+
+
+def fake_mnist(root, images=None, labels=None):
+    """Writes all four MNIST files (6 training, 2 test images); `images` / `labels` replace the
+    training split's."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in [("train", 6), ("t10k", 2)]:
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    if images is not None:
+        write_idx(raw / "train-images-idx3-ubyte", images)
+        write_idx(raw / "train-labels-idx1-ubyte", labels)
+    return raw
+
+
+def test_mnist_items_are_the_stored_images_and_labels(tmp_path):
+    """At 28x28 nothing is resized: item i is image i as stored (row-major, not transposed,
+    not inverted), with label i."""
+    rows, cols = np.mgrid[0:28, 0:28]
+    images = np.stack([(rows * 9 + cols + 40 * n) % 256 for n in range(4)])
+    labels = np.array([3, 0, 9, 4])
+    fake_mnist(tmp_path, images, labels)
+    ds = build_dataset("mnist", "train", root=tmp_path, image_size=28, channels=1)
+    x, y = stack(ds)
+    assert y == [3, 0, 9, 4]
+    expected = torch.from_numpy(images).float()[:, None] / 127.5 - 1
+    assert torch.equal(x, expected)
+
+
+def test_mnist_is_resized_to_image_size_not_padded(tmp_path):
+    """data/mnist.yaml: resized (bilinear) from 28x28, so a white digit stays white to every
+    edge of the 32x32 image; padding would add a black border."""
+    fake_mnist(tmp_path, np.full((1, 28, 28), 255), np.array([7]))
+    x, _ = build_dataset("mnist", "train", root=tmp_path, image_size=32, channels=1)[0]
+    torch.testing.assert_close(x, torch.ones(1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda data: data[:-100], "bytes where its header declares"),  # truncated download
+        (lambda data: b"", "shorter than an idx header"),
+        (lambda data: b"PK\x03\x04" + data[4:], "not an idx file"),  # still zipped
+    ],
+)
+def test_a_damaged_mnist_file_is_named_with_the_fix(tmp_path, damage, problem):
+    raw = fake_mnist(tmp_path)
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError) as err:
+        build_dataset("mnist", "train", root=tmp_path)
+    message = str(err.value)
+    assert f"MNIST file {path} is damaged" in message and problem in message
+    assert "delete it and download again" in message and "\n" not in message
+    assert len(build_dataset("mnist", "test", root=tmp_path)) == 2  # the other split reads
+
+
+def test_mnist_images_and_labels_of_different_lengths_are_refused(tmp_path):
+    raw = fake_mnist(tmp_path)
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(5))
+    with pytest.raises(DataError, match="6 images, 5 labels"):
+        build_dataset("mnist", "train", root=tmp_path)
+
+
+def test_cifar10_items_follow_the_batches_in_order(tmp_path):
+    """Item i is row i of the batches read in order (data_batch_1..5), with its own label."""
+    fake_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    for b in range(1, 6):
+        rows = np.repeat(np.arange(3, dtype=np.uint8)[:, None] + 3 * b, 3072, axis=1)
+        labels = [(3 * b + k) % 10 for k in range(3)]
+        (folder / f"data_batch_{b}").write_bytes(pickle.dumps({"data": rows, "labels": labels}))
+    x, y = stack(build_dataset("cifar10", "train", root=tmp_path))
+    assert y == [(3 + k) % 10 for k in range(15)]
+    assert torch.equal(x[:, 0, 0, 0], (torch.arange(15.0) + 3) / 127.5 - 1)
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("data_batch_2", [np.zeros((3, 3072), np.uint8), [0, 1, 2]], "not a dict"),
+        ("data_batch_3", {"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1]}, "2 labels"),
+        ("test_batch", {"data": np.zeros((3, 1024), np.uint8), "labels": [0, 1, 2]}, "3072"),
+        ("test_batch", {"data": np.zeros((1, 3072), np.uint8), "labels": [10]}, "outside 0..9"),
+        ("batches.meta", ["airplane", "automobile"], "10 'label_names'"),
+        ("batches.meta", {"label_names": ["cat"] * 9}, "10 'label_names'"),
+    ],
+)
+def test_a_cifar10_file_of_the_wrong_structure_is_named(tmp_path, name, content, problem):
+    fake_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / name
+    path.write_bytes(pickle.dumps(content))
+    split = "test" if name == "test_batch" else "train"
+    with pytest.raises(DataError) as err:
+        build_dataset("cifar10", split, root=tmp_path)
+    message = str(err.value)
+    assert f"CIFAR-10 file {path} is not a python-version file" in message and problem in message
+    assert "delete it and download again" in message and "\n" not in message
+
+
+def test_missing_cifar10_batches_are_named(tmp_path):
+    fake_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py/ lacks data_batch_4; place"):
+        build_dataset("cifar10", "test", root=tmp_path)
