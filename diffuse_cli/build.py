@@ -168,6 +168,7 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                 out_dim=output_channels(cfg),
                 num_classes=m.num_classes,
                 timestep_scale=timestep_scale(cfg),
+                dropout=m.dropout,
             )
         except ValueError as err:
             raise UserError(f"model={m.name}: {err}") from err
@@ -286,8 +287,18 @@ def build_classifier(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     from diffuse_cli.models import MLP, EncoderClassifier
 
     m, shape = cfg.model, data_shape(cfg)
-    if m.arch == "mlp" and len(shape) == 1:
-        return MLP(dim=shape[0], hidden=m.hidden, num_layers=m.num_layers, out_dim=num_classes)
+    if m.arch == "mlp" and len(shape) == 1:  # the time scale and dropout of the denoiser's
+        try:
+            return MLP(
+                dim=shape[0],
+                hidden=m.hidden,
+                num_layers=m.num_layers,
+                out_dim=num_classes,
+                timestep_scale=timestep_scale(cfg),
+                dropout=m.dropout,
+            )
+        except ValueError as err:
+            raise UserError(f"model={m.name}: {err}") from err
     if m.arch != "unet" or len(shape) != 3:
         build_model(cfg)  # raises the same clear error a diffusion model would
     try:
