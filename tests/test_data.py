@@ -72,6 +72,38 @@ def test_toy_sets_are_deterministic_2d_points_near_unit_range(name):
     assert all(0 <= y < ds.num_classes for y in labels)
 
 
+def test_moons_labels_are_the_upper_and_lower_moon():
+    """Undoing the scaling, label 0 ("upper") lies on the unit circle about (0, 0) and label 1
+    ("lower") on the unit circle about (1, 0.5), up to the 0.05 noise."""
+    ds = build_dataset("moons", "train", num_train=2000)
+    points = ds.points.double() * 1.6 + torch.tensor([0.5, 0.25], dtype=torch.float64)
+    assert ds.class_names == ("upper", "lower")
+    for label, centre in [(0, (0.0, 0.0)), (1, (1.0, 0.5))]:
+        mine = points[ds.labels == label]
+        radius = (mine - torch.tensor(centre, dtype=torch.float64)).norm(dim=1)
+        assert len(mine) > 800 and (radius - 1).abs().mean() < 0.06
+
+
+def test_eight_gaussians_label_k_centres_on_mode_k():
+    ds = build_dataset("eight_gaussians", "train", num_train=4000)
+    for k in range(8):
+        mine = ds.points[ds.labels == k]
+        angle = torch.tensor(k * torch.pi / 4)
+        mode = 0.8 * torch.stack([angle.cos(), angle.sin()])
+        assert len(mine) > 300 and (mine.mean(0) - mode).norm() < 0.02
+        assert 0.04 < mine.std(0).mean() < 0.06
+
+
+def test_checkerboard_fills_the_squares_whose_row_plus_column_is_even():
+    """Squares are counted from (-1, -1), column along x and row along y: the bottom-left square
+    and every other one are filled, all eight about equally."""
+    x = build_dataset("checkerboard", "train", num_train=4000).points
+    col, row = ((x + 1) * 2).floor().long().unbind(1)
+    assert ((row + col) % 2 == 0).all() and col.min() == row.min() == 0
+    counts = Counter(zip(col.tolist(), row.tolist(), strict=True))
+    assert len(counts) == 8 and min(counts.values()) > 400
+
+
 def test_toy_labels():
     assert build_dataset("eight_gaussians", "train").num_classes == 8
     assert sorted(set(stack(build_dataset("moons", "train", num_train=100))[1])) == [0, 1]
@@ -274,6 +306,51 @@ def test_image_folder_puts_transparent_pixels_on_white(tmp_path):
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=8)[0]
     assert torch.equal(x, torch.ones(3, 8, 8))
+
+
+@pytest.mark.parametrize("mode, key", [("P", 0), ("RGB", (0, 0, 0))])
+def test_image_folder_puts_colour_keyed_pixels_on_white(tmp_path, mode, key):
+    """PNG's other transparency: no alpha channel, but a palette index or colour marked
+    transparent (image.info["transparency"]); those black pixels load as white too."""
+    image = Image.new("RGB", (4, 4), (0, 0, 0))
+    image = image.convert("P") if mode == "P" else image
+    image.save(tmp_path / "keyed.png", transparency=key)
+    with Image.open(tmp_path / "keyed.png") as saved:
+        assert saved.mode == mode and saved.info["transparency"] == key
+    x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=4)[0]
+    assert torch.equal(x, torch.ones(3, 4, 4))
+
+
+def test_image_folder_channels_are_red_green_blue(tmp_path):
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "red.png")
+    x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=4)[0]
+    assert torch.equal(x[:, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
+
+
+def test_image_folder_turns_images_upright_by_their_exif_orientation(tmp_path):
+    """EXIF orientation 6 (a phone held upright) means: turn 90 degrees clockwise to view. The
+    stored top-left white quadrant is then the top-right one."""
+    stored = np.zeros((8, 8), dtype=np.uint8)
+    stored[:4, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(stored, "L").save(tmp_path / "phone.png", exif=exif)
+    x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=8, channels=1)[0]
+    upright = -torch.ones(8, 8)
+    upright[:4, 4:] = 1.0
+    assert torch.equal(x[0], upright)
+
+
+def test_image_folder_resizes_with_a_cubic_filter(tmp_path):
+    """A step 0 | 200 enlarged 8 -> 16 pixels: a cubic filter interpolates (levels between 0
+    and 200, which nearest-neighbour has not) and overshoots past 200 beside the step (which
+    bilinear does not)."""
+    step = np.zeros((8, 8), dtype=np.uint8)
+    step[:, 4:] = 200
+    Image.fromarray(step, "L").save(tmp_path / "step.png")
+    x, _ = build_dataset("image_folder", "train", root=tmp_path, image_size=16, channels=1)[0]
+    levels = ((x[0, 0] + 1) * 127.5).round()
+    assert ((levels > 0) & (levels < 200)).any() and levels.max() > 205
 
 
 def test_image_folder_scales_16_bit_grey_to_8_bits(tmp_path):
