@@ -145,9 +145,9 @@ def cifar10(
         _download_cifar10(Path(root))
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
-        where = f"{folder}/ lacks {', '.join(missing)}" if len(missing) < len(needed) else ""
+        lacks = f": {folder}/ lacks {', '.join(missing)}" if len(missing) < len(needed) else ""
         raise DataError(
-            f"CIFAR-10 not found{': ' + where if where else ''}; place the python-version files "
+            f"CIFAR-10 not found{lacks}; place the python-version files "
             f"(data_batch_1..5, test_batch, batches.meta) in {folder}/ or pass "
             "data.download=true"
         )
