@@ -118,9 +118,22 @@ def build_loss(cfg: DictConfig):
         raise UserError(str(err)) from err
 
 
+POINTS = {"channels": 2, "image_size": 0}  # the data settings of the 2-D toy sets
+
+
 def data_shape(cfg: DictConfig) -> tuple[int, ...]:
-    """Per-sample shape of the configured data: (C, H, W) for images, (D,) for vectors."""
+    """Per-sample shape of the configured data: (C, H, W) for images, (D,) for vectors. A 2-D
+    toy set with other settings is refused (its points would not fit the network)."""
+    from diffuse_cli.data import TOY_SETS
+
     d = cfg.data
+    if d.name in TOY_SETS:  # a network sized by another shape would fail at its first batch
+        wrong = [f"data.{key}={d[key]}" for key, needed in POINTS.items() if d[key] != needed]
+        if wrong:
+            raise UserError(
+                f"data={d.name} is 2-D points, but {' and '.join(wrong)}; set "
+                f"data.channels=2 and data.image_size=0 (the defaults of data={d.name})"
+            )
     return (d.channels,) if d.image_size == 0 else (d.channels, d.image_size, d.image_size)
 
 
@@ -155,6 +168,7 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                 out_dim=output_channels(cfg),
                 num_classes=m.num_classes,
                 timestep_scale=timestep_scale(cfg),
+                dropout=m.dropout,
             )
         except ValueError as err:
             raise UserError(f"model={m.name}: {err}") from err
@@ -273,8 +287,18 @@ def build_classifier(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     from diffuse_cli.models import MLP, EncoderClassifier
 
     m, shape = cfg.model, data_shape(cfg)
-    if m.arch == "mlp" and len(shape) == 1:
-        return MLP(dim=shape[0], hidden=m.hidden, num_layers=m.num_layers, out_dim=num_classes)
+    if m.arch == "mlp" and len(shape) == 1:  # the time scale and dropout of the denoiser's
+        try:
+            return MLP(
+                dim=shape[0],
+                hidden=m.hidden,
+                num_layers=m.num_layers,
+                out_dim=num_classes,
+                timestep_scale=timestep_scale(cfg),
+                dropout=m.dropout,
+            )
+        except ValueError as err:
+            raise UserError(f"model={m.name}: {err}") from err
     if m.arch != "unet" or len(shape) != 3:
         build_model(cfg)  # raises the same clear error a diffusion model would
     try:
@@ -357,6 +381,7 @@ def build_data(cfg: DictConfig, split: str, every_process: bool = False):
     from diffuse_cli.distributed import main_process_first
 
     d = cfg.data
+    data_shape(cfg)  # refuses data settings that the data set cannot give
     together = every_process and d.download
     try:
         with main_process_first() if together else contextlib.nullcontext():

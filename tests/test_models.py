@@ -195,6 +195,78 @@ def test_mlp_learns_from_its_gradients_and_uses_labels():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_mlp_labels_must_match_conditioning():
+    """As the UNet: labels are required by a class-conditional MLP and refused by another."""
+    x, t = torch.randn(2, 2), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="class-conditional"):
+        MLP(num_classes=3)(x, t)
+    with pytest.raises(ValueError, match="unconditional"):
+        MLP()(x, t, torch.tensor([0, 1]))
+
+
+def test_mlp_block_adds_its_branch_to_its_input():
+    """A residual block whose last layer is zero is the identity."""
+    from diffuse_cli.models.mlp import MLPBlock
+
+    block = MLPBlock(8)
+    perturb(block)
+    torch.nn.init.zeros_(block.fc2.weight)
+    torch.nn.init.zeros_(block.fc2.bias)
+    h, emb = torch.randn(3, 8), torch.randn(3, 8)
+    assert torch.equal(block(h, emb), h)
+
+
+def test_every_mlp_block_sees_the_timestep():
+    """With the embedding projection of all blocks but the last zeroed, the output still
+    depends on t: the last block receives the embedding too."""
+    model = MLP(hidden=32, num_layers=3).eval()
+    perturb(model)
+    with torch.no_grad():
+        for block in model.blocks[:-1]:
+            block.emb_proj.weight.zero_()
+            block.emb_proj.bias.zero_()
+        x = torch.randn(4, 2)
+        early, late = model(x, torch.full((4,), 10)), model(x, torch.full((4,), 900))
+    assert not torch.allclose(early, late)
+
+
+def test_mlp_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
+    """model.dropout reaches the MLP: random in train mode, reproducible from the seed, and
+    eval mode equals the network without dropout (no new parameters)."""
+    model = MLP(hidden=32, num_layers=2, dropout=0.5)
+    perturb(model)  # the zero-initialised output layer would hide the masks
+    plain = MLP(hidden=32, num_layers=2).eval()
+    plain.load_state_dict(model.state_dict())
+    x, t = torch.randn(8, 2), torch.randint(0, 1000, (8,))
+    with torch.no_grad():
+        model.train()
+        a, b = model(x, t), model(x, t)
+        torch.manual_seed(3)
+        c = model(x, t)
+        torch.manual_seed(3)
+        d = model(x, t)
+        model.eval()
+        e, reference = model(x, t), plain(x, t)
+    assert not torch.allclose(a, b) and torch.equal(c, d)
+    assert torch.equal(e, reference) and not torch.allclose(a, reference)
+
+
+def test_mlp_denoiser_and_classifier_get_the_time_scale_and_dropout(compose):
+    """task=classifier with model=mlp builds its MLP with the denoiser's timestep_scale
+    (model.rescale_timesteps: 1000 / T) and model.dropout, as the UNet classifier does."""
+    from diffuse_cli.build import build_classifier, build_model
+    from diffuse_cli.errors import UserError
+
+    cfg = compose(["data=moons", "model=mlp", "model.rescale_timesteps=true",
+                   "schedule.num_timesteps=100", "model.dropout=0.2"])  # fmt: skip
+    for net in (build_model(cfg), build_classifier(cfg, num_classes=2)):
+        assert net.timestep_scale == 10.0
+        assert [block.dropout.p for block in net.blocks] == [0.2] * 4
+    cfg.model.dropout = 1.5
+    with pytest.raises(UserError, match=r"^model=mlp: dropout probability"):
+        build_classifier(cfg, num_classes=2)
+
+
 def test_mlp_builds_on_meta():
     with torch.device("meta"):
         model = MLP()

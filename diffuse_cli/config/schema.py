@@ -86,7 +86,9 @@ class DataConfig:
     root: str = "data"
     image_size: int = 32
     channels: int = 3
-    num_train: int | None = None  # generated sets: how many to make; file sets: first N (null: all)
+    # generated sets: how many to make; cifar10/mnist: the first N; image_folder: N evenly spaced
+    # over the sorted files, so each class keeps its share (null: all)
+    num_train: int | None = None
     num_test: int | None = None
     hflip: bool = False
     download: bool = False

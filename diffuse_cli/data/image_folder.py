@@ -1,12 +1,15 @@
 """`image_folder`: any folder of images, e.g. a user's own photos.
 
-Images are found recursively, skipping hidden files and folders (".ipynb_checkpoints") and the
-"__MACOSX" folders of zip archives. If the images sit in sub-folders, the top-level sub-folder
-names (sorted) are the classes; images directly in the folder get the class ".". With train/ and
-test/ splits the classes are train/'s, so a label means the same class in both. Every image is
-converted to RGB (or L), its shorter side resized to `image_size` and its centre cropped.
+Images are found recursively, following symlinked folders, skipping hidden files and folders
+(".ipynb_checkpoints") and the "__MACOSX" folders of zip archives. If the images sit in
+sub-folders, the top-level sub-folder names (sorted) are the classes; images directly in the
+folder get the class ".". With train/ and test/ splits the classes are train/'s, so a label means
+the same class in both. Every image is converted to RGB (or L), its shorter side resized to
+`image_size` and its centre cropped. A cap (`data.num_train`, `data.num_test`) keeps evenly
+spaced files, so each class keeps its share.
 """
 
+import os
 import warnings
 from pathlib import Path
 
@@ -26,14 +29,37 @@ def _hidden(part: str) -> bool:
 
 def find_images(folder: Path) -> list[Path]:
     """All image files under `folder`, recursively, in a stable (sorted) order; hidden ones and
-    archive metadata (which often carry image extensions) left out."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in EXTENSIONS
-        and not any(_hidden(part) for part in p.relative_to(folder).parts)
-        and p.is_file()
-    )
+    archive metadata (which often carry image extensions) left out. Symlinked folders are
+    followed (a class folder is often a link to a bigger disk), except a link back into its
+    own ancestors, which would loop; dangling links are left out."""
+    found = []
+    ancestors = {str(folder): frozenset({os.path.realpath(folder)})}  # real paths, per folder
+    for path, subfolders, names in os.walk(folder, followlinks=True):
+        above = ancestors.pop(path)
+        kept = []
+        for name in subfolders:
+            real = os.path.realpath(os.path.join(path, name))
+            if not _hidden(name) and real not in above:
+                ancestors[os.path.join(path, name)] = above | {real}
+                kept.append(name)
+        subfolders[:] = kept  # os.walk descends into these only
+        found += (
+            Path(path, name)
+            for name in names
+            if not _hidden(name)
+            and Path(name).suffix.lower() in EXTENSIONS
+            and Path(path, name).is_file()
+        )
+    return sorted(found)
+
+
+def evenly_spaced(count: int, num: int | None) -> list[int]:
+    """Indices of `num` of `count` items spread evenly over them (floor(i * count / num)), so a
+    cap on a folder sorted by class keeps every class in proportion; all when `num` is None or
+    not below `count`."""
+    if num is None or num >= count:
+        return list(range(count))
+    return [i * count // num for i in range(num)]
 
 
 def classes_of(folder: Path, files: list[Path]) -> list[str]:
@@ -85,7 +111,8 @@ def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
 class ImageFolder(DiffuseDataset):
     """Images under `root`; if `root` has a `train` sub-folder, the splits are `root`/train and
     `root`/test, otherwise both splits read all of `root` (e.g. to compare samples with the
-    training images). `num` keeps the first images (sorted by path)."""
+    training images). `num` keeps that many images, evenly spaced over the files sorted by path
+    (so every class keeps its share)."""
 
     def __init__(
         self,
@@ -124,8 +151,9 @@ class ImageFolder(DiffuseDataset):
             self.class_names = tuple(sorted(set(class_of)))
         index = {name: i for i, name in enumerate(self.class_names)}
         self.folder = folder
-        self.files = files[:num]
-        self.labels = [index[c] for c in class_of[:num]]
+        keep = evenly_spaced(len(files), num)
+        self.files = [files[i] for i in keep]
+        self.labels = [index[class_of[i]] for i in keep]
         self.image_size = image_size
         self.channels = channels
         self.shape = (channels, image_size, image_size)
@@ -137,20 +165,3 @@ class ImageFolder(DiffuseDataset):
         array = load_image(self.files[index], self.image_size, self.channels)
         x = torch.from_numpy(array).permute(2, 0, 1)
         return to_unit_range(x), self.labels[index]
-
-    def verify(self) -> int:
-        """Decode every file (JPEGs at reduced scale, which is quick) and raise a DataError
-        naming the first unreadable one and how many others failed; returns the file count."""
-        bad = []
-        for path in self.files:
-            try:
-                with Image.open(path) as image:
-                    image.draft(image.mode, (self.image_size, self.image_size))
-                    image.load()
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                bad.append((path, e))
-        if bad:
-            path, e = bad[0]
-            others = f" (and {len(bad) - 1} other files)" if len(bad) > 1 else ""
-            raise DataError(f"cannot read image {path}{others}: {e}")
-        return len(self.files)

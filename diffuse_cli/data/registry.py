@@ -4,7 +4,7 @@ pass a data config through unchanged and each builder uses the ones it needs."""
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import DiffuseDataset, check_split
+from .base import DataError, DiffuseDataset, check_split
 from .image_folder import ImageFolder
 from .shapes import Shapes
 from .toy2d import TOY_SETS, Toy2D
@@ -18,13 +18,21 @@ def _num(split: str, num_train: int | None, num_test: int | None) -> int | None:
     return num_train if split == "train" else num_test
 
 
+def check_seed(seed: int) -> None:
+    """Generated data are seeded by (data.seed, split, ...), which numpy takes only >= 0."""
+    if seed < 0:
+        raise DataError(f"data.seed={seed} must be >= 0")
+
+
 def _shapes(split, *, image_size, channels, num_train, num_test, seed, **_) -> DiffuseDataset:
+    check_seed(seed)
     num = _num(split, num_train, num_test) or GENERATED_SIZES[split]
     return Shapes(split, num, image_size, channels, seed)
 
 
 def _toy(name: str) -> Callable[..., DiffuseDataset]:
     def build(split, *, num_train, num_test, seed, **_) -> DiffuseDataset:
+        check_seed(seed)
         return Toy2D(name, split, _num(split, num_train, num_test) or GENERATED_SIZES[split], seed)
 
     return build
@@ -68,7 +76,8 @@ def build_dataset(
 
     `num_train` / `num_test` set the size of generated datasets (default 10000 / 1000) and cap
     the size of file-backed ones (default: all). `seed` only affects generated data; `root` and
-    `download` only file-backed data.
+    `download` only file-backed data; the 2-D toy sets ignore `image_size` and `channels`
+    (a config's are checked by build.data_shape).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}")

@@ -1,10 +1,14 @@
 """CIFAR-10 and MNIST from their usual on-disk formats under `root`.
 
-torchvision downloads them (only when asked); CIFAR-10's pickled batches are read here rather
-than through torchvision's class, which re-checks the MD5 of every file on each load.
+torchvision downloads them (only when asked); both are read here rather than through
+torchvision's classes, which re-check the MD5 of every CIFAR-10 file on each load and give a
+reshape error for a truncated MNIST file: each file's structure is checked, and a damaged one
+is a DataError that names it.
 """
 
+import math
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +72,52 @@ class TensorImages(DiffuseDataset):
         return x, int(self.labels[index])
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path):
     try:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+    except Exception as e:  # a damaged pickle can fail in many ways; all mean the same here
         raise DataError(
             f"cannot read CIFAR-10 file {path} ({e}); delete it and download again"
         ) from e
+
+
+def _not_cifar10(path: Path, problem: str) -> DataError:
+    return DataError(
+        f"CIFAR-10 file {path} is not a python-version file ({problem}); delete it and "
+        "download again"
+    )
+
+
+def read_cifar10_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 rows [N, 3072], int64 labels [N]) of one pickled batch, its structure checked so
+    that a wrong file is one DataError naming it rather than a TypeError later."""
+    batch = _unpickle(path)
+    if not isinstance(batch, dict) or not {"data", "labels"} <= batch.keys():
+        raise _not_cifar10(path, "not a dict with 'data' and 'labels'")
+    data = batch["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+        raise _not_cifar10(path, "its data are not uint8 rows of 3072 values")
+    try:
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise _not_cifar10(path, f"its labels are not integers: {e}") from e
+    if labels.shape != (len(data),):
+        raise _not_cifar10(path, f"{labels.size} labels for {len(data)} images")
+    if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise _not_cifar10(path, f"labels outside 0..{num_classes - 1}")
+    return data, labels
+
+
+def read_cifar10_names(path: Path) -> tuple[str, ...]:
+    """The class names of batches.meta, checked to be 10 strings."""
+    meta = _unpickle(path)
+    names = meta.get("label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list | tuple) or len(names) != 10:
+        raise _not_cifar10(path, "no list of 10 'label_names'")
+    if not all(isinstance(name, str) for name in names):
+        raise _not_cifar10(path, "its 'label_names' are not strings")
+    return tuple(names)
 
 
 def _download_cifar10(root: Path) -> None:
@@ -103,21 +145,63 @@ def cifar10(
         _download_cifar10(Path(root))
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
+        lacks = f": {folder}/ lacks {', '.join(missing)}" if len(missing) < len(needed) else ""
         raise DataError(
-            f"CIFAR-10 not found: place the python-version files (data_batch_1..5, test_batch, "
-            f"batches.meta) in {folder}/ or pass data.download=true"
+            f"CIFAR-10 not found{lacks}; place the python-version files "
+            f"(data_batch_1..5, test_batch, batches.meta) in {folder}/ or pass "
+            "data.download=true"
         )
-    batches = [_unpickle(folder / name) for name in CIFAR10_FILES[split]]
-    try:
-        data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
-        labels = np.concatenate([b["labels"] for b in batches])
-        class_names = tuple(_unpickle(folder / CIFAR10_META)["label_names"])
-    except (KeyError, ValueError) as e:
-        raise DataError(f"the CIFAR-10 files in {folder} are not the python version ({e})") from e
-    images = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
+    class_names = read_cifar10_names(folder / CIFAR10_META)
+    batches = [read_cifar10_batch(folder / name, len(class_names)) for name in CIFAR10_FILES[split]]
+    data = np.concatenate([data for data, _ in batches]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([labels for _, labels in batches])
     return TensorImages(
-        images, torch.from_numpy(labels.astype(np.int64)), class_names, image_size, channels, num
+        torch.from_numpy(np.ascontiguousarray(data)),
+        torch.from_numpy(labels),
+        class_names,
+        image_size,
+        channels,
+        num,
     )
+
+
+def _damaged_mnist(path: Path, problem: str) -> DataError:
+    return DataError(
+        f"MNIST file {path} is damaged ({problem}); delete it and download again "
+        "(data.download=true)"
+    )
+
+
+def read_idx(path: Path, item_shape: tuple[int, ...]) -> np.ndarray:
+    """An idx file of unsigned bytes (MNIST's format: a 4-byte magic number 0, 0, 0x08, ndim,
+    then ndim big-endian sizes, then the bytes) as an array [N, *item_shape]; its header and
+    size are checked against each other first, so a truncated or empty download is one
+    DataError naming the file."""
+    ndim = 1 + len(item_shape)
+    header_size = 4 + 4 * ndim
+    with open(path, "rb") as f:
+        header = f.read(header_size)
+    if len(header) < header_size:
+        raise _damaged_mnist(path, f"{len(header)} bytes, shorter than an idx header")
+    if header[:4] != bytes((0, 0, 0x08, ndim)):
+        raise _damaged_mnist(path, f"not an idx file of {ndim}-D unsigned bytes")
+    shape = struct.unpack(f">{ndim}I", header[4:])
+    if shape[1:] != item_shape:
+        raise _damaged_mnist(path, f"items of {shape[1:]}, not {item_shape}")
+    declared = header_size + math.prod(shape)
+    size = path.stat().st_size
+    if size != declared:
+        raise _damaged_mnist(path, f"{size} bytes where its header declares {declared}")
+    return np.fromfile(path, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _download_mnist(root: Path) -> None:
+    import torchvision
+
+    try:
+        torchvision.datasets.MNIST(str(root), train=True, download=True)
+    except Exception as e:  # network, disk or checksum failures all end the same way for a user
+        raise DataError(f"could not download MNIST into {root}: {e}") from e
 
 
 def mnist(
@@ -128,21 +212,33 @@ def mnist(
     num: int | None = None,
     download: bool = False,
 ) -> TensorImages:
-    """MNIST from `root`/MNIST/raw (torchvision's layout), resized from 28x28 to image_size."""
-    import torchvision
-
+    """MNIST from `root`/MNIST/raw (torchvision's layout), resized from 28x28 to image_size
+    (bilinear, antialiased; no padding)."""
     check_split(split)
     raw = Path(root) / "MNIST" / "raw"
     needed = MNIST_FILES["train"] + MNIST_FILES["test"]
-    if not download and not all((raw / name).is_file() for name in needed):
+    if download and not all((raw / name).is_file() for name in needed):
+        _download_mnist(Path(root))
+    missing = [name for name in needed if not (raw / name).is_file()]
+    if missing:
         raise DataError(
-            f"MNIST not found: place {', '.join(needed)} (unzipped) in {raw}/ "
-            f"or pass data.download=true"
+            f"MNIST not found: {raw}/ lacks {', '.join(missing)}; place {', '.join(needed)} "
+            "(unzipped) there or pass data.download=true"
         )
-    try:
-        ds = torchvision.datasets.MNIST(str(root), train=split == "train", download=download)
-    except Exception as e:  # download failures and unreadable files alike
-        raise DataError(f"could not load MNIST from {raw}: {e}") from e
+    images_file, labels_file = (raw / name for name in MNIST_FILES[split])
+    images, labels = read_idx(images_file, (28, 28)), read_idx(labels_file, ())
+    if len(images) != len(labels):
+        raise DataError(
+            f"MNIST files {images_file} and {labels_file} disagree ({len(images)} images, "
+            f"{len(labels)} labels); delete them and download again (data.download=true)"
+        )
+    if labels.size and labels.max() >= len(MNIST_CLASSES):
+        raise _damaged_mnist(labels_file, f"labels outside 0..{len(MNIST_CLASSES) - 1}")
     return TensorImages(
-        ds.data[:, None].contiguous(), ds.targets.long(), MNIST_CLASSES, image_size, channels, num
+        torch.from_numpy(images)[:, None].contiguous(),
+        torch.from_numpy(labels.astype(np.int64)),
+        MNIST_CLASSES,
+        image_size,
+        channels,
+        num,
     )

@@ -4,29 +4,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
 from .embeddings import label_embedding, timestep_embedding
 
 
 class MLPBlock(nn.Module):
     """Pre-activation residual block; the embedding is added between its two layers so every
-    block sees the timestep (and label)."""
+    block sees the timestep (and label). Dropout sits before the second layer, where the UNet's
+    residual blocks have it."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
         self.fc1 = nn.Linear(hidden, hidden)
         self.emb_proj = nn.Linear(hidden, hidden)
+        self.dropout = Dropout(dropout)
         self.fc2 = nn.Linear(hidden, hidden)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         r = self.fc1(F.silu(self.norm(h))) + self.emb_proj(emb)
-        return h + self.fc2(F.silu(r))
+        return h + self.fc2(self.dropout(F.silu(r)))
 
 
 class MLP(nn.Module):
     """Timestep- (and optionally class-) conditioned MLP: x [B, dim], t [B], y int64 [B]
     -> [B, out_dim or dim]. The last layer is zero-initialised so the untrained net outputs 0,
-    as the UNet does."""
+    as the UNet does; `dropout` acts in every block, `timestep_scale` multiplies t, as the
+    UNet's."""
 
     def __init__(
         self,
@@ -37,6 +41,7 @@ class MLP(nn.Module):
         out_dim: int | None = None,
         num_classes: int | None = None,
         timestep_scale: float = 1.0,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.dim = dim
@@ -49,7 +54,7 @@ class MLP(nn.Module):
         )
         self.label_embed = label_embedding(num_classes, hidden)
         self.in_proj = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(MLPBlock(hidden) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(MLPBlock(hidden, dropout) for _ in range(num_layers))
         self.out_norm = nn.LayerNorm(hidden)
         self.out_proj = nn.Linear(hidden, self.out_dim)
         nn.init.zeros_(self.out_proj.weight)
