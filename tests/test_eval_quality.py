@@ -651,3 +651,30 @@ def test_the_samples_digest_is_of_the_samples_measured(tmp_path, compose, monkey
     monkeypatch.setattr(quality.np, "load", rewritten_meanwhile)
     images, digest = quality.read_samples(compose([f"eval.samples={a}"], "eval"))
     assert digest == digest_a and images.max() == -1.0  # a's black images, a's digest
+
+
+def test_a_capped_reference_takes_images_evenly_spaced_over_the_split(compose, tmp_path):
+    """eval.reference_num=4 of 3 black cats then 9 white dogs: the first 4 were all but one
+    cat, a reference of the wrong mix of classes; evenly spaced it is 1 cat and 3 dogs."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from diffuse_cli.evaluate.reference import reference_features
+
+    for cls, grey, count in (("cats", 0, 3), ("dogs", 255, 9)):
+        (tmp_path / cls).mkdir()
+        for i in range(count):
+            Image.new("L", (4, 4), grey).save(tmp_path / cls / f"{i}.png")
+    cfg = compose(["data=image_folder", f"data.root={tmp_path}", "data.image_size=4",
+                   "eval.reference_split=train", "eval.reference_num=4",
+                   f"eval.cache_dir={tmp_path / 'cache'}", "progress=false"], "eval")  # fmt: skip
+
+    def brightness(x):
+        return x.float().mean(dim=(1, 2, 3))[:, None].repeat(1, 2), None
+
+    extractor = SimpleNamespace(key="brightness", extract=brightness)
+    state = SimpleNamespace(is_main_process=True, process_index=0, num_processes=1)
+    reference = reference_features(cfg, extractor, torch.device("cpu"), state)
+    assert reference["num"] == 4
+    assert sorted(reference["features"][:, 0].tolist()) == [-1.0, 1.0, 1.0, 1.0]

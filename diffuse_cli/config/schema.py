@@ -164,7 +164,7 @@ class EvalConfig:
     features: str | None = None  # inception | builtin | <classifier run>; null: by data
     inception_weights: str | None = None  # torch-fidelity's Inception file; null: hub cache
     reference_split: str | None = None  # train | test; null: train for presets, else test
-    reference_num: int | None = None  # first N images of the reference split; null: all
+    reference_num: int | None = None  # N images of the reference split, evenly spaced; null: all
     cache_dir: str | None = None  # reference statistics; null: <data.root>/reference_stats
     kid_subsets: int = 100
     kid_subset_size: int = 1000

@@ -38,3 +38,12 @@ class DiffuseDataset(Dataset):
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (0..255) -> float32 in [-1, 1]."""
     return images.float().div_(127.5).sub_(1.0)
+
+
+def evenly_spaced(count: int, num: int | None) -> list[int]:
+    """Indices of `num` of `count` items spread evenly over them (floor(i * count / num)), so a
+    cap on a folder sorted by class keeps every class in proportion; all when `num` is None or
+    not below `count`."""
+    if num is None or num >= count:
+        return list(range(count))
+    return [i * count // num for i in range(num)]

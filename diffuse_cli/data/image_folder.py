@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .base import DataError, DiffuseDataset, check_split, to_unit_range
+from .base import DataError, DiffuseDataset, check_split, evenly_spaced, to_unit_range
 
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
 LOOSE_CLASS = "."  # class of images directly in the root folder
@@ -51,15 +51,6 @@ def find_images(folder: Path) -> list[Path]:
             and Path(path, name).is_file()
         )
     return sorted(found)
-
-
-def evenly_spaced(count: int, num: int | None) -> list[int]:
-    """Indices of `num` of `count` items spread evenly over them (floor(i * count / num)), so a
-    cap on a folder sorted by class keeps every class in proportion; all when `num` is None or
-    not below `count`."""
-    if num is None or num >= count:
-        return list(range(count))
-    return [i * count // num for i in range(num)]
 
 
 def classes_of(folder: Path, files: list[Path]) -> list[str]:

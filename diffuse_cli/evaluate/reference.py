@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data
+from diffuse_cli.data.base import evenly_spaced
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
 from diffuse_cli.files import give_plain_file_mode, replacing
@@ -52,6 +53,7 @@ def cache_path(cfg: DictConfig, split: str, num: int, extractor_key: str) -> Pat
     folder = Path(cfg.eval.cache_dir) if cfg.eval.cache_dir else Path(d.root) / "reference_stats"
     settings = {k: d[k] for k in ("name", "root", "image_size", "channels", "seed")}
     settings["num"] = d.num_train if split == "train" else d.num_test
+    settings["picked"] = "evenly_spaced"  # which num images: caches of the first num differ
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     name = f"{d.name}-{split}-{d.image_size}px-{d.channels}ch-n{num}-{extractor_key}-{digest}"
     return folder / f"{name}.safetensors"
@@ -106,7 +108,9 @@ def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> 
     else:
         mine = shard(num, state.process_index, state.num_processes)
         progress = cfg.progress and state.is_main_process
-        features = compute_features(cfg, Subset(dataset, mine), extractor, device, progress)
+        picked = evenly_spaced(len(dataset), num)  # eval.reference_num of a class-sorted folder
+        images = Subset(dataset, [picked[i] for i in mine])
+        features = compute_features(cfg, images, extractor, device, progress)
         share = {"index": torch.tensor(list(mine), dtype=torch.int64)}
         if features is not None:
             share["features"] = features
