@@ -233,7 +233,9 @@ def agreed_step(run_dir: str | Path, step: int | None = None) -> int:
     """The step of chosen_checkpoint(run_dir, step), as the main process finds it, on every
     process: a run that is still training can save a newer checkpoint at any moment, and every
     process, and the report naming the checkpoint, must use the same weights. Only the main
-    process looks (its answer or its error goes to all), so no process leaves alone."""
+    process looks, and its answer or its error goes to all, so they stop on the same line. (The
+    step can still be pruned before a process reads it; that process stops, and the launcher
+    stops the rest.)"""
     from diffuse_cli.distributed import broadcast_from_main, in_process_group
 
     answer = None
