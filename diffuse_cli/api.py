@@ -101,7 +101,7 @@ def open_classifier(run_dir, device="cpu", ema=False, step=None):
     """load_classifier's (cfg, classifier) and the LoadedWeights it holds."""
     from diffuse_cli.build import build_classifier
     from diffuse_cli.runs import read_run_config
-    from diffuse_cli.train.checkpoint import agreed_step, load_weights
+    from diffuse_cli.train.checkpoint import load_weights
 
     cfg = read_run_config(run_dir, task="classifier")
     if cfg.get("task", "diffusion") != "classifier":
@@ -110,9 +110,19 @@ def open_classifier(run_dir, device="cpu", ema=False, step=None):
             "train one with `diffuse train task=classifier`"
         )
     model = build_classifier(cfg, cfg.classifier.num_classes)
-    step = agreed_step(run_dir, step)  # a classifier run may still be training: one step for all
     weights = load_weights(model, run_dir, ema=ema, step=step)
     return cfg, model.to(device).eval(), weights
+
+
+def open_classifier_everywhere(run_dir, device="cpu"):
+    """open_classifier at the step the main process finds, for commands that every process
+    runs: a classifier run may still be training and save a newer step meanwhile. A folder
+    that holds no classifier run is named as such first."""
+    from diffuse_cli.runs import read_run_config
+    from diffuse_cli.train.checkpoint import agreed_step
+
+    read_run_config(run_dir, task="classifier")
+    return open_classifier(run_dir, device, step=agreed_step(run_dir))
 
 
 def _train(cfg: DictConfig) -> None:

@@ -287,14 +287,13 @@ def build_classifier(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     from diffuse_cli.models import MLP, EncoderClassifier
 
     m, shape = cfg.model, data_shape(cfg)
-    if m.arch == "mlp" and len(shape) == 1:  # the time scale and dropout of the denoiser's
-        try:
+    if m.arch == "mlp" and len(shape) == 1:  # raw t, as MLP classifiers always took it: their
+        try:  # checkpoints were trained so, whatever model.rescale_timesteps says
             return MLP(
                 dim=shape[0],
                 hidden=m.hidden,
                 num_layers=m.num_layers,
                 out_dim=num_classes,
-                timestep_scale=timestep_scale(cfg),
                 dropout=m.dropout,
             )
         except ValueError as err:
@@ -394,6 +393,7 @@ def build_data(cfg: DictConfig, split: str, every_process: bool = False):
                 num_train=d.num_train,
                 num_test=d.num_test,
                 seed=d.seed,
+                subset=d.get("subset", "evenly_spaced"),
                 download=d.download,
             )
     except ValueError as err:

@@ -6,8 +6,10 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 _STARTED = time.time()  # when this process started the CLI (see _remove_empty_output_dir)
+_JOBS_DONE = 0  # jobs of this command (a sweep's) that ended without an error
 
 COMMANDS = {
     "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
@@ -49,11 +51,13 @@ def _task(command: str):
         distributed.export_slurm_environment()  # a no-op outside a multi-task Slurm job
         from diffuse_cli.config import check_known_keys
 
+        global _JOBS_DONE
         ok = False
         try:
             check_known_keys(cfg, command)
             api.COMMANDS[command](cfg)
             ok = True
+            _JOBS_DONE += 1
         except (UserError, DataError) as err:
             if cfg.get("debug", False):
                 raise
@@ -96,7 +100,7 @@ def _remove_empty_output_dir() -> None:
     out = hydra_output_dir()
     if out is None:
         return
-    out = out.absolute()
+    out = Path(os.path.abspath(out))
     try:
         if not is_new_folder(out) and os.stat(out).st_mtime < _STARTED - 1:
             return
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffuse_cli.runs import remove_new_folders
 
     if code != 0:  # a refused sweep: its multirun.yaml and the folders made for it
-        remove_new_folders()
+        remove_new_folders(leftover=None if _JOBS_DONE else "multirun.yaml")
     if distributed.in_process_group():  # after the last job of a launched run: see distributed
         distributed.leave(code)
     sys.exit(code)

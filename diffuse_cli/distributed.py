@@ -112,13 +112,13 @@ def broadcast_from_main(value):
 
 
 def all_agree(value) -> bool:
-    """Whether every process holds the main process's `value` (picklable); the same answer on
-    every process, so all of them can stop together instead of one alone."""
+    """Whether every process holds the same `value` (picklable); the same answer on every
+    process, so all of them can stop together instead of one alone."""
     if not in_process_group():
         return True
-    differs = torch.tensor([float(broadcast_from_main(value) != value)])
-    torch.distributed.all_reduce(differs, op=torch.distributed.ReduceOp.MAX)
-    return not differs.item()
+    held = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(held, value)  # objects: any backend, NCCL's too
+    return all(v == held[0] for v in held)
 
 
 @contextlib.contextmanager

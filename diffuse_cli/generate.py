@@ -151,7 +151,7 @@ def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
 def guidance_classifier(cfg: DictConfig, device: torch.device):
     """(classifier, its LoadedWeights) of guidance=classifier, checked against the generator's
     run: trained for the same noise schedule and the same data shape."""
-    from diffuse_cli.api import open_classifier
+    from diffuse_cli.api import open_classifier_everywhere
 
     path = cfg.guidance.classifier
     if not path:
@@ -160,7 +160,7 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
             "trained with `diffuse train task=classifier`>"
         )
     path = os.path.normpath(str(path))
-    clf_cfg, classifier, weights = open_classifier(path, device)
+    clf_cfg, classifier, weights = open_classifier_everywhere(path, device)
     if not clf_cfg.classifier.noised:
         raise UserError(
             f"the classifier in '{path}' was trained on clean images (classifier.noised=false) "

@@ -29,25 +29,31 @@ def noting_new_folders(path: str) -> str:
     Hydra resolves them just before it makes the folders, so the folders of the path that are
     missing at the first resolution are this command's; a refused command removes those
     while they are empty (remove_new_folders), never a folder that was there before."""
-    folder = Path(str(path)).absolute()
+    folder = _absolute(path)
     if folder not in _NOTED:
         _NOTED.append(folder)
         _NEW.update(f for f in (folder, *folder.parents) if not f.exists())
     return str(path)
 
 
+def _absolute(path) -> Path:
+    """The absolute path without `..`, as Hydra's runtime.output_dir spells it."""
+    return Path(os.path.abspath(str(path)))
+
+
 def is_new_folder(folder: Path) -> bool:
     """Whether this command made `folder` (see noting_new_folders)."""
-    return Path(folder).absolute() in _NEW
+    return _absolute(folder) in _NEW
 
 
-def remove_new_folders(leftover: str = "multirun.yaml") -> None:
+def remove_new_folders(leftover: str | None = "multirun.yaml") -> None:
     """Remove the output folders this command made while they are empty, deepest first; a
     sweep's `leftover` (Hydra's record of the sweep, written before its first job) goes too when
-    it is all that a new folder holds, i.e. when no job of the sweep wrote anything."""
+    it is all that a new folder holds; None when a job of the sweep ran (it may have written
+    elsewhere: `name=a,b`)."""
     for noted in reversed(_NOTED):
         try:
-            if noted in _NEW and os.listdir(noted) == [leftover]:
+            if leftover and noted in _NEW and os.listdir(noted) == [leftover]:
                 (noted / leftover).unlink()
         except OSError:  # gone, or not a folder
             pass
@@ -56,7 +62,9 @@ def remove_new_folders(leftover: str = "multirun.yaml") -> None:
                 break
             try:
                 folder.rmdir()
-            except OSError:  # not empty, or gone already
+            except FileNotFoundError:  # removed already (the job's own clean-up): go up
+                continue
+            except OSError:  # not empty
                 break
 
 
@@ -109,6 +117,10 @@ def read_run_config(run_dir: str | Path, task: str = "diffusion") -> DictConfig:
     if "schedule" in cfg and "scale_betas" not in cfg.schedule:  # written before the key:
         s = cfg.schedule  # linear betas were taken as given, which scaling changes unless T=1000
         cfg.schedule.scale_betas = not (s.get("name") == "linear" and s.num_timesteps != 1000)
+    if "data" in cfg and "subset" not in cfg.data:  # runs before the key: a capped image
+        d = cfg.data  # folder kept its first files
+        capped = d.get("name") == "image_folder" and (d.get("num_train") or d.get("num_test"))
+        cfg.data.subset = "first" if capped else "evenly_spaced"
     if "model" in cfg and "rescale_timesteps" not in cfg.model:  # runs before the key: raw t
         cfg.model.rescale_timesteps = False
     return cfg

@@ -295,6 +295,25 @@ def test_a_refused_command_removes_only_the_folders_it_made(cli):
     assert list((cli.cwd / "runs" / "a").iterdir()) == []
 
 
+def test_a_refused_command_with_dots_in_its_run_dir_removes_what_it_made(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "work").mkdir()
+    proc = run_cli("train", "run_dir=../new/x", "+trainer.max_step=5", cwd=tmp_path / "work",
+                   check=False)  # fmt: skip
+    assert proc.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_a_sweep_that_fails_after_a_job_ran_keeps_its_record(cli):
+    """Jobs of `name=a,b` write to runs/a and runs/b: the sweep folder holding only
+    multirun.yaml does not mean that nothing ran."""
+    proc = cli("train", "-m", *TINY, "trainer.max_steps=1", "name=a,b",
+               "trainer.batch_size=8,0", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "batch_size=0" in proc.stderr
+    assert (cli.cwd / "runs" / "default" / "multirun.yaml").is_file()
+    assert list((cli.cwd / "runs" / "a").glob("*/checkpoints/latest"))
+
+
 def test_a_refused_eval_sweep_leaves_the_run_as_it_was(trained):
     from conftest import run_cli
 

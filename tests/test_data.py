@@ -541,3 +541,28 @@ def test_missing_cifar10_batches_are_named(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
     with pytest.raises(DataError, match=r"cifar-10-batches-py/ lacks data_batch_4; place"):
         build_dataset("cifar10", "test", root=tmp_path)
+
+
+def test_an_image_folder_run_from_before_data_subset_keeps_its_first_files(tmp_path):
+    """A capped image-folder run trained on its first N files; read back without the key, its
+    config says so, and the same files come back (a resume with the new default is refused by
+    the resume check, which compares data settings)."""
+    from omegaconf import OmegaConf
+
+    from diffuse_cli import runs
+
+    for i in range(3):
+        write_solid(tmp_path / "img" / "cats", f"{i}.png", 0)
+        write_solid(tmp_path / "img" / "dogs", f"{i}.png", 255)
+    old = {"data": {"name": "image_folder", "root": str(tmp_path / "img"), "num_train": 2}}
+    (tmp_path / "run").mkdir()
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "run" / runs.CONFIG_FILE)
+    assert runs.read_run_config(tmp_path / "run").data.subset == "first"
+    old["data"] |= {"name": "shapes"}  # uncapped in effect: the same either way
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "run" / runs.CONFIG_FILE)
+    assert runs.read_run_config(tmp_path / "run").data.subset == "evenly_spaced"
+    first = build_dataset("image_folder", "train", root=tmp_path / "img", num_train=2,
+                          subset="first")  # fmt: skip
+    assert [p.parent.name for p in first.files] == ["cats", "cats"]
+    with pytest.raises(DataError, match="data.subset='every': choose evenly_spaced or first"):
+        build_dataset("image_folder", "train", root=tmp_path / "img", subset="every")

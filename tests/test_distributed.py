@@ -76,8 +76,8 @@ def test_single_task_jobs_and_launched_processes_are_left_alone(slurm_task):
 
 
 def _in_a_group_of_two(rank: int, init_file: str, out: str) -> None:
-    """Rank `rank` of a 2-process gloo group: gathers 5 items and logs its turn in a block the
-    main process runs first."""
+    """Rank `rank` of a 2-process gloo group: gathers 5 items, logs its turn in a block the
+    main process runs first, and asks all_agree of a value equal and one unequal on both."""
     import json
     import time
 
@@ -96,22 +96,24 @@ def _in_a_group_of_two(rank: int, init_file: str, out: str) -> None:
             with open(f"{out}/order", "a") as fh:
                 fh.write(f"{rank}\n")
         result = None if got is None else {k: v.tolist() for k, v in got.items()}
+        agree = [distributed.all_agree("same"), distributed.all_agree(f"rank {rank}")]
         with open(f"{out}/rank{rank}.json", "w") as fh:
-            json.dump(result, fh)
+            json.dump({"gathered": result, "agree": agree}, fh)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_gathering_collects_on_the_main_process_and_the_main_process_goes_first(tmp_path):
+def test_gathering_main_first_and_agreement_in_a_group_of_two(tmp_path):
     import json
 
     import torch.multiprocessing as mp
 
     mp.spawn(_in_a_group_of_two, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    main = json.loads((tmp_path / "rank0.json").read_text())
-    assert main == {"index": [0, 1, 2, 3, 4], "x": [0, 10, 20, 30, 40]}
-    assert json.loads((tmp_path / "rank1.json").read_text()) is None  # no copy on the others
+    main, other = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert main["gathered"] == {"index": [0, 1, 2, 3, 4], "x": [0, 10, 20, 30, 40]}
+    assert other["gathered"] is None  # no copy on the others
     assert (tmp_path / "order").read_text().split() == ["0", "1"]
+    assert main["agree"] == other["agree"] == [True, False]  # one answer on every process
 
 
 def test_gathering_checks_that_every_item_is_there_exactly_once():

@@ -434,7 +434,9 @@ def test_a_later_eval_of_the_same_samples_keeps_the_metrics_it_did_not_compute(
     assert replaced == first and report["num_samples"] == 13
     assert set(report["metrics"]) == {"fd_builtin"}
     note = capsys.readouterr().err
-    assert "kd_builtin" in note and "came from other samples or settings (num_samples 12" in note
+    assert (
+        "kd_builtin" in note and "came from other samples or settings (other num_samples)" in note
+    )
 
 
 def test_a_samples_file_rewritten_in_place_is_other_samples(run32, compose, tmp_path):
@@ -474,12 +476,12 @@ def test_damaged_samples_and_reference_cache_are_one_line(run32, compose, tmp_pa
 MERGING_WRITER = """
 import sys
 from pathlib import Path
-from diffuse_cli.evaluate.quality import write_report
+from diffuse_cli.evaluate.quality import merge_report
 name = sys.argv[2]
 for i in range(100):
     record = {"kind": "sample_quality", "seed": 0, "num_samples": 8, "versions": {"w": name},
               "metrics": {f"{name}{i}": float(i)}}
-    write_report(record, Path(sys.argv[1]))
+    merge_report(record, Path(sys.argv[1]))
 """
 
 
@@ -568,16 +570,18 @@ def test_report_names_the_reports_it_cannot_show(tmp_path, capsys):
     write_json(no_steps, folder / "ddim-6" / "builtin.json")
     write_json(_quality(7, {"fd_builtin": "low"}), folder / "ddim-7" / "builtin.json")
     write_json(_quality(8, {"fd_builtin": 2.0}), folder / "ddim-8" / "builtin.json")
+    write_json(_quality(None, {"fd_builtin": 2.0}) | {"sampler": None}, folder / "f" / "p.json")
     assert report([str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "no 'steps' in it" in captured.err and "'low', not a number" in captured.err
+    assert "neither a sampler nor a samples file" in captured.err
     assert [row.split(" | ")[2] for row in captured.out.splitlines()[2:-1]] == ["8"]
     (tmp_path / "taken").write_text("a file where --out wants a folder")
     assert report([str(tmp_path), "--out", str(tmp_path / "taken")]) == 2
     assert "taken" in capsys.readouterr().err
 
 
-def _merge_report(metrics: dict, version: int = 1, **changes) -> dict:
+def _report_of(metrics: dict, version: int = 1, **changes) -> dict:
     report = {"kind": "sample_quality", "run_dir": "r", "samples": None,
               "checkpoint": "step_00000004", "checkpoint_step": 4, "weights_sha256": "aa",
               "ema": True, "sampler": {"name": "ddim"}, "steps": 3, "eta": 0.0,
@@ -599,26 +603,30 @@ def _merge_report(metrics: dict, version: int = 1, **changes) -> dict:
         {"samples_sha256": "dd"},
     ],
 )
-def test_an_eval_of_other_samples_or_references_drops_the_earlier_metrics(tmp_path, change):
-    from diffuse_cli.evaluate.quality import write_report
+def test_an_eval_of_other_samples_or_references_drops_the_earlier_metrics(tmp_path, change, capsys):
+    from diffuse_cli.evaluate.quality import merge_report
 
     path = tmp_path / "builtin.json"
-    write_report(_merge_report({"fd_builtin": 1.0, "kd_builtin": 0.5}), path)
-    write_report(_merge_report({"fd_builtin": 2.0}, **change), path)
+    merge_report(_report_of({"fd_builtin": 1.0, "kd_builtin": 0.5}), path)
+    merge_report(_report_of({"fd_builtin": 2.0}, **change), path)
     assert json.loads(path.read_text())["metrics"] == {"fd_builtin": 2.0}
+    differ = ", ".join(sorted(change))
+    assert f"kd_builtin came from other samples or settings (other {differ})" in (
+        capsys.readouterr().err
+    )
 
 
 def test_merged_reports_keep_each_metric_from_the_eval_that_computed_it_last(tmp_path):
     """The newer value of a metric computed again wins; each kept metric names the versions it
     came from, through a chain of evals; warnings of both are kept once."""
-    from diffuse_cli.evaluate.quality import write_report
+    from diffuse_cli.evaluate.quality import merge_report
 
     path = tmp_path / "builtin.json"
-    first = _merge_report({"fd_builtin": 1.0, "kd_builtin": 0.5, "is_builtin": 3.0}, 1)
-    write_report(first | {"warnings": ["few samples"]}, path)
-    second = _merge_report({"fd_builtin": 2.0}, 2)
-    write_report(second | {"warnings": ["few samples", "biased"]}, path)
-    write_report(_merge_report({"kd_builtin": 0.25}, 3), path)
+    first = _report_of({"fd_builtin": 1.0, "kd_builtin": 0.5, "is_builtin": 3.0}, 1)
+    merge_report(first | {"warnings": ["few samples"]}, path)
+    second = _report_of({"fd_builtin": 2.0}, 2)
+    merge_report(second | {"warnings": ["few samples", "biased"]}, path)
+    merge_report(_report_of({"kd_builtin": 0.25}, 3), path)
     merged = json.loads(path.read_text())
     assert merged["metrics"] == {"fd_builtin": 2.0, "kd_builtin": 0.25, "is_builtin": 3.0}
     assert merged["versions"] == {"diffuse": 3}

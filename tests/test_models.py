@@ -217,17 +217,19 @@ def test_mlp_block_adds_its_branch_to_its_input():
 
 
 def test_every_mlp_block_sees_the_timestep():
-    """With the embedding projection of all blocks but the last zeroed, the output still
-    depends on t: the last block receives the embedding too."""
-    model = MLP(hidden=32, num_layers=3).eval()
-    perturb(model)
-    with torch.no_grad():
-        for block in model.blocks[:-1]:
-            block.emb_proj.weight.zero_()
-            block.emb_proj.bias.zero_()
-        x = torch.randn(4, 2)
-        early, late = model(x, torch.full((4,), 10)), model(x, torch.full((4,), 900))
-    assert not torch.allclose(early, late)
+    """With the embedding projection of every block but one zeroed, the output still depends
+    on t, whichever block is kept: each block receives the embedding."""
+    x = torch.randn(4, 2)
+    for kept in range(3):
+        model = MLP(hidden=32, num_layers=3).eval()
+        perturb(model)
+        with torch.no_grad():
+            for k, block in enumerate(model.blocks):
+                if k != kept:
+                    block.emb_proj.weight.zero_()
+                    block.emb_proj.bias.zero_()
+            early, late = model(x, torch.full((4,), 10)), model(x, torch.full((4,), 900))
+        assert not torch.allclose(early, late), f"block {kept} does not see t"
 
 
 def test_mlp_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
@@ -251,16 +253,17 @@ def test_mlp_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
     assert torch.equal(e, reference) and not torch.allclose(a, reference)
 
 
-def test_mlp_denoiser_and_classifier_get_the_time_scale_and_dropout(compose):
-    """task=classifier with model=mlp builds its MLP with the denoiser's timestep_scale
-    (model.rescale_timesteps: 1000 / T) and model.dropout, as the UNet classifier does."""
+def test_mlp_denoiser_and_classifier_get_their_time_scale_and_dropout(compose):
+    """model.dropout acts in the MLP (it was ignored); the denoiser takes model.rescale_timesteps
+    (1000 / T), the MLP classifier raw t, as its checkpoints were always trained."""
     from diffuse_cli.build import build_classifier, build_model
     from diffuse_cli.errors import UserError
 
     cfg = compose(["data=moons", "model=mlp", "model.rescale_timesteps=true",
                    "schedule.num_timesteps=100", "model.dropout=0.2"])  # fmt: skip
-    for net in (build_model(cfg), build_classifier(cfg, num_classes=2)):
-        assert net.timestep_scale == 10.0
+    denoiser, classifier = build_model(cfg), build_classifier(cfg, num_classes=2)
+    assert (denoiser.timestep_scale, classifier.timestep_scale) == (10.0, 1.0)
+    for net in (denoiser, classifier):
         assert [block.dropout.p for block in net.blocks] == [0.2] * 4
     cfg.model.dropout = 1.5
     with pytest.raises(UserError, match=r"^model=mlp: dropout probability"):

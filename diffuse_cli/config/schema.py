@@ -86,10 +86,13 @@ class DataConfig:
     root: str = "data"
     image_size: int = 32
     channels: int = 3
-    # generated sets: how many to make; cifar10/mnist: the first N; image_folder: N evenly spaced
-    # over the sorted files, so each class keeps its share (null: all)
+    # generated sets: how many to make; cifar10/mnist: the first N; image_folder: N files as
+    # `subset` says (null: all)
     num_train: int | None = None
     num_test: int | None = None
+    # image_folder with a cap: evenly_spaced over the sorted files (each class keeps its share),
+    # or first (sorted by path; what runs from before this key read back as)
+    subset: str = "evenly_spaced"
     hflip: bool = False
     download: bool = False
     seed: int = 0

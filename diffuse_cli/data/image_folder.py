@@ -23,6 +23,9 @@ EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
 LOOSE_CLASS = "."  # class of images directly in the root folder
 
 
+SUBSETS = ("evenly_spaced", "first")  # which files a cap keeps (data.subset)
+
+
 def _hidden(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
 
@@ -102,8 +105,8 @@ def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
 class ImageFolder(DiffuseDataset):
     """Images under `root`; if `root` has a `train` sub-folder, the splits are `root`/train and
     `root`/test, otherwise both splits read all of `root` (e.g. to compare samples with the
-    training images). `num` keeps that many images, evenly spaced over the files sorted by path
-    (so every class keeps its share)."""
+    training images). `num` keeps that many images of the files sorted by path: evenly spaced
+    over them (so every class keeps its share), or the first (`subset="first"`)."""
 
     def __init__(
         self,
@@ -112,9 +115,12 @@ class ImageFolder(DiffuseDataset):
         image_size: int = 32,
         channels: int = 3,
         num: int | None = None,
+        subset: str = "evenly_spaced",
     ):
         if channels not in (1, 3):
             raise ValueError(f"image_folder has 1 or 3 channels, not {channels}")
+        if subset not in SUBSETS:
+            raise DataError(f"data.subset={subset!r}: choose {' or '.join(SUBSETS)}")
         check_split(split)
         root = Path(root)
         folder = root / split if (root / "train").is_dir() else root
@@ -142,7 +148,10 @@ class ImageFolder(DiffuseDataset):
             self.class_names = tuple(sorted(set(class_of)))
         index = {name: i for i, name in enumerate(self.class_names)}
         self.folder = folder
-        keep = evenly_spaced(len(files), num)
+        if subset == "evenly_spaced":
+            keep = evenly_spaced(len(files), num)
+        else:
+            keep = range(len(files))[:num]
         self.files = [files[i] for i in keep]
         self.labels = [index[class_of[i]] for i in keep]
         self.image_size = image_size

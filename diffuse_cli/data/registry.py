@@ -46,8 +46,9 @@ def _mnist(split, *, root, image_size, channels, num_train, num_test, download, 
     return mnist(split, root, image_size, channels, _num(split, num_train, num_test), download)
 
 
-def _image_folder(split, *, root, image_size, channels, num_train, num_test, **_):
-    return ImageFolder(root, split, image_size, channels, _num(split, num_train, num_test))
+def _image_folder(split, *, root, image_size, channels, num_train, num_test, subset, **_):
+    num = _num(split, num_train, num_test)
+    return ImageFolder(root, split, image_size, channels, num, subset)
 
 
 DATASETS: dict[str, Callable[..., DiffuseDataset]] = {
@@ -70,6 +71,7 @@ def build_dataset(
     num_test: int | None = None,
     seed: int = 0,
     download: bool = False,
+    subset: str = "evenly_spaced",
 ) -> DiffuseDataset:
     """The dataset `name` for `split` ("train" or "test"): items are (x float32 in [-1, 1],
     label int), with `num_classes`, `class_names` and `shape` attributes.
@@ -91,4 +93,5 @@ def build_dataset(
         num_test=num_test,
         seed=seed,
         download=download,
+        subset=subset,
     )

@@ -133,6 +133,7 @@ def read_samples(cfg: DictConfig) -> tuple[torch.Tensor, str]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(f"eval.samples={path}: not an .npz with an arr_0 array ({err})") from err
     digest = hashlib.sha256(data).hexdigest()
+    del data  # arr is a copy: do not keep both of 50k images
     shape = data_shape(cfg)
     if len(shape) == 3:
         c, h, w = shape
@@ -356,10 +357,11 @@ def with_earlier_metrics(record: dict, path: Path) -> dict:
     lost = [k for k in old if k not in new["metrics"]]
     if not lost:
         return record
-    if samples_identity(earlier) != samples_identity(new):
+    before, now = samples_identity(earlier), samples_identity(new)
+    if before != now:
+        differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         print(f"note: replacing {path}, whose {', '.join(lost)} came from other samples or "
-              f"settings (num_samples {earlier.get('num_samples')}, seed {earlier.get('seed')})",
-              file=sys.stderr)  # fmt: skip
+              f"settings (other {', '.join(differ)})", file=sys.stderr)  # fmt: skip
         return record
     merged = new | {"metrics": old | new["metrics"], "earlier": kept_provenance(earlier, lost)}
     earlier_notes = earlier.get("warnings", [])  # of the same samples: still true
@@ -369,7 +371,7 @@ def with_earlier_metrics(record: dict, path: Path) -> dict:
     return merged
 
 
-def write_report(record: dict, path: Path) -> None:
+def merge_report(record: dict, path: Path) -> None:
     """Write `record` at `path`, keeping the earlier metrics there (with_earlier_metrics), with
     the folder locked from the read to the rename: evals of the same samples run in parallel
     with different metrics would otherwise each write back only their own."""
@@ -447,7 +449,7 @@ def quality_metric(
         },  # fmt: skip
     }
     path = Path(cfg.run_dir) / "eval" / tag / f"{extractor.name if extractor else 'points'}.json"
-    write_report(record, path)
+    merge_report(record, path)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items()
                       if not k.endswith(("_std", "_subset_size", "_splits")))  # fmt: skip
     print(f"{shown} over {num} samples in {record['seconds']['total']:.1f} s; wrote {path}")

@@ -48,12 +48,17 @@ def check_reference_settings(cfg: DictConfig) -> str:
     return reference_split(cfg)
 
 
-def cache_path(cfg: DictConfig, split: str, num: int, extractor_key: str) -> Path:
+def cache_path(
+    cfg: DictConfig, split: str, num: int, extractor_key: str, capped: bool = False
+) -> Path:
+    """The reference cache of `num` images of `split` (`capped`: fewer than the split holds,
+    picked evenly spaced) for the extractor of `extractor_key`."""
     d = cfg.data
     folder = Path(cfg.eval.cache_dir) if cfg.eval.cache_dir else Path(d.root) / "reference_stats"
     settings = {k: d[k] for k in ("name", "root", "image_size", "channels", "seed")}
     settings["num"] = d.num_train if split == "train" else d.num_test
-    settings["picked"] = "evenly_spaced"  # which num images: caches of the first num differ
+    if capped:  # which num images: caches of the first num, from before, differ
+        settings["picked"] = "evenly_spaced"
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     name = f"{d.name}-{split}-{d.image_size}px-{d.channels}ch-n{num}-{extractor_key}-{digest}"
     return folder / f"{name}.safetensors"
@@ -91,7 +96,7 @@ def reference_features(cfg: DictConfig, extractor, device, state, size=None) -> 
     from diffuse_cli.evaluate.distances import feature_statistics
 
     split, dataset, num = size or reference_size(cfg)
-    path = cache_path(cfg, split, num, extractor.key)
+    path = cache_path(cfg, split, num, extractor.key, capped=num < len(dataset))
     cached = broadcast_from_main(
         path.is_file()
     )  # one decision, even where the folder is not shared

@@ -57,6 +57,8 @@ def malformed(record: dict) -> str | None:
         record["extractor"], dict | None
     ):
         return "its sampler or extractor is not a mapping"
+    if record["sampler"] is None and "samples" not in record:
+        return "neither a sampler nor a samples file in it"
     return None
 
 

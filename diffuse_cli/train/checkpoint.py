@@ -294,8 +294,10 @@ def load_weights(
     try:
         data = path.read_bytes()
         state = load_safetensors(data)
+        digest = hashlib.sha256(data).hexdigest()
+        del data  # the tensors hold their own copy: do not keep both of a large model
         step = int(json.loads((folder / STATE).read_text())["step"])
     except (*FILE_ERRORS, KeyError, TypeError) as err:
         raise _unreadable(folder, err) from err
     load_state_checked(model, state, f"checkpoint '{path}'")
-    return LoadedWeights(folder, step, hashlib.sha256(data).hexdigest())
+    return LoadedWeights(folder, step, digest)

@@ -85,11 +85,11 @@ def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
 def classifier_extractor(cfg: DictConfig, device: torch.device, path: str) -> Extractor:
     """The pooled features (and logits) of a task=classifier run's image classifier, at t = 0."""
     from diffuse_cli import __version__
-    from diffuse_cli.api import open_classifier
+    from diffuse_cli.api import open_classifier_everywhere
     from diffuse_cli.build import data_shape
     from diffuse_cli.train.checkpoint import MODEL
 
-    clf_cfg, classifier, loaded = open_classifier(path, device)
+    clf_cfg, classifier, loaded = open_classifier_everywhere(path, device)
     if not hasattr(classifier, "features"):
         raise UserError(f"eval.features={path}: a classifier of 2-D points has no image features")
     if data_shape(clf_cfg) != data_shape(cfg):
