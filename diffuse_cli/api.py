@@ -1,13 +1,15 @@
 """The public Python API; the CLI calls exactly these functions.
 
 import diffuse_cli as dc
-cfg = dc.compose_config(["schedule=cosine"], command="train")
+cfg = dc.compose_config(["schedule=cosine", "sampler=ddim", "steps=50"], command="sample")
 diffusion = dc.build_diffusion(cfg)
 model = dc.build_model(cfg)
 x0 = dc.sample(cfg, model, diffusion, noise=x_T, generator=g)
 bpd = dc.nll_bpd(model, diffusion, x0_test, generator=g)["total"]
-cfg, model, diffusion = dc.load_run("runs/default")
-cfg, classifier = dc.load_classifier("runs/classifier")
+run_cfg, model, diffusion = dc.load_run("runs/default")   # the run's config, EMA weights
+*_, weights = dc.open_run("runs/default")                 # and which: weights.step, .sha256
+clf_cfg, classifier = dc.load_classifier("runs/classifier")
+cfg = dc.compose_config(["guidance=classifier", "guidance.scale=3"], command="sample")
 guided, cond_fn = dc.build_guidance(cfg, model, diffusion, classifier)  # cfg.guidance
 """
 
@@ -31,23 +33,58 @@ __all__ = [
     "load_classifier",
     "load_run",
     "nll_bpd",
+    "open_classifier",
+    "open_run",
     "sample",
 ]
 
 
-def compose_config(overrides: Sequence[str] = (), command: str = "train") -> DictConfig:
-    """Compose the config of `command` exactly as `diffuse <command> *overrides` would."""
+def compose_config(
+    overrides: Sequence[str] = (), command: str = "train", *, check_keys: bool = True
+) -> DictConfig:
+    """Compose the config of `command` exactly as `diffuse <command> *overrides` would: a bad
+    override, or a key the command does not read (`+key=value`), is a one-line UserError.
+    `check_keys=False` keeps such keys (to inspect a config as Hydra makes it). A Hydra set
+    up by the caller is left as it was."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    from diffuse_cli.config import SCHEMAS, register_configs
+    from diffuse_cli.config import SCHEMAS, check_known_keys, register_configs
 
     if command not in SCHEMAS:
         raise UserError(f"unknown command '{command}'; choose one of: {', '.join(SCHEMAS)}")
+    if isinstance(overrides, str):  # one override, not its characters
+        overrides = [overrides]
     register_configs()
+    callers = get_gh_backup()
     GlobalHydra.instance().clear()
-    with initialize_config_module("diffuse_cli.configs", version_base="1.3"):
-        return compose(config_name=command, overrides=list(overrides))
+    try:
+        with initialize_config_module("diffuse_cli.configs", version_base="1.3"):
+            cfg = compose(config_name=command, overrides=list(overrides))
+    except HydraException as err:
+        raise UserError(_one_line(err)) from err
+    finally:
+        restore_gh_from_backup(callers)
+    if check_keys:
+        check_known_keys(cfg, command)
+    return cfg
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's message and its cause's first line, in one line: 'Could not find
+    'schedule/cosinee' (options: cosine, linear, ncsn)', 'Error merging override
+    trainer.max_steps=abc: Value 'abc' ... could not be converted to Integer'."""
+    text = str(err).split("Config search path:")[0]
+    head, _, options = text.partition("Available options in")
+    head = " ".join(ln.strip() for ln in head.splitlines()
+                    if ln.strip() and not ln.startswith("To append"))  # fmt: skip
+    if options:
+        head += " (options: " + ", ".join(o.strip() for o in options.splitlines()[1:] if o.strip())
+        head += ")"
+    cause = str(err.__cause__ or "").strip()
+    return head.rstrip(".") + f": {cause.splitlines()[0]}" if cause else head
 
 
 def load_run(
@@ -64,7 +101,13 @@ def load_run(
     return open_run(run_dir, device, ema, config, step)[:3]
 
 
-def open_run(run_dir, device="cpu", ema=True, config=None, step=None):
+def open_run(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    ema: bool = True,
+    config: DictConfig | None = None,
+    step: int | None = None,
+):
     """load_run's (cfg, model, diffusion) and the LoadedWeights (checkpoint, step, sha256) the
     model holds, which reports record."""
     from diffuse_cli.config import EXECUTION_KEYS
@@ -75,7 +118,8 @@ def open_run(run_dir, device="cpu", ema=True, config=None, step=None):
     if cfg.get("task", "diffusion") != "diffusion":
         raise UserError(
             f"'{run_dir}' holds a task={cfg.task} run, not a diffusion model; sample from a "
-            f"diffusion run, with guidance=classifier guidance.classifier={run_dir}"
+            f"diffusion run, with guidance=classifier guidance.classifier={run_dir} "
+            "(dc.load_classifier in Python)"
         )
     if config is not None:
         execution = {
@@ -97,7 +141,9 @@ def load_classifier(
     return open_classifier(run_dir, device, ema, step)[:2]
 
 
-def open_classifier(run_dir, device="cpu", ema=False, step=None):
+def open_classifier(
+    run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = False, step=None
+):
     """load_classifier's (cfg, classifier) and the LoadedWeights it holds."""
     from diffuse_cli.build import build_classifier
     from diffuse_cli.runs import read_run_config

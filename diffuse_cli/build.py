@@ -243,7 +243,8 @@ def sample(
     progress: bool = False,
     cond_fn: Callable | None = None,
 ):
-    """Run `cfg.sampler` for `cfg.steps` steps (T when unset) from the noise x_T.
+    """Run `cfg.sampler` for `cfg.steps` steps (T when unset) from the noise x_T (on the
+    model's device).
 
     `model` is any callable model(x_t, t, **model_kwargs) with integer original timesteps; an
     nn.Module runs in eval mode (no dropout) and is handed back in its own mode.
@@ -254,6 +255,8 @@ def sample(
     from diffuse_cli.models.modes import evaluating
     from diffuse_cli.samplers import as_noise_source, get_sampler
 
+    if "sampler" not in cfg:
+        raise UserError("sample needs a sample config: dc.compose_config([...], command='sample')")
     score = isinstance(diffusion, NoiseLevels)
     if score != is_score_model(cfg):  # the family is the diffusion's: a sample config composed
         family = "ncsn" if score else "linear"  # apart from its run has the default schedule
@@ -265,7 +268,7 @@ def sample(
         sampler = get_sampler(s.name)
     except ValueError as err:
         raise UserError(str(err)) from err
-    with evaluating(model):
+    with evaluating(model, cond_fn):  # the guidance classifier too
         return sampler(
             model,
             diffusion,
@@ -314,11 +317,19 @@ def build_guidance(cfg: DictConfig, model, diffusion, classifier=None):
     shift inside the model call (Dhariwal & Nichol 2021, Algorithms 1 and 2)."""
     from diffuse_cli.guidance import ClassifierFree, ClassifierGradient, EpsShift, WithLabels
 
+    if "guidance" not in cfg:
+        raise UserError(
+            "build_guidance needs a sample or eval config: dc.compose_config([...], "
+            "command='sample')"
+        )
     g = cfg.guidance
     if g.name == "none":
         return WithLabels(model), None
     if g.name == "cfg":
-        return ClassifierFree(model, g.scale), None
+        try:
+            return ClassifierFree(model, g.scale), None
+        except ValueError as err:  # an unconditional network
+            raise UserError(f"guidance=cfg: {err}") from err
     if g.name == "classifier":
         if classifier is None:
             raise UserError("guidance=classifier needs the classifier (dc.load_classifier)")

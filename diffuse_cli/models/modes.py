@@ -8,25 +8,32 @@ from collections.abc import Iterator
 
 import torch
 
+WRAPPED = ("model", "cond_fn", "classifier")  # where guidance and NFE wrappers keep callables
 
-def network_of(model) -> torch.nn.Module | None:
-    """The nn.Module behind `model`: itself, or the `.model` of wrappers such as guidance and
-    NFE counting (followed down); None for other callables (oracles, closures)."""
-    while not isinstance(model, torch.nn.Module) and hasattr(model, "model"):
-        model = model.model
-    return model if isinstance(model, torch.nn.Module) else None
+
+def networks_of(*callables) -> list[torch.nn.Module]:
+    """The nn.Modules behind `callables`: themselves, or what wrappers such as guidance and
+    NFE counting keep under WRAPPED (a guidance classifier too), followed down; none for
+    other callables (oracles, closures)."""
+    found, todo = [], list(callables)
+    while todo:
+        item = todo.pop()
+        if isinstance(item, torch.nn.Module):
+            if not any(item is f for f in found):
+                found.append(item)
+        elif item is not None:
+            todo += [getattr(item, name) for name in WRAPPED if hasattr(item, name)]
+    return found
 
 
 @contextlib.contextmanager
-def evaluating(model) -> Iterator[None]:
-    """Run the network behind `model` in eval mode inside the block, then restore each
+def evaluating(*callables) -> Iterator[None]:
+    """Run the networks behind `callables` in eval mode inside the block, then restore each
     submodule's own training flag (a model may mix modes on purpose)."""
-    net = network_of(model)
-    if net is None:
-        yield
-        return
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
+    nets = networks_of(*callables)
+    modes = [(m, m.training) for net in nets for m in net.modules()]
+    for net in nets:
+        net.eval()
     try:
         yield
     finally:
