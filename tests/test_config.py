@@ -14,6 +14,7 @@ import diffuse_cli as dc
 from diffuse_cli.build import build_diffusion, build_model
 from diffuse_cli.data.registry import DATASETS
 from diffuse_cli.data.toy2d import TOY_SETS
+from diffuse_cli.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = [
@@ -106,20 +107,20 @@ def test_experiment_preset_overrides_groups(compose):
 
 
 def test_unknown_option_names_the_choices(compose):
-    with pytest.raises(ConfigCompositionException, match="(?s)schedule/nope.*cosine.*linear"):
+    with pytest.raises(UserError, match=r"schedule/nope' \(options: cosine, linear, ncsn\)$"):
         compose(["schedule=nope"])
 
 
 def test_misspelt_key_fails_at_composition(compose):
-    with pytest.raises(ConfigCompositionException) as info:
+    with pytest.raises(UserError, match="Key 'lrr' not in 'TrainerConfig'") as info:
         compose(["trainer.lrr=1"])
-    assert "Key 'lrr' not in 'TrainerConfig'" in str(info.value.__cause__)
+    assert isinstance(info.value.__cause__, ConfigCompositionException)
 
 
 def test_wrong_type_fails_at_composition(compose):
-    with pytest.raises(ConfigCompositionException) as info:
+    with pytest.raises(UserError, match="could not be converted to Integer") as info:
         compose(["trainer.max_steps=many"])
-    assert isinstance(info.value.__cause__, ValidationError)
+    assert isinstance(info.value.__cause__.__cause__, ValidationError)
 
 
 def test_every_package_folder_is_listed_in_pyproject():
