@@ -139,7 +139,11 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     assert latest_checkpoint(tmp_path).name == "step_00000001"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+@pytest.mark.parametrize(
+    "signum",  # one path for all three: SIGTERM in the default suite, the others with -m slow
+    [signal.SIGTERM, *(pytest.param(s, marks=pytest.mark.slow) for s in (signal.SIGINT,
+                                                                        signal.SIGUSR1))],
+)  # fmt: skip
 def test_a_signal_saves_a_checkpoint_and_exits_with_how_to_resume(tmp_path, signum):
     args = [*QUIET, "trainer.max_steps=100000", "trainer.log_every=1", "trainer.ckpt_every=1000"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
