@@ -237,9 +237,15 @@ def test_mlp_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
     eval mode equals the network without dropout (no new parameters)."""
     model = MLP(hidden=32, num_layers=2, dropout=0.5)
     perturb(model)  # the zero-initialised output layer would hide the masks
-    plain = MLP(hidden=32, num_layers=2).eval()
+    plain = MLP(hidden=32, num_layers=2)
+    check_dropout(model, plain, torch.randn(8, 2), torch.randint(0, 1000, (8,)))
+
+
+def check_dropout(model, plain, x, t) -> None:
+    """`model` with dropout draws fresh masks in train mode, the same masks from the same seed,
+    and in eval mode equals `plain` (the same network without dropout) on every call."""
     plain.load_state_dict(model.state_dict())
-    x, t = torch.randn(8, 2), torch.randint(0, 1000, (8,))
+    plain.eval()
     with torch.no_grad():
         model.train()
         a, b = model(x, t), model(x, t)
@@ -248,9 +254,13 @@ def test_mlp_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
         torch.manual_seed(3)
         d = model(x, t)
         model.eval()
-        e, reference = model(x, t), plain(x, t)
-    assert not torch.allclose(a, b) and torch.equal(c, d)
-    assert torch.equal(e, reference) and not torch.allclose(a, reference)
+        e, f = model(x, t), model(x, t)
+        reference = plain(x, t)
+    assert not torch.allclose(a, b)
+    assert torch.equal(c, d)
+    assert torch.equal(e, f)
+    torch.testing.assert_close(e, reference, rtol=0, atol=0)
+    assert not torch.allclose(a, reference)
 
 
 def test_mlp_denoiser_and_classifier_get_their_time_scale_and_dropout(compose):
@@ -615,24 +625,7 @@ def test_unet_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
     kwargs = dict(TINY_UNET, image_size=16)
     model = UNet(**kwargs, dropout=0.5)
     perturb(model)  # the zero-initialised last convolutions would hide the masks
-    plain = UNet(**kwargs).eval()
-    plain.load_state_dict(model.state_dict())
-    x, t = inputs(size=16)
-    with torch.no_grad():
-        model.train()
-        a, b = model(x, t), model(x, t)
-        torch.manual_seed(3)
-        c = model(x, t)
-        torch.manual_seed(3)
-        d = model(x, t)
-        model.eval()
-        e, f = model(x, t), model(x, t)
-        reference = plain(x, t)
-    assert not torch.allclose(a, b)
-    assert torch.equal(c, d)
-    assert torch.equal(e, f)
-    torch.testing.assert_close(e, reference, rtol=0, atol=0)
-    assert not torch.allclose(a, reference)
+    check_dropout(model, UNet(**kwargs), *inputs(size=16))
 
 
 def test_middle_block_is_resblock_attention_resblock():
