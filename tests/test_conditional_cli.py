@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY, checksums, run_cli
 
 import diffuse_cli as dc
@@ -43,6 +44,18 @@ def test_classifier_run_reports_accuracy_by_timestep(runs):
     assert cfg.task == "classifier" and cfg.classifier.num_classes == 4
     assert classifier.num_outputs == 4 and saved.task == "diffusion"
     assert not (run / "samples").exists()  # no sample grids for a classifier
+
+
+def test_load_classifier_gives_the_raw_weights(runs):
+    """ADM guides with the classifier's raw weights, not its EMA."""
+    from safetensors.torch import load_file
+
+    from diffuse_cli.train.checkpoint import latest_checkpoint
+
+    run = runs[0] / "runs" / "classifier"
+    _, classifier = dc.load_classifier(run)
+    raw = load_file(latest_checkpoint(run) / "model.safetensors")
+    assert all(torch.equal(v, raw[k]) for k, v in classifier.state_dict().items())
 
 
 def test_labels_are_saved_and_taken_in_turn(runs):
