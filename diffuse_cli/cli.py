@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import traceback
-from pathlib import Path
 
 _STARTED = time.time()  # when this process started the CLI (see _remove_empty_output_dir)
 _JOBS_DONE = 0  # jobs of this command (a sweep's) that ended without an error
@@ -92,25 +92,17 @@ def _task(command: str):
 def _remove_empty_output_dir() -> None:
     """Hydra makes the job's output folder (the run directory for `train`) before the command
     runs; a command refused before writing anything leaves no empty run folder behind. The
-    folder goes when it is empty and was made by this command (a sweep job's folder: made
-    after it started), never one the user made; so do its parents that this command made
-    (`runs/` of a first command, `runs/a` of `name=a/b`; see runs.noting_new_folders)."""
+    job's folder goes here when it is empty and was made by this command (a sweep job's folder:
+    made after it started), never one the user made; main() then removes the parents this
+    command made (runs.remove_new_folders: `runs/` of a first command, `runs/a` of `name=a/b`)."""
     from diffuse_cli.runs import hydra_output_dir, is_new_folder
 
     out = hydra_output_dir()
     if out is None:
         return
-    out = Path(os.path.abspath(out))
-    try:
-        if not is_new_folder(out) and os.stat(out).st_mtime < _STARTED - 1:
-            return
-        out.rmdir()
-        for parent in out.parents:
-            if not is_new_folder(parent):
-                return
-            parent.rmdir()
-    except OSError:  # not empty, not there (another process of the job removed it)
-        return
+    with contextlib.suppress(OSError):  # not empty, or gone (another process of the job)
+        if is_new_folder(out) or os.stat(out).st_mtime >= _STARTED - 1:
+            out.rmdir()
 
 
 def _missing_launcher(args: list[str]) -> str | None:
@@ -178,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffuse_cli import distributed
     from diffuse_cli.runs import remove_new_folders
 
-    if code != 0:  # a refused sweep: its multirun.yaml and the folders made for it
+    if code != 0:  # the folders a refused command made: parents, a sweep folder, multirun.yaml
         remove_new_folders(leftover=None if _JOBS_DONE else "multirun.yaml")
     if distributed.in_process_group():  # after the last job of a launched run: see distributed
         distributed.leave(code)
