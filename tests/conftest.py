@@ -12,6 +12,32 @@ import pytest
 
 import diffuse_cli as dc
 
+# DIFFUSE_TEST_DEVICE=cuda runs the tests marked `cuda` on the GPU (`pytest -m cuda`): `sample` and
+# `eval` commands get device=cuda, and training takes the GPU through Accelerate, as for a user.
+# Without a GPU the run stops at once instead of passing on the CPU.
+TEST_DEVICE = os.environ.get("DIFFUSE_TEST_DEVICE", "")
+DEVICE_COMMANDS = ("sample", "eval")  # the commands with a `device` key
+
+
+def pytest_configure(config):
+    if TEST_DEVICE not in ("", "cuda"):
+        raise pytest.UsageError(f"DIFFUSE_TEST_DEVICE={TEST_DEVICE!r}: use cuda, or leave it unset")
+    if TEST_DEVICE == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("DIFFUSE_TEST_DEVICE=cuda, but torch sees no CUDA GPU")
+
+
+def device_overrides(args: tuple[str, ...] | list[str]) -> list[str]:
+    """The `device=` override DIFFUSE_TEST_DEVICE adds to a command (none where it is given)."""
+    if not TEST_DEVICE or not args or args[0] not in DEVICE_COMMANDS:
+        return []
+    if any(a.startswith("device=") for a in args):
+        return []
+    return [f"device={TEST_DEVICE}"]
+
+
 # A run small enough to train, sample and evaluate in seconds on a CPU.
 TINY = [
     "model.model_channels=16",
@@ -68,7 +94,7 @@ def run_cli(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
         else:
             full_env[key] = value
     proc = subprocess.run(
-        [sys.executable, "-m", "diffuse_cli", *args],
+        [sys.executable, "-m", "diffuse_cli", *args, *device_overrides(args)],
         cwd=cwd,
         env=full_env,
         capture_output=True,

@@ -51,6 +51,7 @@ def test_unknown_command(cli):
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
 
 
+@pytest.mark.cuda
 def test_train_writes_the_run_directory(trained):
     _, run, _ = trained
     assert (run / "config.yaml").is_file()
@@ -67,6 +68,7 @@ def test_train_writes_the_run_directory(trained):
     assert (run / "samples" / "step_00000004.png").is_file()
 
 
+@pytest.mark.cuda
 def test_sample_ddim_writes_npz_and_grid(trained):
     from conftest import run_cli
 
@@ -87,6 +89,7 @@ def test_sample_ddim_writes_npz_and_grid(trained):
     assert "step_00000004 EMA" in proc.stdout  # which weights drew them
 
 
+@pytest.mark.cuda
 def test_sample_ddpm_defaults_to_the_full_chain(trained):
     from conftest import run_cli
 
@@ -95,6 +98,7 @@ def test_sample_ddpm_defaults_to_the_full_chain(trained):
     assert (run / "samples" / "ddpm-50" / "samples.npz").is_file()
 
 
+@pytest.mark.cuda
 def test_sample_does_not_depend_on_batch_size(trained):
     from conftest import run_cli
 
@@ -116,6 +120,7 @@ def test_sample_does_not_depend_on_batch_size(trained):
     np.testing.assert_array_equal(arrays[0], arrays[1])
 
 
+@pytest.mark.cuda
 def test_eval_writes_a_held_out_loss_report(trained):
     from conftest import run_cli
 
@@ -143,6 +148,7 @@ def test_eval_writes_a_held_out_loss_report(trained):
     assert (run / "eval" / "loss_by_timestep-raw.png").is_file()
 
 
+@pytest.mark.cuda
 def test_eval_nll_writes_bits_per_dim_with_every_term(trained):
     from conftest import run_cli
 
@@ -174,6 +180,7 @@ def test_eval_refuses_an_unknown_metric(trained):
     assert "unknown metric (fid9); choose from: loss, nll, fid, kid, is, pr, swd" in proc.stderr
 
 
+@pytest.mark.cuda
 def test_train_again_resumes_and_extends(trained, tmp_path):
     from conftest import run_cli
 
@@ -346,6 +353,7 @@ def test_sweep_job_folder_names():
     assert long.startswith("1-") and len(long) == 12
 
 
+@pytest.mark.cuda
 def test_toy2d_trains_and_samples_a_scatter_plot(cli):
     common = [
         "experiment=toy2d",
@@ -383,6 +391,7 @@ def test_config_dir_adds_user_configs(cli):
     assert "num_timesteps: 10" in out and "beta_end: 0.2" in out
 
 
+@pytest.mark.cuda
 def test_bf16_mixed_precision_trains_also_as_the_second_job_of_a_sweep(cli):
     """Accelerate keeps one state per process, and a sweep's jobs share the process: the
     second job used to stop on 'AcceleratorState has already been initialized'."""

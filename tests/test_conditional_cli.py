@@ -74,6 +74,7 @@ def test_labels_are_saved_and_taken_in_turn(runs):
         (("guidance=classifier", "sampler=ddim"), "ddim-5-classifier1"),
     ],
 )
+@pytest.mark.cuda
 def test_each_guidance_samples_with_random_labels(runs, overrides, folder):
     cwd, _ = runs
     out = sample(cwd, *overrides)
@@ -94,6 +95,7 @@ def test_unconditional_sampling_of_a_label_dropout_model(runs):
         assert "arr_1" not in npz.files
 
 
+@pytest.mark.cuda
 def test_guided_sampling_through_the_cli(runs):
     cwd, _ = runs
     proc = run_cli("sample", "guidance=classifier", "class_labels=[2]", *QUICK, cwd=cwd)

@@ -45,6 +45,7 @@ def nan_on(trainer: Trainer, calls: set[int]):
     trainer.task.losses = patched
 
 
+@pytest.mark.cuda
 def test_non_finite_steps_are_skipped_and_counted(compose, tmp_path):
     trainer = Trainer(compose([*QUIET, "trainer.max_steps=6", f"run_dir={tmp_path}"]))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

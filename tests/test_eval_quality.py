@@ -39,6 +39,7 @@ def eval_in_process(compose, run, overrides):
     return eval_command(cfg)
 
 
+@pytest.mark.cuda
 def test_eval_report_has_everything_to_reproduce_the_number(run32):
     cwd, run = run32
     proc = run_cli("eval", "metrics=[fid,kid,is,pr]", *QUICK, cwd=cwd)
@@ -83,6 +84,7 @@ def test_eval_report_has_everything_to_reproduce_the_number(run32):
     assert second["metrics"]["fd_builtin"] == pytest.approx(metrics["fd_builtin"], rel=1e-6)
 
 
+@pytest.mark.cuda
 def test_a_samples_npz_gives_the_numbers_of_the_same_samples_generated(run32, compose):
     from diffuse_cli.generate import sample_command
 

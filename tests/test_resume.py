@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import TINY
 from safetensors.torch import load_file
@@ -15,6 +16,7 @@ def final_weights(run_dir):
     return load_file(folder / "model.safetensors"), load_file(folder / "ema.safetensors")
 
 
+@pytest.mark.cuda
 def test_resume_reproduces_an_uninterrupted_run(compose, tmp_path):
     common = [
         *TINY,
@@ -44,6 +46,7 @@ def test_resume_reproduces_an_uninterrupted_run(compose, tmp_path):
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
+@pytest.mark.cuda
 def test_resume_with_importance_sampled_timesteps_is_exact(compose, tmp_path):
     """The importance sampler's history is saved with the checkpoint; with T = 2 it is warmed
     up (ten losses at each t) before the interruption, so the resumed half draws t from it."""
