@@ -31,9 +31,16 @@ ours / diffusers (> 1: ours is faster) of those medians, and also the median and
 range of the per-repetition paired ratios, the steadier number when other processes load the
 cores unevenly.
 
+--batch N gives every workload batch N (the GPU check times `model=ddpm` at 128, the DDPM
+paper's batch). Training rows also carry the FLOPs of one training step per image, forward and
+backward, by torch's FLOP counter (`*_train_gflop_per_image`; diffusers' layout of the DDPM
+CIFAR-10 network: 36.3), and the TFLOP/s that makes at the measured img/s.
+
 Peak memory: each (side, workload) runs alone in a fresh subprocess that imports both libraries
 and takes two training steps (the second one holds the Adam state) or one sampling run. On CUDA
-torch.cuda.max_memory_allocated; on CPU the peak resident set size (VmHWM of /proc/self/status)
+torch.cuda.max_memory_allocated (with --memory-in-process: in the timing process, a side's
+resident weights and optimizer state plus the peak of one repetition, which spares compiling
+each network again); on CPU the peak resident set size (VmHWM of /proc/self/status)
 and its growth over the resident size once the network and optimizer are built (tracemalloc
 does not see torch's allocator).
 """
@@ -83,6 +90,7 @@ class Side:
 
         self.torch = torch
         self.model_name, self.kind, self.batch = WORKLOADS[workload]
+        self.batch = args.batch or self.batch
         self.device = torch.device(args.device)
         self.bf16 = args.bf16
         self.cfg = dc.compose_config(
@@ -235,6 +243,45 @@ def forward_flops(side: Side) -> int:
     return counter.get_total_flops()
 
 
+def train_step_flops(side: Side) -> int:
+    """FLOPs of one training step of a batch, forward and backward (torch's FLOP counter), in
+    train mode on the plain network; the optimizer's elementwise update is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch = side.torch
+    x0 = torch.randn(side.shape, device=side.device)
+    t = torch.randint(0, 1000, (side.batch,), device=side.device)
+    call, side.call = side.call, side.net
+    try:
+        with FlopCounterMode(display=False) as counter:
+            side.loss(x0, t).backward()
+    finally:
+        side.call = call
+        side.net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def resident_bytes(side: Side) -> int:
+    """What a side keeps on the device between repetitions: weights, buffers, Adam's state."""
+    tensors = [*side.net.parameters(), *side.net.buffers()]
+    if side.kind == "train":
+        for state in side.opt.state.values():
+            tensors += [v for v in state.values() if side.torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type == side.device.type)
+
+
+def in_process_peak_mib(side: Side) -> float:
+    """CUDA peak of one side while the other side's network stays allocated: its resident
+    state plus the most its repetition allocates on top of what was there before (a second
+    process per side would compile both networks again)."""
+    torch = side.torch
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    side.run()
+    return (resident_bytes(side) + torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def memory_worker(workload: str, impl: str, args: argparse.Namespace) -> dict:
     """Peak memory of one side of one workload, alone in this process."""
     import diffusers  # noqa: F401  both libraries loaded in every worker, so baselines agree
@@ -279,6 +326,8 @@ def time_workload(workload: str, args: argparse.Namespace) -> dict:
     sides = {impl: IMPLS[impl](workload, args) for impl in SIDES}
     ours, theirs = sides["ours"], sides["diffusers"]
     flops = {impl: forward_flops(side) / side.batch for impl, side in sides.items()}
+    if ours.kind == "train":
+        train_flops = {impl: train_step_flops(s) / s.batch for impl, s in sides.items()}
     print(
         f"{workload}: parameters ours {ours.params:,} / diffusers {theirs.params:,}; "
         f"forward GFLOP per image ours {flops['ours'] / 1e9:.3f} / "
@@ -289,6 +338,9 @@ def time_workload(workload: str, args: argparse.Namespace) -> dict:
     for _ in range(args.warmup):
         for side in sides.values():
             side.run()
+    peaks = {}
+    if args.memory_in_process and ours.device.type == "cuda":
+        peaks = {impl: in_process_peak_mib(side) for impl, side in sides.items()}
     times: dict[str, list[float]] = {impl: [] for impl in SIDES}
     for rep in range(args.reps):
         for impl in SIDES if rep % 2 == 0 else reversed(SIDES):
@@ -303,6 +355,11 @@ def time_workload(workload: str, args: argparse.Namespace) -> dict:
         result[f"{impl}_max"] = batch / min(times[impl])
         result[f"{impl}_params"] = sides[impl].params
         result[f"{impl}_gflop_per_image"] = flops[impl] / 1e9
+        if ours.kind == "train":
+            result[f"{impl}_train_gflop_per_image"] = train_flops[impl] / 1e9
+            result[f"{impl}_train_tflops"] = result[impl] * train_flops[impl] / 1e12
+        if impl in peaks:
+            result[f"{impl}_peak_mib"] = peaks[impl]
     result["ratio_paired_median"] = statistics.median(paired)
     result["ratio_iqr"] = list(quartiles(paired))
     result["batch"] = batch
@@ -354,6 +411,13 @@ def main() -> None:
         "optimizer, fused Adam)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--batch", type=int, help="one batch size for every workload")
+    parser.add_argument(
+        "--memory-in-process",
+        action="store_true",
+        help="CUDA: measure each side's peak in the timing process (resident state + the peak "
+        "of a repetition) instead of a fresh subprocess per side, which compiles again",
+    )
     parser.add_argument("--json", help="write {workload: {ours, diffusers, unit, ratio, ...}}")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -373,7 +437,7 @@ def main() -> None:
     results = {}
     for workload in workloads:
         results[workload] = time_workload(workload, args)
-        if not args.no_memory:
+        if not (args.no_memory or args.memory_in_process):
             for impl in SIDES:
                 peak = run_memory(workload, impl, args)
                 results[workload][f"{impl}_peak_mib"] = peak["peak"]
@@ -386,6 +450,15 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
+        if "ours_train_tflops" in r:
+            print(
+                f"{workload}: training step GFLOP per image ours "
+                f"{r['ours_train_gflop_per_image']:.2f} / diffusers "
+                f"{r['diffusers_train_gflop_per_image']:.2f}; achieved TFLOP/s ours "
+                f"{r['ours_train_tflops']:.2f} / diffusers {r['diffusers_train_tflops']:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     import diffusers
 
