@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,15 +70,25 @@ def test_statuses_reasons_and_figures_of_each_kind_of_stage(tmp_path):
 def test_a_timeout_kills_the_stages_children_too(tmp_path):
     pid_file = tmp_path / "child.pid"
     child = (
-        f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', "
-        f"'import time; time.sleep(60)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); "
-        "time.sleep(60)"
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)"
     )
-    (result,) = run(tmp_path, runner.Stage("parent", 3, [sys.executable, "-c", child]))
+    (result,) = run(tmp_path, runner.Stage("parent", 4, [sys.executable, "-c", child]))
     assert result["status"] == "skipped"
-    pid = int(pid_file.read_text())
-    state = Path(f"/proc/{pid}/stat")
-    assert not state.exists() or state.read_text().split()[2] == "Z"  # gone, or a zombie
+    state = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    deadline = time.monotonic() + 5
+    while running(state):
+        assert time.monotonic() < deadline, "the stage's child outlived the stage"
+        time.sleep(0.1)
+
+
+def running(stat: Path) -> bool:
+    """Whether /proc/<pid>/stat shows a process that has not exited (not a zombie)."""
+    try:
+        return stat.read_text().split()[2] not in "ZX"
+    except FileNotFoundError:
+        return False
 
 
 def test_the_report_is_on_disk_after_every_stage(tmp_path):
@@ -188,3 +199,25 @@ def test_the_whole_check_runs_on_the_cpu(tmp_path):
     assert figures["fid"]["value"] is not None and figures["fid"]["num_samples"] == 64
     md = (out / "gpu_check.md").read_text()
     assert all(f"| {name} | {s} |" in md for name, s in status.items())
+
+
+def test_the_install_stage_names_the_requirements_still_missing(monkeypatch):
+    from importlib import metadata
+
+    check = load_script("gpu_check")
+
+    class Project:
+        requires = [
+            "torch>=2.4",
+            "no-such-package-a>=1",
+            'no-such-package-b; extra == "bench"',
+            'no-such-package-c>=2; extra == "cluster"',
+            'pytest>=8; extra == "dev"',
+        ]
+
+    installed = metadata.distribution
+    monkeypatch.setattr(
+        metadata, "distribution", lambda name: Project() if name == "diffuse" else installed(name)
+    )
+    # the cluster extra is not the check's; installed ones (torch, pytest) are not missing
+    assert check.missing_requirements() == ["no-such-package-a", "no-such-package-b"]
