@@ -65,11 +65,11 @@ LIMITS = {
     "train_fp32": (15, 90),
     "train_bf16": (15, 90),
     "train_fp16": (15, 30),
-    "train_compile": (45, 150),
+    "train_compile": (45, 240),
     "train_channels_last": (15, 90),
     "resume_exact": (35, 120),
     "resume_fp16_as_bf16": (20, 30),
-    "bench": (180, 150),
+    "bench": (180, 240),
     "accelerate_launch": (15, 90),
     "fid": (35, 120),
 }
