@@ -221,3 +221,24 @@ def test_the_install_stage_names_the_requirements_still_missing(monkeypatch):
     )
     # the cluster extra is not the check's; installed ones (torch, pytest) are not missing
     assert check.missing_requirements() == ["no-such-package-a", "no-such-package-b"]
+
+
+@pytest.mark.slow
+def test_bench_counts_the_backward_pass_and_the_adam_state():
+    """A training step is the forward pass and a backward pass of about twice its FLOPs (the
+    gradients of inputs and of weights; none for the network's input); what stays on the
+    device between steps is the weights and Adam's two moments per weight."""
+    import argparse
+
+    bench = load_script("bench")
+    args = argparse.Namespace(device="cpu", bf16=False, compile=False, plain_adam=False, batch=2)
+    ours = bench.Ours("train_small", args)
+    forward, step = bench.forward_flops(ours), bench.train_step_flops(ours)
+    assert 2.8 * forward < step < 3.0 * forward
+    assert all(p.grad is None for p in ours.net.parameters())  # counting left no gradients
+    ours.run()
+    weights = sum(p.numel() for p in ours.net.parameters()) * 4  # float32
+    steps = sum(s["step"].numel() * s["step"].element_size() for s in ours.opt.state.values())
+    buffers = sum(b.numel() * b.element_size() for b in ours.net.buffers())
+    assert bench.resident_bytes(ours) == 3 * weights + steps + buffers
+    assert ours.batch == 2  # --batch
