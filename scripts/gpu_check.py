@@ -60,7 +60,7 @@ STEM = "gpu_check"
 # leaves room for a busy CPU (it guards against hangs, not for the 3-minute aim).
 LIMITS = {
     "install": (25, 120),
-    "environment": (10, 60),
+    "environment": (20, 60),
     "cuda_tests": (55, 30),
     "train_fp32": (15, 90),
     "train_bf16": (15, 90),
@@ -69,7 +69,7 @@ LIMITS = {
     "train_channels_last": (15, 90),
     "resume_exact": (35, 120),
     "resume_fp16_as_bf16": (20, 30),
-    "bench": (180, 240),
+    "bench": (170, 240),
     "accelerate_launch": (15, 90),
     "fid": (35, 120),
 }
@@ -225,10 +225,10 @@ def stage_environment(check: Check) -> None:
         )
     else:
         figures.update(device="cpu", bf16_peak_tflops="unknown")
+    check.figures.record(**figures)
     from diffuse_cli.evaluate.features.inception import default_weights_path
 
-    figures["inception_weights"] = default_weights_path().is_file()
-    check.figures.record(**figures)
+    check.figures.record(inception_weights=default_weights_path().is_file())
     if check.cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no CUDA GPU")
 
