@@ -463,6 +463,8 @@ def bench_figures(results: dict, check: Check) -> dict:
         [] if check.quick else ["compile"]
     )
     figures: dict = {"flags": " + ".join(flags) or "fp32"}
+    if check.quick:
+        figures["note"] = "--quick: the targets are for model=ddpm, bf16 + compile, on a GPU"
     peak: float | str = "unknown"
     if check.cuda:
         import torch
