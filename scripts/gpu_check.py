@@ -235,7 +235,13 @@ def stage_environment(check: Check) -> None:
 
 
 def stage_install(check: Check) -> None:
+    from importlib import metadata
+
     pip = [sys.executable, "-m", "pip", "install", "--no-input"]
+    try:  # building offline (--no-build-isolation) takes the installed one: pyproject wants >= 68
+        check.figures.record(setuptools=metadata.version("setuptools"))
+    except metadata.PackageNotFoundError:
+        check.figures.record(setuptools="missing")
     if check.args.wheels:
         wheels = sorted(str(p) for p in Path(check.args.wheels).iterdir())
         check.figures.record(wheels=len(wheels))
