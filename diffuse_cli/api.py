@@ -7,6 +7,7 @@ model = dc.build_model(cfg)
 x0 = dc.sample(cfg, model, diffusion, noise=x_T, generator=g)
 bpd = dc.nll_bpd(model, diffusion, x0_test, generator=g)["total"]
 run_cfg, model, diffusion = dc.load_run("runs/default")   # the run's config, EMA weights
+run_cfg, model, diffusion = dc.load_run("runs/power", ema_std=0.08)  # post-hoc EMA
 *_, weights = dc.open_run("runs/default")                 # and which: weights.step, .sha256
 clf_cfg, classifier = dc.load_classifier("runs/classifier")
 cfg = dc.compose_config(["guidance=classifier", "guidance.scale=3"], command="sample")
@@ -93,12 +94,14 @@ def load_run(
     ema: bool = True,
     config: DictConfig | None = None,
     step: int | None = None,
+    ema_std: float | None = None,
 ):
     """(cfg, model, diffusion) of the checkpoint of `step` in `run_dir` (None: the latest),
     EMA weights by default. `config`: a command's config, whose execution keys
     (config.EXECUTION_KEYS, e.g. model.channels_last) replace the run's; everything else is the
-    run's own."""
-    return open_run(run_dir, device, ema, config, step)[:3]
+    run's own. `ema_std`: a trainer.ema=power run's EMA of that relative width, reconstructed
+    from its snapshots (`step`: the snapshot's; None: the latest)."""
+    return open_run(run_dir, device, ema, config, step, ema_std)[:3]
 
 
 def open_run(
@@ -107,12 +110,14 @@ def open_run(
     ema: bool = True,
     config: DictConfig | None = None,
     step: int | None = None,
+    ema_std: float | None = None,
 ):
-    """load_run's (cfg, model, diffusion) and the LoadedWeights (checkpoint, step, sha256) the
-    model holds, which reports record."""
+    """load_run's (cfg, model, diffusion) and the LoadedWeights (checkpoint or snapshot folder,
+    step, sha256) the model holds, which reports record."""
     from diffuse_cli.config import EXECUTION_KEYS
     from diffuse_cli.runs import read_run_config
     from diffuse_cli.train.checkpoint import load_weights
+    from diffuse_cli.train.ema_snapshots import check_ema_std, load_reconstructed
 
     cfg = read_run_config(run_dir)
     if cfg.get("task", "diffusion") != "diffusion":
@@ -128,8 +133,15 @@ def open_run(
             if group in config
         }
         cfg = OmegaConf.merge(cfg, execution)
+    if ema_std is not None:
+        if not ema:
+            raise UserError("ema_std reconstructs an EMA; it cannot go with the raw weights")
+        check_ema_std(cfg, run_dir, ema_std)
     model = build_model(cfg)
-    weights = load_weights(model, run_dir, ema=ema, step=step)
+    if ema_std is None:
+        weights = load_weights(model, run_dir, ema=ema, step=step)
+    else:
+        weights = load_reconstructed(model, run_dir, ema_std, step)
     return cfg, model.to(device).eval(), build_diffusion(cfg), weights
 
 

@@ -29,10 +29,11 @@ from diffuse_cli.distributed import gather_exact, process_state, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.files import replacing
 from diffuse_cli.images import from_uint8_nhwc, save_preview, to_uint8_nhwc
-from diffuse_cli.runs import differences, variant_name, with_run_config
+from diffuse_cli.runs import differences, read_run_config, variant_name, with_run_config
 from diffuse_cli.samplers import NFECounter, PerSampleNoise
 from diffuse_cli.sampling_labels import sample_labels
 from diffuse_cli.train.checkpoint import agreed_step, step_name
+from diffuse_cli.train.ema_snapshots import check_ema_std, snapshot_step
 
 
 def pick_device(name: str) -> torch.device:
@@ -198,8 +199,6 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
 def conditioning(cfg: DictConfig, model, classifier) -> tuple[int | None, int | None]:
     """(number of classes to draw labels from or None, the null label or None), checking that
     the guidance fits the run."""
-    from diffuse_cli.runs import read_run_config
-
     g = cfg.guidance
     conditional = bool(getattr(model, "num_classes", None))
     dropout = read_run_config(cfg.run_dir).trainer.get("label_dropout", 0.0) if conditional else 0
@@ -236,8 +235,13 @@ def sample_command(cfg: DictConfig) -> Path:
         raise UserError(f"guidance={cfg.guidance.name!r} is not one of: none, classifier, cfg")
     state = process_state()
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
-    step = agreed_step(cfg.run_dir, cfg.checkpoint)
-    _, model, diffusion = load_run(cfg.run_dir, device=device, config=cfg, step=step)
+    if cfg.ema_std is not None:  # refused before anything is read
+        check_ema_std(read_run_config(cfg.run_dir), cfg.run_dir, cfg.ema_std)
+    find = snapshot_step if cfg.ema_std is not None else None  # the snapshot's step
+    step = agreed_step(cfg.run_dir, cfg.checkpoint, find=find)
+    _, model, diffusion = load_run(
+        cfg.run_dir, device=device, config=cfg, step=step, ema_std=cfg.ema_std
+    )
     classifier = None
     if cfg.guidance.name == "classifier":
         classifier, _ = guidance_classifier(cfg, device)
@@ -252,8 +256,9 @@ def sample_command(cfg: DictConfig) -> Path:
         what += f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
     where = f"{state.num_processes} processes" if state.num_processes > 1 else str(device)
     say = print if state.is_main_process else (lambda *a, **k: None)
+    ema = "EMA" if cfg.ema_std is None else f"EMA of sigma_rel {cfg.ema_std:.3f} (post hoc)"
     say(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}, "
-        f"{step_name(step)} EMA")  # fmt: skip
+        f"{step_name(step)} {ema}")  # fmt: skip
     counted = NFECounter(guided)
     mine = shard(cfg.num_samples, state.process_index, state.num_processes)
     mine_labels = None if labels is None else labels[mine.start : mine.stop]

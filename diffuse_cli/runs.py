@@ -180,11 +180,13 @@ def with_run_config(cfg: DictConfig, run_dir: str | Path, also: tuple[str, ...] 
 
 
 def variant_name(cfg: DictConfig, stem: str) -> str:
-    """`stem`, then `-step<n>` for a checkpoint asked for by step (checkpoint=n), `-raw`
-    for an eval of the raw weights (eval.ema=false) and `-seed<n>` for a seed other than 0: the
+    """`stem`, then `-step<n>` for a checkpoint asked for by step (checkpoint=n), `-ema<std>`
+    for a reconstructed post-hoc EMA (ema_std=0.08: `-ema0.080`), `-raw` for an eval of the raw
+    weights (eval.ema=false) and `-seed<n>` for a seed other than 0: the
     names of reports and sample folders, so that a sweep over checkpoints, weights or seeds
     never overwrites one result with another. Configs without an eval section (sample) always
     use the EMA weights."""
     name = stem if cfg.get("checkpoint") is None else f"{stem}-step{cfg.checkpoint}"
+    name = name if cfg.get("ema_std") is None else f"{name}-ema{cfg.ema_std:.3f}"
     name = name if "eval" not in cfg or cfg.eval.ema else f"{name}-raw"
     return name if not cfg.get("seed") else f"{name}-seed{cfg.seed}"

@@ -114,7 +114,12 @@ class TrainerConfig:
     grad_clip: float = 1.0  # <= 0 disables clipping
     mixed_precision: str = "no"  # no | fp16 (CUDA, with loss scaling) | bf16
     compile: bool = False  # torch.compile the network for training; checkpoints keep plain keys
+    ema: str = "exponential"  # exponential (ema_decay) | power (EDM2's post-hoc EMA, ema_std)
     ema_decay: float = 0.999
+    # ema=power: the relative widths sigma_rel of the power-function EMAs tracked; the first is
+    # the checkpoint's ema.safetensors
+    ema_std: list[float] = field(default_factory=lambda: [0.050, 0.100])
+    ema_snapshot_every: int = 100  # ema=power: steps between snapshots; must divide ckpt_every
     ckpt_every: int = 500
     keep_last: int = 2
     sample_every: int = 500
@@ -213,6 +218,9 @@ class SampleConfig(_Common):
     out_dir: str | None = None  # default: <run_dir>/samples/<tag> (generate.sampler_tag)
     progress: bool = True
     checkpoint: int | None = None  # the step whose checkpoint to draw from; null: the latest
+    # a power-EMA run: the EMA of this sigma_rel, reconstructed from its snapshots (checkpoint:
+    # the snapshot step); null: the checkpoint's EMA
+    ema_std: float | None = None
 
 
 @dataclass
@@ -228,6 +236,7 @@ class EvalCommandConfig(_Common):
     steps: int | None = None  # None: the full chain, T steps
     batch_size: int = 256  # samples per sampling batch
     checkpoint: int | None = None  # the step whose checkpoint to evaluate; null: the latest
+    ema_std: float | None = None  # a power-EMA run: the EMA of this sigma_rel, as in `sample`
     device: str = "auto"
     progress: bool = True
 

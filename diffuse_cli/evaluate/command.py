@@ -31,7 +31,8 @@ from diffuse_cli.evaluate.quality import (
     quality_metric,
 )
 from diffuse_cli.evaluate.reference import check_reference_settings
-from diffuse_cli.runs import with_run_config
+from diffuse_cli.runs import read_run_config, with_run_config
+from diffuse_cli.train.ema_snapshots import check_ema_std, snapshot_step
 
 METRICS = {"loss": loss_metric, "nll": nll_metric}
 LISTED = ("fid", "kid", "is", "pr", "swd", "energy")  # QUALITY also takes fd and kd
@@ -65,6 +66,12 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
         )
     if "nll" in metrics:
         check_nll_settings(cfg)
+    if cfg.ema_std is not None:
+        if not cfg.eval.ema:
+            raise UserError("ema_std reconstructs an EMA; drop eval.ema=false or ema_std")
+        if cfg.eval.samples and all(m in QUALITY for m in metrics):
+            raise UserError("ema_std has no effect on eval.samples (samples drawn before); drop it")
+        check_ema_std(read_run_config(cfg.run_dir), cfg.run_dir, cfg.ema_std)
     return metrics
 
 
@@ -86,9 +93,10 @@ def eval_command(cfg: DictConfig) -> list[Path]:
     def load_model():
         """(model, diffusion, LoadedWeights), loaded once and only when needed."""
         if not loaded:
-            step = agreed_step(run_dir, cfg.checkpoint)  # a run still training saves more
+            find = snapshot_step if cfg.ema_std is not None else None  # post-hoc EMA
+            step = agreed_step(run_dir, cfg.checkpoint, find)  # a run still training saves more
             _, model, diffusion, weights = open_run(
-                run_dir, device, cfg.eval.ema, config=cfg, step=step
+                run_dir, device, cfg.eval.ema, config=cfg, step=step, ema_std=cfg.ema_std
             )
             loaded.update(model=model, diffusion=diffusion, weights=weights)
         return loaded["model"], loaded["diffusion"], loaded["weights"]
@@ -103,6 +111,7 @@ def eval_command(cfg: DictConfig) -> list[Path]:
                 "checkpoint": weights.folder.name,
                 "weights_sha256": weights.sha256,
                 "weights": "ema" if cfg.eval.ema else "model",
+                "ema_std": cfg.ema_std,  # null: the checkpoint's own EMA
                 "split": "test",
                 "config": {
                     k: OmegaConf.to_container(cfg[k])

@@ -277,7 +277,8 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
         tag = samples_tag(cfg.eval.samples)
         provenance = {"samples": str(cfg.eval.samples), "samples_sha256": digest,
                       "checkpoint": None, "weights_sha256": None,
-                      "checkpoint_step": None, "ema": None, "sampler": None, "steps": None,
+                      "checkpoint_step": None, "ema": None, "ema_std": None,
+                      "sampler": None, "steps": None,
                       "eta": None, "guidance": None, "class_labels": None}  # fmt: skip
         return (lambda chunk: given[chunk.start : chunk.stop]), num, tag, None, provenance
     model, diffusion, weights = load_model()
@@ -294,7 +295,7 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
                      "weights_sha256": classifier_weights.sha256}  # fmt: skip
     provenance = {"samples": None, "checkpoint": weights.folder.name,
                   "checkpoint_step": weights.step, "weights_sha256": weights.sha256,
-                  "ema": cfg.eval.ema,
+                  "ema": cfg.eval.ema, "ema_std": cfg.ema_std,
                   "sampler": OmegaConf.to_container(cfg.sampler), "steps": steps,
                   "eta": cfg.sampler.eta, "guidance": guidance,
                   "class_labels": plain(cfg.class_labels) if num_classes else None}  # fmt: skip
@@ -321,6 +322,8 @@ def samples_identity(report: dict) -> dict:
     when they were computed."""
     same = {k: v for k, v in report.items() if k not in NOT_OF_THE_SAMPLES}
     same["reference"] = {k: v for k, v in (same.get("reference") or {}).items() if k != "cached"}
+    if same.get("ema_std") is None:  # reports from before post-hoc EMA: the checkpoint's EMA
+        same.pop("ema_std", None)
     return same
 
 

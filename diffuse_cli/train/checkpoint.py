@@ -28,6 +28,7 @@ from diffuse_cli.files import give_plain_file_mode
 
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
 TIMESTEPS = "timesteps.safetensors"
+EMA_PROFILES = "ema_profiles.safetensors"  # trainer.ema=power: every tracked EMA
 LATEST = "latest"
 MOVED_ASIDE = ".old-"  # prefix of a step's earlier copy while that step is saved again
 # What writing or reading a checkpoint file raises when the disk is full or the file is damaged:
@@ -39,7 +40,7 @@ def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -47,14 +48,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_files(folder: Path) -> None:
+def fsync_files(folder: Path) -> None:
     for f in folder.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
-def _match_mode(folder: Path) -> None:
+def match_mode(folder: Path) -> None:
     """Every file in `folder` with the permissions of a plain file (files.give_plain_file_mode:
     safetensors writes 0600, which hides the weights from a group sharing the folder)."""
     for f in folder.iterdir():
@@ -85,10 +86,12 @@ def save_checkpoint(
     state: dict,
     keep_last: int = 2,
     timestep_state: dict[str, torch.Tensor] | None = None,
+    ema_profiles: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint `step`, point `latest` at it, then prune all but the newest keep_last.
 
-    `timestep_state` (tensors; written only when non-empty) is the training timestep sampler's.
+    `timestep_state` (tensors; written only when non-empty) is the training timestep sampler's;
+    `ema_profiles` every power EMA of a trainer.ema=power run (ema.safetensors is the first).
     """
     root = checkpoint_root(run_dir)
     name = step_name(step)
@@ -104,9 +107,11 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / OPTIMIZER)
         if timestep_state:
             save_file(_contiguous(timestep_state), tmp / TIMESTEPS)
+        if ema_profiles:
+            save_file(_contiguous(ema_profiles), tmp / EMA_PROFILES)
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
-        _match_mode(tmp)
-        _fsync_files(tmp)
+        match_mode(tmp)
+        fsync_files(tmp)
     except FILE_ERRORS as err:  # e.g. no space left: only the temporary folder was touched
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
@@ -125,11 +130,11 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    _fsync_dir(root)
+    fsync_dir(root)
     pointer = root / f".{LATEST}.tmp"
     pointer.write_text(name + "\n")
     os.replace(pointer, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
     _prune(root, keep_last, keep=name)
     return final
 
@@ -177,7 +182,7 @@ def _unreadable(folder: Path, err: Exception) -> UserError:
 
 def read_checkpoint(folder: Path) -> dict:
     """Everything in a checkpoint folder, as tensors on the CPU ("timesteps" is {} when the
-    run's timestep sampler has no state)."""
+    run's timestep sampler has no state, "ema_profiles" {} unless trainer.ema=power)."""
     try:
         state = json.loads((folder / STATE).read_text())
         int(state["step"])  # a state.json without its step cannot be resumed
@@ -187,6 +192,9 @@ def read_checkpoint(folder: Path) -> dict:
             "optimizer": torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True),
             "state": state,
             "timesteps": load_file(folder / TIMESTEPS) if (folder / TIMESTEPS).is_file() else {},
+            "ema_profiles": (
+                load_file(folder / EMA_PROFILES) if (folder / EMA_PROFILES).is_file() else {}
+            ),
         }
     except pickle.UnpicklingError as err:
         raise UserError(
@@ -229,8 +237,9 @@ def step_of(folder: Path) -> int:
     return int(folder.name.removeprefix(MOVED_ASIDE)[len("step_") :])
 
 
-def agreed_step(run_dir: str | Path, step: int | None = None) -> int:
-    """The step of chosen_checkpoint(run_dir, step), as the main process finds it, on every
+def agreed_step(run_dir: str | Path, step: int | None = None, find=None) -> int:
+    """The step of chosen_checkpoint(run_dir, step) (or of `find(run_dir, step)`, e.g. the EMA
+    snapshot to reconstruct at), as the main process finds it, on every
     process: a run that is still training can save a newer checkpoint at any moment, and every
     process, and the report naming the checkpoint, must use the same weights. Only the main
     process looks, and its answer or its error goes to all, so they stop on the same line. (The
@@ -241,7 +250,7 @@ def agreed_step(run_dir: str | Path, step: int | None = None) -> int:
     answer = None
     if not in_process_group() or torch.distributed.get_rank() == 0:
         try:
-            answer = step_of(chosen_checkpoint(run_dir, step))
+            answer = find(run_dir, step) if find else step_of(chosen_checkpoint(run_dir, step))
         except UserError as err:
             answer = str(err)
     answer = broadcast_from_main(answer)

@@ -36,7 +36,8 @@ from diffuse_cli.train.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from diffuse_cli.train.ema import EMA
+from diffuse_cli.train.ema import EMA, PowerEMA
+from diffuse_cli.train.ema_snapshots import discard_snapshots_after, write_snapshot
 from diffuse_cli.train.loggers import MetricsFile, make_logger
 from diffuse_cli.train.optimizer import build_optimizer, learning_rate, load_optimizer_state
 from diffuse_cli.train.preview import save_training_preview
@@ -146,6 +147,8 @@ class Trainer:
         writes = self.is_main and training
         if training:
             self._write_config()
+            if self.is_main and self.power_ema:  # snapshots past the checkpoint are redone
+                discard_snapshots_after(self.run_dir, self.start_step)
         self.metrics = (
             MetricsFile(self.run_dir / "metrics.jsonl", self.start_step) if writes else None
         )
@@ -197,9 +200,17 @@ class Trainer:
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.seed)
         model = self.task.build_model()
-        self.ema = EMA(model, self.tc.ema_decay)
-        self.ema.model.to(self.accelerator.device)
+        if self.power_ema:
+            self.ema = PowerEMA(model, list(self.tc.ema_std))
+        else:
+            self.ema = EMA(model, self.tc.ema_decay)
+        self.ema.to(self.accelerator.device)
         self.model = model
+
+    @property
+    def power_ema(self) -> bool:
+        """trainer.ema=power: EDM2's power-function EMAs, with snapshots for post-hoc EMA."""
+        return self.tc.ema == "power"
 
     def _setup_optimizer(self) -> None:
         acc = self.accelerator
@@ -243,7 +254,15 @@ class Trainer:
             return 0
         ckpt = read_checkpoint(folder)
         load_state_checked(self.network, ckpt["model"], f"checkpoint '{folder}'")
-        self.ema.load_state_dict(ckpt["ema"])
+        if self.power_ema:
+            if not ckpt["ema_profiles"]:
+                raise UserError(
+                    f"checkpoint '{folder}' has no power-EMA profiles (ema_profiles.safetensors) "
+                    "for trainer.ema=power; resume it with the EMA it was trained with"
+                )
+            self.ema.load_state_dict(ckpt["ema_profiles"])
+        else:
+            self.ema.load_state_dict(ckpt["ema"])
         load_optimizer_state(self.optimizer, ckpt["optimizer"])
         if self.timesteps.needs_losses and not ckpt["timesteps"]:
             raise UserError(
@@ -318,8 +337,11 @@ class Trainer:
             if "correct" in losses:
                 self.task.observe(acc.gather(t), {"correct": acc.gather(losses["correct"])})
             total += loss.detach() / self.tc.grad_accum
+        # A power EMA's profile is over steps: a skipped step's weights are the last step's,
+        # and averaging them in keeps the profile exact.
+        if not skipped or self.power_ema:
+            self.ema.update(self.network, step + 1)
         if not skipped:  # a skipped step's non-finite terms would poison the history
-            self.ema.update(self.network)
             for pair in history:
                 self.timesteps.update(*pair)
         return total, grad_norm, skipped
@@ -376,6 +398,8 @@ class Trainer:
                     loss_sum.zero_()
                     seen, window, tick, paused = 0, 0, time.perf_counter(), 0.0
                 before_io = time.perf_counter()
+                if self.power_ema and (step % tc.ema_snapshot_every == 0 or step == tc.max_steps):
+                    self.snapshot(step)  # before the checkpoint: a checkpoint has its snapshot
                 if step % tc.ckpt_every == 0 or step == tc.max_steps:
                     self.save(step)
                     saved = step
@@ -480,13 +504,19 @@ class Trainer:
                 self.run_dir,
                 step,
                 model.state_dict(),
-                self.ema.state_dict(),
+                self.ema.model.state_dict(),
                 self.optimizer.state_dict(),
                 state,
                 keep_last=self.tc.keep_last,
                 timestep_state=self.timesteps.state_dict(),
+                ema_profiles=self.ema.state_dict() if self.power_ema else None,
             )
         acc.wait_for_everyone()
+
+    def snapshot(self, step: int) -> None:
+        """Each power EMA's weights at `step`, into <run_dir>/ema_snapshots (main process)."""
+        if self.is_main:
+            write_snapshot(self.run_dir, step, self.ema.profiles())
 
     def preview(self, step: int) -> None:
         if self.is_main:

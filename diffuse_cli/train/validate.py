@@ -12,9 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse_cli.build import check_family
 from diffuse_cli.config import MODEL_DEFINING, SCHEMAS, defining
 from diffuse_cli.errors import UserError
+from diffuse_cli.posthoc_ema import MAX_STD
 from diffuse_cli.runs import CONFIG_FILE, differences, read_run_config
 from diffuse_cli.train.batches import MAX_MICRO_BATCHES
 from diffuse_cli.train.checkpoint import latest_checkpoint, step_of
+from diffuse_cli.train.ema import std_label
 from diffuse_cli.train.loggers import check_logger
 from diffuse_cli.train.optimizer import lr_horizon
 
@@ -67,11 +69,34 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
         raise UserError(f"trainer.label_dropout={tc.label_dropout} must be in [0, 1)")
     if not 0.0 <= tc.ema_decay < 1.0:
         raise UserError(f"trainer.ema_decay={tc.ema_decay} must be in [0, 1)")
+    check_power_ema(tc)
     if cfg.schedule.num_timesteps < 1:
         raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
     if cfg.task == "diffusion":  # a classifier ignores loss.*
         validate_loss_config(cfg, fresh)
     check_family(cfg)
+
+
+def check_power_ema(tc: DictConfig) -> None:
+    """trainer.ema and, for power, widths a power EMA can have and snapshots at every periodic
+    checkpoint (so checkpoint=<step> names a snapshot too)."""
+    if tc.ema not in ("exponential", "power"):
+        raise UserError(f"trainer.ema={tc.ema!r} is not one of: exponential, power")
+    if tc.ema != "power":
+        return
+    stds = [float(s) for s in tc.ema_std]
+    if not stds or any(not 0.0 < s <= MAX_STD for s in stds):
+        raise UserError(
+            f"trainer.ema_std={stds} must list widths in (0, {MAX_STD:.3f}] (e.g. [0.05,0.1])"
+        )
+    if len({std_label(s) for s in stds}) < len(stds):
+        raise UserError(f"trainer.ema_std={stds} names one width twice (to three decimals)")
+    every = tc.ema_snapshot_every
+    if every <= 0 or tc.ckpt_every % every:
+        raise UserError(
+            f"trainer.ema_snapshot_every={every} must be > 0 and divide trainer.ckpt_every="
+            f"{tc.ckpt_every}, so every checkpoint has its snapshot"
+        )
 
 
 def check_lr_decay(tc: DictConfig) -> None:
@@ -154,6 +179,24 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
                 f"another name= or run_dir=, or resume it with {saved_overrides(key, ours, theirs)}"
             )
     check_lr_horizon(cfg, old, run_dir)
+    check_ema_resumable(cfg, old, run_dir)
+
+
+def check_ema_resumable(cfg: DictConfig, old: DictConfig, run_dir: Path) -> None:
+    """The checkpoint holds the EMAs its run tracked: the same kind, and with ema=power the same
+    widths, or the averages would restart mid-run."""
+    tc, saved = cfg.trainer, old.get("trainer") or {}
+    theirs = saved.get("ema", "exponential")
+    ours_std = [std_label(s) for s in tc.ema_std]
+    theirs_std = [std_label(s) for s in saved.get("ema_std") or []]
+    if theirs != tc.ema or (tc.ema == "power" and ours_std != theirs_std):
+        was = f"trainer.ema={theirs}" + (
+            f" trainer.ema_std=[{','.join(theirs_std)}]" if theirs == "power" else ""
+        )
+        raise UserError(
+            f"'{run_dir}' was trained with {was}; its checkpoints hold those EMAs only: resume "
+            "it with the same settings, or pick another name= or run_dir="
+        )
 
 
 def check_lr_horizon(cfg: DictConfig, old: DictConfig, run_dir: Path) -> None:
