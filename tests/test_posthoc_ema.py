@@ -370,3 +370,11 @@ def test_sigkill_then_resume_gives_the_snapshots_of_an_uninterrupted_run(tmp_pat
     for path in sorted((straight / "ema_snapshots").rglob("*.safetensors")):
         a, b = load_file(path), load_file(run / path.relative_to(straight))
         assert all(torch.equal(a[k], b[k]) for k in a), path
+
+
+def test_a_report_from_before_ema_std_counts_as_the_checkpoints_ema():
+    from diffuse_cli.evaluate.quality import samples_identity
+
+    old = {"checkpoint": "step_00000008", "ema": True}
+    assert samples_identity(old) == samples_identity(old | {"ema_std": None})
+    assert samples_identity(old) != samples_identity(old | {"ema_std": 0.08})

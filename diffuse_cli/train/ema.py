@@ -62,8 +62,8 @@ class PowerEMA:
         self.model = self.models[0]
 
     def update(self, model: torch.nn.Module, step: int) -> None:
-        """After optimizer step `step` >= 1; a skipped step is skipped here too (its t is not
-        seen), as EDM2 counts only the updates made."""
+        """After optimizer step `step` >= 1 (the trainer calls it after a skipped step too:
+        the weights of that step are the last ones, and the profile counts every step)."""
         for shadow, gamma in zip(self.models, self.gammas, strict=True):
             _blend(shadow, model, 1.0 - power_beta(step, gamma))
 
@@ -82,8 +82,8 @@ class PowerEMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for std, shadow in zip(self.stds, self.models, strict=True):
             prefix = profile_prefix(std)
-            shadow.load_state_dict({k[len(prefix) :]: v for k, v in state.items()
-                                    if k.startswith(prefix)})  # fmt: skip
+            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            shadow.load_state_dict(own)
 
     def to(self, device) -> PowerEMA:
         for shadow in self.models:

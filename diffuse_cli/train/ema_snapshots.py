@@ -99,9 +99,17 @@ def snapshot_folders(root: Path) -> list[tuple[Path, dict[float, Path]]]:
     found = []
     for folder in root.glob("step_*"):
         if folder.is_dir() and folder.name[5:].isdigit():
-            files = {float(f.stem[4:]): f for f in folder.glob("std_*.safetensors")}
+            files = {_width(f): f for f in folder.glob("std_*.safetensors") if _width(f)}
             found.append((folder, files))
     return sorted(found, key=lambda item: step_of_folder(item[0]))
+
+
+def _width(path: Path) -> float | None:
+    """sigma_rel from 'std_0.050.safetensors'; None for a name that is not a snapshot's."""
+    try:
+        return float(path.stem[len("std_") :])
+    except ValueError:
+        return None
 
 
 def snapshot_step(run_dir: str | Path, step: int | None = None) -> int:
