@@ -254,15 +254,19 @@ def test_resume_with_power_ema_is_exact_and_remakes_the_lost_snapshots(
     compose, power_run, tmp_path
 ):
     """Interrupted after step 4's checkpoint, with a snapshot of step 6 written before the
-    crash and a half-written one of step 8: the resumed run drops both and ends with the
-    checkpoint and snapshots of an uninterrupted run, bit for bit."""
+    crash, a half-written one of step 8 and one of step 10: the resumed run drops them and ends
+    with the checkpoint and snapshots of an uninterrupted run, bit for bit."""
     b = tmp_path / "b"  # power_run is the uninterrupted run
     train(compose([*POWER, "trainer.max_steps=4", f"run_dir={b}"]))
     stale = b / "ema_snapshots"
     (stale / "step_00000006").mkdir()
     (stale / "step_00000006" / "std_0.050.safetensors").write_bytes(b"from a lost future")
     (stale / ".tmp-step_00000008").mkdir()
+    (stale / "step_00000010").mkdir()  # of a longer run before a fresh start, say
     train(compose([*POWER, f"run_dir={b}"]))
+    assert sorted(p.name for p in stale.iterdir()) == sorted(
+        p.name for p in (power_run / "ema_snapshots").iterdir()
+    )
     for sub in (
         "checkpoints/step_00000008",
         *(f"ema_snapshots/step_0000000{s}" for s in (2, 4, 6, 8)),
@@ -378,3 +382,52 @@ def test_a_report_from_before_ema_std_counts_as_the_checkpoints_ema():
     old = {"checkpoint": "step_00000008", "ema": True}
     assert samples_identity(old) == samples_identity(old | {"ema_std": None})
     assert samples_identity(old) != samples_identity(old | {"ema_std": 0.08})
+
+
+def test_a_refused_ema_std_writes_nothing(compose, power_run):
+    from conftest import checksums
+
+    from diffuse_cli.generate import sample_command
+
+    before = checksums(power_run)
+    for std in ("0.01", "0.3"):
+        cfg = compose([f"run_dir={power_run}", f"ema_std={std}", "num_samples=4", "steps=5",
+                       "sampler=ddim", "progress=false"], "sample")  # fmt: skip
+        with pytest.raises(UserError, match=f"ema_std={std}"):
+            sample_command(cfg)
+    assert checksums(power_run) == before
+
+
+def test_a_skipped_step_keeps_each_power_ema_the_profile_average_of_every_step(compose, tmp_path):
+    """Step 3's loss is NaN, so it is skipped: its weights are step 2's, and the power EMA
+    after step 4 is still the profile's weighted average over all four steps (not updating
+    it at step 3 would leave step 3's share with the steps before)."""
+    from diffuse_cli.train.trainer import Trainer
+
+    wide = ["trainer.ema_std=[0.2,0.28]", "trainer.lr=0.01"]  # early steps weigh enough to see
+    trainer = Trainer(compose([*POWER, *wide, "trainer.max_steps=4", f"run_dir={tmp_path}"]))
+    losses, step_of_call, history = trainer.task.losses, [0], []
+
+    def nan_on_step_three(*args, **kwargs):
+        out = losses(*args, **kwargs)
+        step_of_call[0] += 1
+        return {**out, "loss": out["loss"] * float("nan")} if step_of_call[0] == 3 else out
+
+    train_step = trainer.train_step
+
+    def recording(*args, **kwargs):
+        out = train_step(*args, **kwargs)
+        history.append(torch.cat([p.detach().flatten() for p in trainer.network.parameters()]))
+        return out
+
+    trainer.task.losses, trainer.train_step = nan_on_step_three, recording
+    trainer.fit()
+    assert (
+        json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["skipped_steps"] == 1
+    )
+    assert torch.equal(history[1], history[2])
+    theta = torch.stack(history).double()
+    for std, shadow in zip(trainer.ema.stds, trainer.ema.models, strict=True):
+        expected = torch.from_numpy(step_weights(4, gamma_of_std(std))) @ theta
+        got = torch.cat([p.flatten() for p in shadow.parameters()]).double()
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
