@@ -217,3 +217,33 @@ def test_refusals_of_the_main_process_reach_every_process_as_one_line(tmp_path):
         proc.returncode != 0 and "UserError" not in proc.stderr and "exitcode  : 2 " in proc.stderr
     )
     assert proc.stderr.count("diffuse sample: error: ") == 2, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_track_power_emas_and_sample_a_reconstructed_one(tmp_path):
+    from test_posthoc_ema import POWER
+
+    launch("train", *POWER, cwd=tmp_path)
+    run = tmp_path / "runs" / "toy2d"
+    snapshots = sorted(p.name for p in (run / "ema_snapshots").iterdir())
+    assert snapshots == [f"step_0000000{s}" for s in (2, 4, 6, 8)]  # written once, whole
+    _, ema, state = checkpoint_weights(run / "checkpoints" / "step_00000008")
+    assert state["world_size"] == 2
+    first = load_file(run / "ema_snapshots" / "step_00000008" / "std_0.050.safetensors")
+    assert all(torch.equal(ema[k], first[k]) for k in ema)
+    args = [
+        "sample",
+        "name=toy2d",
+        "ema_std=0.08",
+        "sampler=ddim",
+        "steps=3",
+        "num_samples=7",
+        "progress=false",
+    ]
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.stdout.count("wrote") == 1 and "sigma_rel 0.080" in proc.stdout
+    two = np.load(run / "samples" / "ddim-3-ema0.080" / "samples.npz")["arr_0"]
+    run_cli(*args, cwd=tmp_path)
+    one = np.load(run / "samples" / "ddim-3-ema0.080" / "samples.npz")["arr_0"]
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
