@@ -119,6 +119,8 @@ def open_run(
     from diffuse_cli.train.checkpoint import load_weights
     from diffuse_cli.train.ema_snapshots import check_ema_std, load_reconstructed
 
+    if ema_std is not None and not ema:
+        raise UserError("ema_std reconstructs an EMA; it cannot go with the raw weights")
     cfg = read_run_config(run_dir)
     if cfg.get("task", "diffusion") != "diffusion":
         raise UserError(
@@ -134,8 +136,6 @@ def open_run(
         }
         cfg = OmegaConf.merge(cfg, execution)
     if ema_std is not None:
-        if not ema:
-            raise UserError("ema_std reconstructs an EMA; it cannot go with the raw weights")
         check_ema_std(cfg, run_dir, ema_std)
     model = build_model(cfg)
     if ema_std is None:

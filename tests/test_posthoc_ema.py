@@ -431,3 +431,13 @@ def test_a_skipped_step_keeps_each_power_ema_the_profile_average_of_every_step(c
         expected = torch.from_numpy(step_weights(4, gamma_of_std(std))) @ theta
         got = torch.cat([p.flatten() for p in shadow.parameters()]).double()
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_ema_std_with_the_raw_weights_is_refused(compose):
+    from diffuse_cli.evaluate.command import check_eval_config
+
+    cfg = compose(["ema_std=0.08", "eval.ema=false"], "eval")
+    with pytest.raises(UserError, match="ema_std reconstructs an EMA; drop eval.ema=false"):
+        check_eval_config(cfg)
+    with pytest.raises(UserError, match="cannot go with the raw weights"):
+        dc.load_run("no-such-run", ema=False, ema_std=0.08)
