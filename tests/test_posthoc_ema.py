@@ -179,6 +179,7 @@ def test_a_power_run_writes_its_snapshots_and_the_first_profile_as_its_ema(power
     assert any(not torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.cuda
 def test_reconstructing_a_tracked_width_gives_its_snapshot(power_run):
     """The target profile is one of the stored ones (the snapshot at the same step), so the
     least-squares weights are that snapshot's 1 and ~1e-16 for the others: the result equals
@@ -250,6 +251,7 @@ def test_bad_power_ema_settings_are_refused_before_training(compose, tmp_path, o
         validate_train_config(compose([*POWER, *overrides, f"run_dir={tmp_path}"]))
 
 
+@pytest.mark.cuda
 def test_resume_with_power_ema_is_exact_and_remakes_the_lost_snapshots(
     compose, power_run, tmp_path
 ):
@@ -288,6 +290,7 @@ def test_resuming_with_other_ema_widths_is_refused(compose, power_run):
             check_resumable(compose([*POWER, other, f"run_dir={power_run}"]), power_run)
 
 
+@pytest.mark.cuda
 def test_sample_and_eval_with_ema_std_write_tagged_outputs(compose, power_run):
     from diffuse_cli.evaluate.command import eval_command
     from diffuse_cli.generate import sample_command
