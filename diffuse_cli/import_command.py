@@ -129,7 +129,12 @@ def merged_config(
 
 def fit_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Load `state` into `model`, or say in one line which tensors do not fit."""
-    own = model.state_dict()
+    check_fit(model.state_dict(), state, source)
+    model.load_state_dict(state)
+
+
+def check_fit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: Path) -> None:
+    """A one-line UserError unless `state` has exactly the keys and shapes of `own`."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -145,7 +150,6 @@ def fit_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
                 f"'{source}': {key} has shape {tuple(tensor.shape)}, the network its other "
                 f"tensors describe needs {tuple(own[key].shape)}"
             )
-    model.load_state_dict(state)
 
 
 def write_run(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, source: Path) -> None:

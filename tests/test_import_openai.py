@@ -166,6 +166,8 @@ class NotATensor:
         ("learned sigma for 3 channels", ["variance=learned_range"],
          "variance=learned_range needs 6 output channels; '.*' has 3"),
         ("a folder", [], "is a folder; reading diffusers folders is not supported yet"),
+        ("an upsampler", [], "takes 6 input channels: an upsampler \\(SuperResModel\\)"),
+        ("a classifier", [], "has no output_blocks. \\(a noisy classifier, EncoderUNetModel"),
     ],
 )  # fmt: skip
 def test_bad_sources_are_refused_in_one_line_before_anything_is_written(
@@ -177,6 +179,12 @@ def test_bad_sources_are_refused_in_one_line_before_anything_is_written(
     state = state.state_dict()
     if source == "a missing key":
         del state["input_blocks.1.0.in_layers.0.weight"]
+    small = dict(image_size=16, in_channels=3, model_channels=64, num_res_blocks=1,
+                 attention_resolutions=(2,), channel_mult=(1, 2))  # fmt: skip
+    if source == "an upsampler":
+        state = unet.SuperResModel(out_channels=6, **small).state_dict()
+    if source == "a classifier":
+        state = unet.EncoderUNetModel(out_channels=4, pool="adaptive", **small).state_dict()
     if source == "a wrong shape":
         state["middle_block.1.qkv.weight"] = state["middle_block.1.qkv.weight"][:96]
     torch.save(state, path)
@@ -264,3 +272,94 @@ def test_import_fine_tune_and_sample_through_the_cli(tmp_path):
     run_cli("eval", "run_dir=runs/adm", "eval.num_batches=1", "eval.batch_size=4",
             "progress=false", cwd=tmp_path)  # fmt: skip
     assert (run / "eval" / "loss.json").is_file()
+
+
+ADM = dict(learn_sigma=True, attention_resolutions="32,16,8", resblock_updown=True,
+           use_scale_shift_norm=True)  # fmt: skip
+IDDPM = dict(learn_sigma=True, attention_resolutions="16,8", num_heads=4, use_scale_shift_norm=True)
+PUBLISHED = {  # README's table: the file, its flags (create_model's names), our command's overrides
+    "64x64_diffusion.pt": (
+        dict(ADM, image_size=64, num_channels=192, num_res_blocks=3, class_cond=True,
+             num_head_channels=64, use_new_attention_order=True, dropout=0.1),
+        ["experiment=adm_imagenet64", "use_new_attention_order=true"],
+    ),
+    "128x128_diffusion.pt": (
+        dict(ADM, image_size=128, num_channels=256, num_res_blocks=2, class_cond=True,
+             num_heads=4),
+        ["experiment=adm_imagenet128"],
+    ),
+    "256x256_diffusion.pt": (
+        dict(ADM, image_size=256, num_channels=256, num_res_blocks=2, class_cond=True,
+             num_head_channels=64),
+        ["experiment=adm_imagenet256"],
+    ),
+    "256x256_diffusion_uncond.pt": (
+        dict(ADM, image_size=256, num_channels=256, num_res_blocks=2, num_head_channels=64),
+        ["experiment=adm_imagenet256", "model.num_classes=null"],
+    ),
+    "lsun_bedroom.pt": (
+        dict(ADM, image_size=256, num_channels=256, num_res_blocks=2, num_head_channels=64,
+             dropout=0.1),
+        ["model=adm_lsun", "data=image_folder", "data.image_size=256"],
+    ),
+    "cifar10_uncond_50M_500K.pt": (
+        dict(IDDPM, image_size=32, num_channels=128, num_res_blocks=3, dropout=0.3,
+             channel_mult="1,2,2,2"),  # improved-diffusion's for 32 px
+        ["experiment=cifar10_iddpm"],
+    ),
+    "imagenet64_uncond_100M_1500K.pt": (
+        dict(IDDPM, image_size=64, num_channels=128, num_res_blocks=3),
+        ["experiment=imagenet64_iddpm"],
+    ),
+    "imagenet64_cond_270M_250K.pt": (
+        dict(IDDPM, image_size=64, num_channels=192, num_res_blocks=3, class_cond=True),
+        ["experiment=imagenet64_iddpm", "model.model_channels=192", "model.num_classes=1000",
+         "model.rescale_timesteps=false", "loss.lam=0.00025"],
+    ),
+    "lsun_uncond_100M_1200K_bs128.pt": (
+        dict(image_size=256, num_channels=128, num_res_blocks=2, num_heads=1, learn_sigma=True,
+             use_scale_shift_norm=False, attention_resolutions="16"),
+        ["model.num_heads=1", "data=image_folder", "data.image_size=256"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("file", sorted(PUBLISHED))
+def test_each_published_checkpoint_imports_with_readmes_command(file):
+    """The layout of each released network (built on the meta device from its flags) is read and
+    fits the network its README command configures, tensor for tensor."""
+    from pathlib import Path
+
+    from guided_diffusion.script_util import create_model
+
+    from diffuse_cli.interop.openai import from_state_dict
+
+    flags, overrides = PUBLISHED[file]
+    with torch.device("meta"):
+        state = create_model(**flags).state_dict()
+    args = [f"source={file}", *overrides]
+    cfg = dc.compose_config(args, command="import")
+    network = from_state_dict(state, Path(file), cfg)
+    run_cfg = import_command.merged_config(
+        cfg, network, import_command.GivenSettings(args), Path(file)
+    )
+    with torch.device("meta"):
+        own = dc.build_model(run_cfg).state_dict()
+    import_command.check_fit(own, network.state_dict, Path(file))
+    assert run_cfg.variance.name == "learned_range" and run_cfg.loss.name == "hybrid"
+
+
+def test_adm_512_is_refused_naming_its_first_channel_multiplier():
+    from pathlib import Path
+
+    from guided_diffusion.script_util import create_model
+
+    from diffuse_cli.interop.openai import from_state_dict
+
+    flags = dict(ADM, image_size=512, num_channels=256, num_res_blocks=2, class_cond=True,
+                 num_head_channels=64)  # fmt: skip
+    with torch.device("meta"):
+        state = create_model(**flags).state_dict()
+    cfg = dc.compose_config(["source=x.pt", "data.image_size=512"], command="import")
+    with pytest.raises(UserError, match=r"needs channel_mult\[0\] = 1 \(ADM 512x512's 0.5"):
+        from_state_dict(state, Path("512x512_diffusion.pt"), cfg)

@@ -63,8 +63,15 @@ def read_openai(path: Path, cfg: DictConfig) -> ImportedNetwork:
     """The openai UNetModel state dict at `path` as an ImportedNetwork. `cfg` (the import
     command's config) gives what the tensors do not: model.num_heads / num_head_channels, the
     image size (model.image_size of a preset, else data.image_size) and use_new_attention_order."""
-    state = load_state_dict(path)
-    layout = read_layout(state, path)
+    return from_state_dict(load_state_dict(path), path, cfg)
+
+
+def from_state_dict(state: dict[str, torch.Tensor], path: Path, cfg: DictConfig) -> ImportedNetwork:
+    """read_openai of tensors already loaded (meta tensors work: only shapes are read)."""
+    try:
+        layout = read_layout(state, path)
+    except KeyError as err:
+        raise UserError(f"'{path}' is not an openai UNetModel state dict: it has no {err}") from err
     image_size = cfg.model.image_size or cfg.data.image_size
     levels = len(layout["channel_mult"])
     if image_size % 2 ** (levels - 1):
@@ -107,12 +114,20 @@ def read_openai(path: Path, cfg: DictConfig) -> ImportedNetwork:
 
 def read_layout(state: dict[str, torch.Tensor], path: Path) -> dict:
     """The architecture that the tensor names and shapes record (see the module docstring)."""
-    need = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight", "middle_block.0.")
+    need = ("time_embed.0.weight", "input_blocks.0.0.weight", "middle_block.0.", "output_blocks.")
     for key in need:
         if not any(k.startswith(key) for k in state):
-            raise UserError(f"'{path}' is not an openai UNetModel state dict: it has no {key}")
+            raise UserError(
+                f"'{path}' is not an openai UNetModel state dict: it has no {key} (a noisy "
+                "classifier, EncoderUNetModel, has no output blocks; import diffusion networks)"
+            )
     emb, model_channels = state["time_embed.0.weight"].shape
     first = state["input_blocks.0.0.weight"].shape
+    if first[1] not in (1, 3):
+        raise UserError(
+            f"'{path}' takes {first[1]} input channels: an upsampler (SuperResModel) also "
+            "takes the low-resolution image, which this toolkit's UNet does not"
+        )
     if emb != 4 * model_channels or first[0] != model_channels:
         raise UserError(
             f"'{path}': the input convolution has {first[0]} channels and the time embedding "
