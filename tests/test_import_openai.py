@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 import diffuse_cli as dc
-from diffuse_cli import import_command, runs
+from diffuse_cli import import_command
 from diffuse_cli.errors import UserError
 
 with warnings.catch_warnings():  # its torch.cuda.amp decorators are deprecated
@@ -23,25 +23,25 @@ with warnings.catch_warnings():  # its torch.cuda.amp decorators are deprecated
 LAYOUTS = {
     # DDPM as improved-diffusion writes it: 1 head, attention at 8 px, no AdaGN, fixed sigma
     "ddpm": (
-        dict(image_size=16, model_channels=64, channel_mult=(1, 2), num_res_blocks=1,
+        dict(image_size=8, model_channels=64, channel_mult=(1, 2), num_res_blocks=1,
              attention_resolutions=(2,), num_heads=1, out_channels=3),
-        ["model.num_heads=1", "data.image_size=16"],
+        ["model.num_heads=1", "data.image_size=8"],
     ),
     # improved DDPM: learned sigma, AdaGN, 4 heads (legacy order), T = 40 with rescaled t
     "iddpm": (
-        dict(image_size=16, model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
+        dict(image_size=8, model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
              attention_resolutions=(1, 2), num_heads=4, out_channels=6,
              use_scale_shift_norm=True),
-        ["model.num_heads=4", "data.image_size=16", "model.rescale_timesteps=true",
+        ["model.num_heads=4", "data.image_size=8", "model.rescale_timesteps=true",
          "schedule=cosine", "schedule.num_timesteps=40"],
     ),
     # ADM: BigGAN up/down, AdaGN, 32 channels per head at 2 resolutions, 4 classes (as the
     # embedded shapes data, so the run fine-tunes on them), learned sigma
     "adm": (
-        dict(image_size=16, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+        dict(image_size=8, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
              attention_resolutions=(2, 4), num_head_channels=32, out_channels=6,
              use_scale_shift_norm=True, resblock_updown=True, num_classes=4),
-        ["model.num_head_channels=32", "data.image_size=16"],
+        ["model.num_head_channels=32", "data.image_size=8"],
     ),
 }  # fmt: skip
 
@@ -95,48 +95,42 @@ def test_the_imported_network_computes_openais_output(tmp_path, given, layout, n
     order = [f"use_new_attention_order={str(new_order).lower()}"]
     cfg, model = imported(tmp_path, net, [*overrides, *order], given)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 3, 16, 16, generator=g)
-    t = torch.randint(0, cfg.schedule.num_timesteps, (3,), generator=g)
-    kwargs = {}
-    if options.get("num_classes"):
-        kwargs["y"] = torch.tensor([0, 3, 2])
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    t = torch.randint(0, cfg.schedule.num_timesteps, (2,), generator=g)
+    kwargs = {"y": torch.tensor([3, 1])} if options.get("num_classes") else {}
     with torch.no_grad():
         ours, theirs = model(x, t, **kwargs), net(x, openai_time(cfg, t), **kwargs)
     assert theirs.abs().mean() > 0.1  # every layer carries a signal
     assert (ours - theirs).abs().max() < 1e-4
     assert cfg.variance.name == ("learned_range" if options["out_channels"] == 6 else "fixed_large")
     assert cfg.loss.name == ("hybrid" if options["out_channels"] == 6 else "simple")
+    if layout == "adm":
+        check_adm_layout(cfg, model, net, x, t, kwargs, theirs, new_order)
 
 
-def test_the_attention_order_must_match_the_checkpoint(tmp_path, given):
-    """The legacy and new q/k/v orders are different functions of the same tensors: importing a
-    new-order network as legacy gives another output (the option is not decorative)."""
-    options, overrides = LAYOUTS["adm"]
-    net = openai_unet(0, True, **options)
-    _, model = imported(tmp_path, net, overrides, given)
-    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 700]), torch.tensor([1, 2])
-    with torch.no_grad():
-        assert (model(x, t, y=y) - net(x, t, y=y)).abs().max() > 1e-2
+def check_adm_layout(cfg, model, net, x, t, kwargs, theirs, new_order):
+    """The layout read from the tensors, the null label, and that the attention order is not
+    decorative: the other order is another function of the same tensors."""
+    from diffuse_cli.interop.openai import convert
 
-
-def test_the_read_layout_and_the_null_label(tmp_path, given):
-    options, overrides = LAYOUTS["adm"]
-    net = openai_unet(0, **options)
-    cfg, model = imported(tmp_path, net, overrides, given)
     m = cfg.model
     assert (m.name, m.model_channels, list(m.channel_mult), m.num_res_blocks) == (
-        "openai",
-        64,
-        [1, 2, 2],
-        1,
-    )
-    assert list(m.attention_resolutions) == [8, 4] and m.num_classes == 4
+        "openai", 64, [1, 2, 2], 1)  # fmt: skip
+    assert list(m.attention_resolutions) == [4, 2] and m.num_classes == 4
     assert m.resblock_updown and m.use_scale_shift_norm
     rows = model.label_embed.weight
     assert rows.shape[0] == 5 and torch.equal(rows[:4], net.label_emb.weight)
     assert not rows[4].any()  # the null label: no class information
-    ckpt = runs.Path(tmp_path / "run" / "checkpoints")
-    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step_00000000"]
+    heads = {"num_heads": 1, "num_head_channels": 32}
+    model.load_state_dict(convert(net.state_dict(), heads, not new_order))
+    with torch.no_grad():
+        assert (model(x, t, **kwargs) - theirs).abs().max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def ddpm_state():
+    """The ddpm layout's tensors, drawn once for the refusal tests."""
+    return openai_unet(0, **LAYOUTS["ddpm"][0]).state_dict()
 
 
 class NotATensor:
@@ -157,7 +151,7 @@ class NotATensor:
                             "groups"),
         ("no heads", ["model.num_heads=1"], "does not record model.num_heads or "
                                            "model.num_head_channels: pass"),
-        ("no size", ["data.image_size=16"], "does not record data.image_size or model.image_size"),
+        ("no size", ["data.image_size=8"], "does not record data.image_size or model.image_size"),
         ("a contradiction", ["model.model_channels=128"],
          "model.model_channels: '.*' has 64, the command gives 128; drop the setting"),
         ("a preset's contradiction",
@@ -171,15 +165,16 @@ class NotATensor:
     ],
 )  # fmt: skip
 def test_bad_sources_are_refused_in_one_line_before_anything_is_written(
-    tmp_path, given, source, overrides, message
+    tmp_path, given, ddpm_state, source, overrides, message
 ):
     options, base = LAYOUTS["ddpm"]
     path = tmp_path / "net.pt"
-    state = openai_unet(0, **{**options, "model_channels": 32 if source == "32 channels" else 64})
-    state = state.state_dict()
+    state = dict(ddpm_state)
+    if source == "32 channels":
+        state = openai_unet(0, **{**options, "model_channels": 32}).state_dict()
     if source == "a missing key":
         del state["input_blocks.1.0.in_layers.0.weight"]
-    small = dict(image_size=16, in_channels=3, model_channels=64, num_res_blocks=1,
+    small = dict(image_size=8, in_channels=3, model_channels=64, num_res_blocks=1,
                  attention_resolutions=(2,), channel_mult=(1, 2))  # fmt: skip
     if source == "an upsampler":
         state = unet.SuperResModel(out_channels=6, **small).state_dict()
@@ -230,7 +225,7 @@ def test_cli_import_then_sample_and_refusal_leaves_no_folder(tmp_path):
     run_cli("sample", "run_dir=runs/imp", "steps=2", "num_samples=2", "progress=false",
             cwd=tmp_path)  # fmt: skip
     arr = np.load(tmp_path / "runs/imp/samples/ddpm-2/samples.npz")["arr_0"]
-    assert arr.shape == (2, 16, 16, 3)
+    assert arr.shape == (2, 8, 8, 3)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     proc = run_cli("import", "source=bad.pt", "name=bad", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
@@ -248,6 +243,7 @@ def test_import_fine_tune_and_sample_through_the_cli(tmp_path):
     from safetensors.torch import load_file
 
     options, overrides = LAYOUTS["adm"]
+    overrides = [o.replace("image_size=8", "image_size=16") for o in overrides]  # shapes' size
     net = openai_unet(0, **options)
     torch.save(net.state_dict(), tmp_path / "adm.pt")
     run_cli("import", "source=adm.pt", "name=adm", *overrides, "data.num_train=64",
