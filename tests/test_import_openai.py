@@ -161,7 +161,8 @@ class NotATensor:
          "variance=learned_range needs 6 output channels; '.*' has 3"),
         ("a folder", [], "is a folder; reading diffusers folders is not supported yet"),
         ("an upsampler", [], "takes 6 input channels: an upsampler \\(SuperResModel\\)"),
-        ("a classifier", [], "has no output_blocks. \\(a noisy classifier, EncoderUNetModel"),
+        ("a classifier", [], "has no output_blocks. \\(a noisy classifier, EncoderUNetModel, "
+                            "has none"),
     ],
 )  # fmt: skip
 def test_bad_sources_are_refused_in_one_line_before_anything_is_written(

@@ -117,9 +117,10 @@ def read_layout(state: dict[str, torch.Tensor], path: Path) -> dict:
     need = ("time_embed.0.weight", "input_blocks.0.0.weight", "middle_block.0.", "output_blocks.")
     for key in need:
         if not any(k.startswith(key) for k in state):
+            hint = (" (a noisy classifier, EncoderUNetModel, has none; import diffusion networks)"
+                    if key == "output_blocks." else "")  # fmt: skip
             raise UserError(
-                f"'{path}' is not an openai UNetModel state dict: it has no {key} (a noisy "
-                "classifier, EncoderUNetModel, has no output blocks; import diffusion networks)"
+                f"'{path}' is not an openai UNetModel state dict: it has no {key}{hint}"
             )
     emb, model_channels = state["time_embed.0.weight"].shape
     first = state["input_blocks.0.0.weight"].shape
