@@ -360,3 +360,12 @@ def test_adm_512_is_refused_naming_its_first_channel_multiplier():
     cfg = dc.compose_config(["source=x.pt", "data.image_size=512"], command="import")
     with pytest.raises(UserError, match=r"needs channel_mult\[0\] = 1 \(ADM 512x512's 0.5"):
         from_state_dict(state, Path("512x512_diffusion.pt"), cfg)
+
+
+def test_the_import_config_has_only_known_keys_and_unread_ones_are_refused():
+    from diffuse_cli.config import SCHEMAS, unknown_keys
+
+    assert unknown_keys(dc.compose_config([], "import", check_keys=False), SCHEMAS["import"]) == {}
+    with pytest.raises(UserError, match=r"use_new_attention is not a setting of `diffuse import` "
+                       r"\(did you mean use_new_attention_order\?"):  # fmt: skip
+        dc.compose_config(["source=x.pt", "+use_new_attention=true"], command="import")
