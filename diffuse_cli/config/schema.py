@@ -76,6 +76,9 @@ class ModelConfig:
     use_checkpoint: bool = False  # gradient checkpointing: less memory, more compute
     channels_last: bool = False  # NHWC memory format for weights and activations
     rescale_timesteps: bool = False  # the network sees t * 1000 / T (improved-diffusion's default)
+    # sinusoidal timestep features, embedded in 4x as many channels; null: model_channels
+    # (ADM 512x512 has twice its first level's width: its channel_mult starts at 0.5)
+    time_channels: int | None = None
     hidden: int = 256  # mlp
     num_layers: int = 4  # mlp
 

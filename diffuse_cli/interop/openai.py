@@ -2,9 +2,11 @@
 2021; Dhariwal & Nichol 2021) read into this toolkit's UNet.
 
 The released `.pt` files hold only tensors, so the architecture is read from their names and
-shapes: model_channels (time_embed.0), the levels and residual blocks per level (the output
-blocks that upsample), channel_mult, the levels with attention, AdaGN (emb_layers' width), BigGAN
-up/downsampling, the class count (label_emb) and a learned sigma (6 output channels for 3 in).
+shapes: model_channels (the input convolution's width; time_channels from time_embed.0 where it
+differs, as in ADM 512x512 whose channel_mult starts at 0.5), the levels and residual blocks per
+level (the output blocks that upsample), channel_mult, the levels with attention, AdaGN
+(emb_layers' width), BigGAN up/downsampling, the class count (label_emb) and a learned sigma (6
+output channels for 3 in).
 What no tensor records (heads, the image size, the schedule, rescaled timesteps) comes from the
 command's config. The layers compute the same functions as ours (the sinusoidal [cos, sin]
 embedding, GroupNorm with eps 1e-5 in 32 groups, the ResBlock, the zero-initialised output), so the
@@ -122,18 +124,18 @@ def read_layout(state: dict[str, torch.Tensor], path: Path) -> dict:
             raise UserError(
                 f"'{path}' is not an openai UNetModel state dict: it has no {key}{hint}"
             )
-    emb, model_channels = state["time_embed.0.weight"].shape
+    emb, time_channels = state["time_embed.0.weight"].shape
     first = state["input_blocks.0.0.weight"].shape
+    model_channels = first[0]  # ours: the first level's width (openai's channel_mult[0] * its)
     if first[1] not in (1, 3):
         raise UserError(
             f"'{path}' takes {first[1]} input channels: an upsampler (SuperResModel) also "
             "takes the low-resolution image, which this toolkit's UNet does not"
         )
-    if emb != 4 * model_channels or first[0] != model_channels:
+    if emb != 4 * time_channels:
         raise UserError(
-            f"'{path}': the input convolution has {first[0]} channels and the time embedding "
-            f"{tuple(state['time_embed.0.weight'].shape)}; this toolkit's UNet needs "
-            "channel_mult[0] = 1 (ADM 512x512's 0.5 cannot be expressed)"
+            f"'{path}': the time embedding is {tuple(state['time_embed.0.weight'].shape)}, "
+            "not [4 C, C] as in an openai UNetModel"
         )
     blocks = output_blocks(state)
     ups = [i for i, kinds in enumerate(blocks) if kinds[-1] in ("up", "upres")]
@@ -157,6 +159,7 @@ def read_layout(state: dict[str, torch.Tensor], path: Path) -> dict:
     label = state.get("label_emb.weight")
     return {
         "model_channels": model_channels,
+        "time_channels": None if time_channels == model_channels else time_channels,
         "channel_mult": channel_mult,
         "num_res_blocks": per_level - 1,
         "attention": attention,
