@@ -78,7 +78,6 @@ def test_resume_with_importance_sampled_timesteps_is_exact(compose, tmp_path):
 def test_a_resume_needs_only_trainer_overrides(compose, tmp_path):
     """`diffuse train run_dir=R trainer.max_steps=4` continues R with its own model, schedule,
     data and loss (here other than the defaults); naming one of them differently is refused."""
-    import pytest
     from omegaconf import OmegaConf
 
     from diffuse_cli.errors import UserError
