@@ -201,8 +201,15 @@ def _eval(cfg: DictConfig) -> None:
     eval_command(cfg)
 
 
+def _import(cfg: DictConfig) -> None:
+    from diffuse_cli.import_command import import_command
+
+    import_command(cfg)
+
+
 COMMANDS: dict[str, Callable[[DictConfig], None]] = {
     "train": _train,
     "sample": _sample,
     "eval": _eval,
+    "import": _import,
 }

@@ -212,6 +212,7 @@ def unet_options(m: DictConfig, image_size: int, time_scale: float = 1.0) -> dic
         use_checkpoint=m.use_checkpoint,
         channels_last=m.channels_last,
         timestep_scale=time_scale,
+        time_channels=m.get("time_channels"),  # runs from before the key: model_channels
     )
 
 

@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
     "sample": "draw samples from a run's checkpoint (latest, EMA) into <run_dir>/samples/",
     "eval": "evaluate a run's checkpoint (latest, EMA) and write JSON reports to <run_dir>/eval/",
+    "import": "make a run from an openai .pt checkpoint (sample, eval or fine-tune it after)",
     "report": "gather the eval reports below a run or sweep folder into report.md and report.png",
 }
 
@@ -31,6 +32,8 @@ Examples:
   diffuse eval
   diffuse eval -m metrics=[fid] sampler=ddim,ddpm steps=10,20,50,100
   diffuse report runs/default
+  diffuse import source=64x64_diffusion.pt name=adm64 experiment=adm_imagenet64 \
+      use_new_attention_order=true
   diffuse train -m schedule=linear,cosine
 """
 

@@ -142,18 +142,26 @@ def overridden_keys(overrides: list[str]) -> set[str]:
     return {item.split("=", 1)[0].lstrip("+~") for item in overrides}
 
 
-def with_run_config(cfg: DictConfig, run_dir: str | Path, also: tuple[str, ...] = ()) -> DictConfig:
+def with_run_config(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    also: tuple[str, ...] = (),
+    verb: str = "use",
+    overrides: list[str] | None = None,
+) -> DictConfig:
     """`cfg` with its model-defining groups (and the groups in `also`, e.g. the loss an eval
     measures) taken from the run at `run_dir`.
 
     An explicit command-line override that disagrees with the run is refused: the checkpoint
     was trained for the run's values, so silently using others would be wrong. A group choice
-    (`data=cifar10`) is compared whole, a key (`model.dropout=0.1`) alone. Where the data are
-    read from (EXECUTION_KEYS: data.root, data.num_workers, ...) is the run's unless the command
-    line names it, and then it is the command's.
+    (`data=cifar10`) is compared whole, a key (`model.dropout=0.1`) alone, a preset
+    (`experiment=...`) compares every group whole. Where the data are read from
+    (EXECUTION_KEYS: data.root, data.num_workers, ...) is the run's unless the command line
+    names it, and then it is the command's. `verb` says in the refusal what the command does
+    with the run ("resume" for train); `overrides`: the command line (None: Hydra's).
     """
     run_cfg = read_run_config(run_dir)
-    keys = overridden_keys(hydra_overrides())
+    keys = overridden_keys(hydra_overrides() if overrides is None else overrides)
     merged = OmegaConf.to_container(cfg, resolve=True)
     for key in (*MODEL_DEFINING, *also):
         if key not in run_cfg:
@@ -162,7 +170,7 @@ def with_run_config(cfg: DictConfig, run_dir: str | Path, also: tuple[str, ...] 
                 "it was not written by this version of diffuse"
             )
         ours, theirs = OmegaConf.to_container(cfg[key]), OmegaConf.to_container(run_cfg[key])
-        if any(k == key or k.startswith(f"{key}@") for k in keys):
+        if "experiment" in keys or any(k == key or k.startswith(f"{key}@") for k in keys):
             compared = defining(key, ours), defining(key, theirs)
         else:
             named = {k.split(".")[1] for k in keys if k.startswith(f"{key}.")}
@@ -171,7 +179,8 @@ def with_run_config(cfg: DictConfig, run_dir: str | Path, also: tuple[str, ...] 
         if compared[0] != compared[1]:
             raise UserError(
                 f"{differences(key, *compared, 'run')}: the run in '{run_dir}' was trained "
-                f"with other {key} settings; drop the override or pick another run_dir"
+                f"with other {key} settings; refusing to mix them: drop the override to "
+                f"{verb} the run's own, or pick another run_dir"
             )
         access = {k: ours[k] for k in EXECUTION_KEYS.get(key, ()) if f"{key}.{k}" in keys}
         merged[key] = {**theirs, **access}

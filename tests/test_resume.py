@@ -73,3 +73,29 @@ def test_resume_with_importance_sampled_timesteps_is_exact(compose, tmp_path):
     ha, hb = (load_file(latest_checkpoint(tmp_path / r) / "timesteps.safetensors") for r in "ab")
     assert torch.equal(ha["loss_history"], hb["loss_history"])
     assert torch.equal(ha["loss_counts"], hb["loss_counts"])
+
+
+def test_a_resume_needs_only_trainer_overrides(compose, tmp_path):
+    """`diffuse train run_dir=R trainer.max_steps=4` continues R with its own model, schedule,
+    data and loss (here other than the defaults); naming one of them differently is refused."""
+    from omegaconf import OmegaConf
+
+    from diffuse_cli.errors import UserError
+    from diffuse_cli.runs import read_run_config
+    from diffuse_cli.train.validate import resumed_config
+
+    run = tmp_path / "r"
+    own = [*TINY, "schedule=cosine", "model.num_res_blocks=2", "loss=hybrid",
+           "variance=learned_range", "trainer.max_steps=2", "trainer.sample_num=0"]  # fmt: skip
+    train(compose([*own, f"run_dir={run}"]))
+    command_line = [f"run_dir={run}", "trainer.max_steps=3", "trainer.progress=false",
+                    "trainer.sample_num=0", "data.num_workers=0"]  # fmt: skip
+    cfg = resumed_config(compose(command_line), run, command_line)
+    saved = read_run_config(run)
+    for group in ("model", "schedule", "variance", "loss", "data"):
+        assert OmegaConf.to_container(cfg[group]) == OmegaConf.to_container(saved[group]), group
+    train(cfg)
+    assert latest_checkpoint(run).name == "step_00000003"
+    refusal = r"schedule.name='linear' \(run: 'cosine'\), .* other schedule settings; refusing"
+    with pytest.raises(UserError, match=refusal):
+        resumed_config(compose([*command_line, "schedule=linear"]), run, ["schedule=linear"])

@@ -76,6 +76,9 @@ class ModelConfig:
     use_checkpoint: bool = False  # gradient checkpointing: less memory, more compute
     channels_last: bool = False  # NHWC memory format for weights and activations
     rescale_timesteps: bool = False  # the network sees t * 1000 / T (improved-diffusion's default)
+    # sinusoidal timestep features, embedded in 4x as many channels; null: model_channels
+    # (ADM 512x512 has twice its first level's width: its channel_mult starts at 0.5)
+    time_channels: int | None = None
     hidden: int = 256  # mlp
     num_layers: int = 4  # mlp
 
@@ -241,7 +244,22 @@ class EvalCommandConfig(_Common):
     progress: bool = True
 
 
-SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "eval": EvalCommandConfig}
+@dataclass
+class ImportConfig(TrainConfig):
+    """`diffuse import`: a train config (what the new run's config.yaml holds) and the source."""
+
+    source: str = MISSING  # an openai .pt state dict (a file) or a diffusers folder
+    use_new_attention_order: bool = False  # openai: q/k/v, then heads (guided-diffusion's 64x64)
+
+
+SCHEMAS = {
+    "train": TrainConfig,
+    "sample": SampleConfig,
+    "eval": EvalCommandConfig,
+    "import": ImportConfig,
+}
+# Keys of `diffuse import` that are not the new run's settings: not written to its config.yaml.
+IMPORT_ONLY_KEYS = ("source", "use_new_attention_order")
 
 # Config groups whose values define the network and its diffusion: `sample` and `eval` read them
 # from the run's config.yaml and refuse a command-line override that differs.

@@ -245,6 +245,7 @@ class UNetEncoder(nn.Module):
         use_checkpoint: bool = False,
         channels_last: bool = False,
         timestep_scale: float = 1.0,
+        time_channels: int | None = None,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -277,10 +278,11 @@ class UNetEncoder(nn.Module):
         self.resolutions = resolutions
         self.channel_mult, self.num_res_blocks = tuple(channel_mult), num_res_blocks
         self.resblock_updown = resblock_updown
-        emb_channels = 4 * model_channels
+        self.time_channels = time_channels or model_channels
+        emb_channels = 4 * self.time_channels
 
         self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, emb_channels),
+            nn.Linear(self.time_channels, emb_channels),
             nn.SiLU(),
             nn.Linear(emb_channels, emb_channels),
         )
@@ -334,7 +336,7 @@ class UNetEncoder(nn.Module):
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The block conditioning: time embedding plus the label embedding (label
         `num_classes` is the null label)."""
-        emb = timestep_embedding(t, self.model_channels, scale=self.timestep_scale)
+        emb = timestep_embedding(t, self.time_channels, scale=self.timestep_scale)
         emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
         if self.label_embed is not None:
             if y is None:
@@ -383,6 +385,8 @@ class UNet(UNetEncoder):
 
     `timestep_scale` multiplies t before the sinusoidal embedding: 1000 / T gives the network
     of a T-step chain the inputs of a 1000-step one, as improved-diffusion's rescale_timesteps.
+    `time_channels` (default model_channels) is the number of sinusoidal features, embedded in
+    4x as many channels: ADM's 512x512 network has 256 of them over a first level of 128.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, **kwargs):

@@ -43,7 +43,7 @@ from diffuse_cli.train.optimizer import build_optimizer, learning_rate, load_opt
 from diffuse_cli.train.preview import save_training_preview
 from diffuse_cli.train.run_lock import RunLock
 from diffuse_cli.train.tasks import make_task
-from diffuse_cli.train.validate import check_resumable, validate_train_config
+from diffuse_cli.train.validate import check_resumable, resumed_config, validate_train_config
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -117,6 +117,8 @@ def train(cfg: DictConfig) -> Path:
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.run_dir = hydra_output_dir() or Path(cfg.run_dir)
+        command_line = hydra_overrides() if hydra_output_dir() else None
+        cfg = resumed_config(cfg, self.run_dir, command_line)  # a resume: the run's settings
         validate_train_config(cfg, fresh=latest_checkpoint(self.run_dir) is None)
         self.cfg, self.tc = cfg, cfg.trainer
         self.accelerator = self._setup_accelerator()

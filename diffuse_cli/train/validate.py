@@ -13,7 +13,7 @@ from diffuse_cli.build import check_family
 from diffuse_cli.config import MODEL_DEFINING, SCHEMAS, defining
 from diffuse_cli.errors import UserError
 from diffuse_cli.posthoc_ema import MAX_STD
-from diffuse_cli.runs import CONFIG_FILE, differences, read_run_config
+from diffuse_cli.runs import CONFIG_FILE, differences, read_run_config, with_run_config
 from diffuse_cli.train.batches import MAX_MICRO_BATCHES
 from diffuse_cli.train.checkpoint import latest_checkpoint, step_of
 from diffuse_cli.train.ema import std_label
@@ -155,6 +155,22 @@ def validate_loss_config(cfg: DictConfig, fresh: bool = True) -> None:
 
 # What must agree between a run directory's checkpoints and a command that resumes it.
 RESUME_KEYS = (*MODEL_DEFINING, "loss")
+
+
+def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> DictConfig:
+    """`cfg` with the run's own RESUME_KEYS groups when `run_dir` holds a checkpoint of the same
+    task: `diffuse train run_dir=R trainer.max_steps=N` continues R as it was trained (or
+    fine-tunes an imported run) without repeating its overrides. A setting of those groups named
+    in `overrides` (the command line) that differs from the run's is refused in one line
+    (runs.with_run_config); where the data are read from may change. None (no command line, the
+    Python API) returns `cfg` as it is, and check_resumable compares it whole."""
+    if overrides is None or latest_checkpoint(run_dir) is None:
+        return cfg
+    if not (run_dir / CONFIG_FILE).is_file():
+        return cfg
+    if read_run_config(run_dir).get("task", "diffusion") != cfg.task:
+        return cfg  # check_resumable refuses it, naming the task
+    return with_run_config(cfg, run_dir, also=("loss",), verb="resume", overrides=overrides)
 
 
 def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
