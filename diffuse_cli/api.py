@@ -1,4 +1,5 @@
-"""The public Python API; the CLI calls exactly these functions.
+"""The public Python API: the functions the commands use (the run loaders of loading.py and the
+builders of build.py, re-exported here) and compose_config, which composes as the CLI does.
 
 import diffuse_cli as dc
 cfg = dc.compose_config(["schedule=cosine", "sampler=ddim", "steps=50"], command="sample")
@@ -16,15 +17,20 @@ guided, cond_fn = dc.build_guidance(cfg, model, diffusion, classifier)  # cfg.gu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from diffuse_cli.build import build_diffusion, build_guidance, build_model, sample
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.nll import nll_bpd
+from diffuse_cli.loading import (
+    load_classifier,
+    load_run,
+    open_classifier,
+    open_classifier_everywhere,  # noqa: F401  (for callers of api; not in __all__)
+    open_run,
+)
 
 __all__ = [
     "build_diffusion",
@@ -86,130 +92,3 @@ def _one_line(err: Exception) -> str:
         head += ")"
     cause = str(err.__cause__ or "").strip()
     return head.rstrip(".") + f": {cause.splitlines()[0]}" if cause else head
-
-
-def load_run(
-    run_dir: str | Path,
-    device: str | torch.device = "cpu",
-    ema: bool = True,
-    config: DictConfig | None = None,
-    step: int | None = None,
-    ema_std: float | None = None,
-):
-    """(cfg, model, diffusion) of the checkpoint of `step` in `run_dir` (None: the latest),
-    EMA weights by default. `config`: a command's config, whose execution keys
-    (config.EXECUTION_KEYS, e.g. model.channels_last) replace the run's; everything else is the
-    run's own. `ema_std`: a trainer.ema=power run's EMA of that relative width, reconstructed
-    from its snapshots (`step`: the snapshot's; None: the latest)."""
-    return open_run(run_dir, device, ema, config, step, ema_std)[:3]
-
-
-def open_run(
-    run_dir: str | Path,
-    device: str | torch.device = "cpu",
-    ema: bool = True,
-    config: DictConfig | None = None,
-    step: int | None = None,
-    ema_std: float | None = None,
-):
-    """load_run's (cfg, model, diffusion) and the LoadedWeights (checkpoint or snapshot folder,
-    step, sha256) the model holds, which reports record."""
-    from diffuse_cli.config import EXECUTION_KEYS
-    from diffuse_cli.runs import read_run_config
-    from diffuse_cli.train.checkpoint import load_weights
-    from diffuse_cli.train.ema_snapshots import check_ema_std, load_reconstructed
-
-    if ema_std is not None and not ema:
-        raise UserError("ema_std reconstructs an EMA; it cannot go with the raw weights")
-    cfg = read_run_config(run_dir)
-    if cfg.get("task", "diffusion") != "diffusion":
-        raise UserError(
-            f"'{run_dir}' holds a task={cfg.task} run, not a diffusion model; sample from a "
-            f"diffusion run, with guidance=classifier guidance.classifier={run_dir} "
-            "(dc.load_classifier in Python)"
-        )
-    if config is not None:
-        execution = {
-            group: {k: config[group][k] for k in keys if k in config[group]}
-            for group, keys in EXECUTION_KEYS.items()
-            if group in config
-        }
-        cfg = OmegaConf.merge(cfg, execution)
-    if ema_std is not None:
-        check_ema_std(cfg, run_dir, ema_std)
-    model = build_model(cfg)
-    if ema_std is None:
-        weights = load_weights(model, run_dir, ema=ema, step=step)
-    else:
-        weights = load_reconstructed(model, run_dir, ema_std, step)
-    return cfg, model.to(device).eval(), build_diffusion(cfg), weights
-
-
-def load_classifier(
-    run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = False, step=None
-):
-    """(cfg, classifier) of the checkpoint of `step` (None: the latest) of a task=classifier
-    run. The raw weights by default: ADM's guidance classifiers are used without EMA."""
-    return open_classifier(run_dir, device, ema, step)[:2]
-
-
-def open_classifier(
-    run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = False, step=None
-):
-    """load_classifier's (cfg, classifier) and the LoadedWeights it holds."""
-    from diffuse_cli.build import build_classifier
-    from diffuse_cli.runs import read_run_config
-    from diffuse_cli.train.checkpoint import load_weights
-
-    cfg = read_run_config(run_dir, task="classifier")
-    if cfg.get("task", "diffusion") != "classifier":
-        raise UserError(
-            f"'{run_dir}' is not a classifier run (task={cfg.get('task', 'diffusion')}); "
-            "train one with `diffuse train task=classifier`"
-        )
-    model = build_classifier(cfg, cfg.classifier.num_classes)
-    weights = load_weights(model, run_dir, ema=ema, step=step)
-    return cfg, model.to(device).eval(), weights
-
-
-def open_classifier_everywhere(run_dir, device="cpu"):
-    """open_classifier at the step the main process finds, for commands that every process
-    runs: a classifier run may still be training and save a newer step meanwhile. A folder
-    that holds no classifier run is named as such first."""
-    from diffuse_cli.runs import read_run_config
-    from diffuse_cli.train.checkpoint import agreed_step
-
-    read_run_config(run_dir, task="classifier")
-    return open_classifier(run_dir, device, step=agreed_step(run_dir))
-
-
-def _train(cfg: DictConfig) -> None:
-    from diffuse_cli.train.trainer import train
-
-    train(cfg)
-
-
-def _sample(cfg: DictConfig) -> None:
-    from diffuse_cli.generate import sample_command
-
-    sample_command(cfg)
-
-
-def _eval(cfg: DictConfig) -> None:
-    from diffuse_cli.evaluate.command import eval_command
-
-    eval_command(cfg)
-
-
-def _import(cfg: DictConfig) -> None:
-    from diffuse_cli.import_command import import_command
-
-    import_command(cfg)
-
-
-COMMANDS: dict[str, Callable[[DictConfig], None]] = {
-    "train": _train,
-    "sample": _sample,
-    "eval": _eval,
-    "import": _import,
-}

@@ -7,16 +7,71 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import NamedTuple
 
 _STARTED = time.time()  # when this process started the CLI (see _remove_empty_output_dir)
 _JOBS_DONE = 0  # jobs of this command (a sweep's) that ended without an error
 
-COMMANDS = {
-    "train": "train a diffusion model into a run directory (resumes if it has checkpoints)",
-    "sample": "draw samples from a run's checkpoint (latest, EMA) into <run_dir>/samples/",
-    "eval": "evaluate a run's checkpoint (latest, EMA) and write JSON reports to <run_dir>/eval/",
-    "import": "make a run from an openai .pt checkpoint (sample, eval or fine-tune it after)",
-    "report": "gather the eval reports below a run or sweep folder into report.md and report.png",
+
+class Command(NamedTuple):
+    """A command of `diffuse`: what the usage says of it and the function it runs, which
+    imports the command's modules only when it is called (`diffuse --help` stays quick)."""
+
+    description: str
+    run: Callable  # composes_config: run(cfg); otherwise run(argv) -> exit status
+    composes_config: bool = True  # False: reads files only, no Hydra config (report)
+
+
+def _train(cfg) -> None:
+    from diffuse_cli.train.trainer import train
+
+    train(cfg)
+
+
+def _sample(cfg) -> None:
+    from diffuse_cli.generate import sample_command
+
+    sample_command(cfg)
+
+
+def _eval(cfg) -> None:
+    from diffuse_cli.evaluate.command import eval_command
+
+    eval_command(cfg)
+
+
+def _import(cfg) -> None:
+    from diffuse_cli.import_command import import_command
+
+    import_command(cfg)
+
+
+def _report(argv: list[str]) -> int:
+    from diffuse_cli.evaluate.report import main as report
+
+    return report(argv)
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "train a diffusion model into a run directory (resumes if it has checkpoints)", _train
+    ),
+    "sample": Command(
+        "draw samples from a run's checkpoint (latest, EMA) into <run_dir>/samples/", _sample
+    ),
+    "eval": Command(
+        "evaluate a run's checkpoint (latest, EMA) and write JSON reports to <run_dir>/eval/",
+        _eval,
+    ),
+    "import": Command(
+        "make a run from an openai .pt checkpoint (sample, eval or fine-tune it after)", _import
+    ),
+    "report": Command(
+        "gather the eval reports below a run or sweep folder into report.md and report.png",
+        _report,
+        composes_config=False,
+    ),
 }
 
 USAGE = """usage: diffuse <command> [key=value ...] [hydra flags]
@@ -39,7 +94,7 @@ Examples:
 
 
 def _usage() -> str:
-    lines = "\n".join(f"  {name:<8}{text}" for name, text in COMMANDS.items())
+    lines = "\n".join(f"  {name:<8}{command.description}" for name, command in COMMANDS.items())
     return USAGE.format(commands=lines)
 
 
@@ -47,7 +102,7 @@ def _task(command: str):
     """The function Hydra calls with the composed config; user errors become one line."""
 
     def task(cfg) -> None:
-        from diffuse_cli import api, distributed
+        from diffuse_cli import distributed
         from diffuse_cli.data import DataError
         from diffuse_cli.errors import UserError
 
@@ -58,7 +113,7 @@ def _task(command: str):
         ok = False
         try:
             check_known_keys(cfg, command)
-            api.COMMANDS[command](cfg)
+            COMMANDS[command].run(cfg)
             ok = True
             _JOBS_DONE += 1
         except (UserError, DataError) as err:
@@ -97,8 +152,10 @@ def _remove_empty_output_dir() -> None:
     runs; a command refused before writing anything leaves no empty run folder behind. The
     job's folder goes here when it is empty and was made by this command (a sweep job's folder:
     made after it started), never one the user made; main() then removes the parents this
-    command made (runs.remove_new_folders: `runs/` of a first command, `runs/a` of `name=a/b`)."""
-    from diffuse_cli.runs import hydra_output_dir, is_new_folder
+    command made (new_folders.remove_new_folders: `runs/` of a first command, `runs/a` of
+    `name=a/b`)."""
+    from diffuse_cli.new_folders import is_new_folder
+    from diffuse_cli.runs import hydra_output_dir
 
     out = hydra_output_dir()
     if out is None:
@@ -133,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage(), file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
     if argv[0] in ("-V", "--version"):
-        from diffuse_cli import __version__
+        from diffuse_cli.version import __version__
 
         print(f"diffuse {__version__}")
         sys.exit(0)
@@ -144,10 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    if command == "report":  # reads files only: no config to compose
-        from diffuse_cli.evaluate.report import main as report
-
-        sys.exit(report(rest))
+    if not COMMANDS[command].composes_config:
+        sys.exit(COMMANDS[command].run(rest))
 
     missing = _missing_launcher(rest)
     if missing:
@@ -171,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(stop.code, int | None):
             print(stop.code, file=sys.stderr)
     from diffuse_cli import distributed
-    from diffuse_cli.runs import remove_new_folders
+    from diffuse_cli.new_folders import remove_new_folders
 
     if code != 0:  # the folders a refused command made: parents, a sweep folder, multirun.yaml
         remove_new_folders(leftover=None if _JOBS_DONE else "multirun.yaml")

@@ -152,7 +152,7 @@ def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
 def guidance_classifier(cfg: DictConfig, device: torch.device):
     """(classifier, its LoadedWeights) of guidance=classifier, checked against the generator's
     run: trained for the same noise schedule and the same data shape."""
-    from diffuse_cli.api import open_classifier_everywhere
+    from diffuse_cli.loading import open_classifier_everywhere
 
     path = cfg.guidance.classifier
     if not path:
@@ -222,7 +222,7 @@ def conditioning(cfg: DictConfig, model, classifier) -> tuple[int | None, int | 
 
 
 def sample_command(cfg: DictConfig) -> Path:
-    from diffuse_cli.api import load_run
+    from diffuse_cli.loading import load_run
 
     cfg = with_run_config(cfg, cfg.run_dir)
     check_family(cfg)  # a sampler of the other family fails before any weights are read

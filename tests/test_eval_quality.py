@@ -377,7 +377,7 @@ def test_sample_and_eval_name_the_checkpoint_they_loaded_while_a_run_saves_more(
     step is decided once, so the printed name and the report are those of the loaded weights."""
     import shutil
 
-    from diffuse_cli import api
+    from diffuse_cli import loading
     from diffuse_cli.evaluate.command import eval_command
     from diffuse_cli.generate import sample_command
     from diffuse_cli.train.checkpoint import latest_checkpoint
@@ -385,7 +385,7 @@ def test_sample_and_eval_name_the_checkpoint_they_loaded_while_a_run_saves_more(
     run = tmp_path / "run"
     shutil.copytree(run32[1], run)
     loaded = latest_checkpoint(run)
-    real_load_run = api.load_run
+    real_load_run = loading.load_run
 
     def load_run_then_a_newer_checkpoint_lands(*args, **kwargs):
         out = real_load_run(*args, **kwargs)
@@ -397,7 +397,7 @@ def test_sample_and_eval_name_the_checkpoint_they_loaded_while_a_run_saves_more(
         (loaded.parent / "latest").write_text(newer.name)
         return out
 
-    monkeypatch.setattr(api, "load_run", load_run_then_a_newer_checkpoint_lands)
+    monkeypatch.setattr(loading, "load_run", load_run_then_a_newer_checkpoint_lands)
     cfg = compose(
         [f"run_dir={run}", "metrics=[fid]", f"eval.cache_dir={run / 'cache'}", *QUICK], "eval"
     )

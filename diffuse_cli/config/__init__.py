@@ -21,7 +21,7 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("diffuse_job_dir"):
         OmegaConf.register_new_resolver("diffuse_job_dir", job_dir_name)
     if not OmegaConf.has_resolver("diffuse_new_folders"):
-        from diffuse_cli.runs import noting_new_folders
+        from diffuse_cli.new_folders import noting_new_folders
 
         OmegaConf.register_new_resolver("diffuse_new_folders", noting_new_folders)
     if not OmegaConf.has_resolver("diffuse_run_name"):

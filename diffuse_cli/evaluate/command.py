@@ -76,9 +76,9 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
 
 
 def eval_command(cfg: DictConfig) -> list[Path]:
-    from diffuse_cli.api import open_run
     from diffuse_cli.distributed import process_state
     from diffuse_cli.generate import pick_device
+    from diffuse_cli.loading import open_run
     from diffuse_cli.train.checkpoint import agreed_step
 
     run_dir = Path(cfg.run_dir)

@@ -244,7 +244,7 @@ def versions() -> dict:
     import accelerate
     import torch_fidelity
 
-    from diffuse_cli import __version__
+    from diffuse_cli.version import __version__
 
     return {"diffuse": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "torch_fidelity": torch_fidelity.__version__, "accelerate": accelerate.__version__,

@@ -14,40 +14,13 @@ extractor are never reused for another.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from diffuse_cli.errors import UserError
-
-
-def file_digest(path: Path) -> str:
-    """The first 8 hex digits of the file's sha256, read in blocks (Inception's are 92 MB)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:8]
-
-
-@dataclass
-class Extractor:
-    name: str  # inception | builtin | ...: in metric names (fid or fd_<name>, ...)
-    key: str  # name + weights digest: in cache file names
-    implementation: dict  # {"implementation": ..., "version": ...} for the report
-    extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> features, logits
-
-    def metric_name(self, short: str) -> str:
-        """'fd' -> 'fid' for Inception, 'fd_builtin' for the built-in extractor (and so on for
-        kd, is, precision, recall): numbers of two feature spaces never share a name."""
-        if self.name == "inception":
-            return {"fd": "fid", "kd": "kid"}.get(short, short)
-        return f"{short}_{self.name}"
+from diffuse_cli.evaluate.features.extractor import Extractor
 
 
 def default_features(cfg: DictConfig) -> str:
@@ -58,8 +31,8 @@ def default_features(cfg: DictConfig) -> str:
 
 
 def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
-    from diffuse_cli import __version__
     from diffuse_cli.evaluate.features.builtin import load_builtin_extractor, weights_digest
+    from diffuse_cli.version import __version__
 
     d = cfg.data
     if (d.name, d.image_size, d.channels) != ("shapes", 32, 3):
@@ -84,10 +57,10 @@ def builtin_extractor(cfg: DictConfig, device: torch.device) -> Extractor:
 
 def classifier_extractor(cfg: DictConfig, device: torch.device, path: str) -> Extractor:
     """The pooled features (and logits) of a task=classifier run's image classifier, at t = 0."""
-    from diffuse_cli import __version__
-    from diffuse_cli.api import open_classifier_everywhere
     from diffuse_cli.build import data_shape
+    from diffuse_cli.loading import open_classifier_everywhere
     from diffuse_cli.train.checkpoint import MODEL
+    from diffuse_cli.version import __version__
 
     clf_cfg, classifier, loaded = open_classifier_everywhere(path, device)
     if not hasattr(classifier, "features"):

@@ -76,7 +76,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def inception_extractor(cfg: DictConfig, device: torch.device):
     import torch_fidelity
 
-    from diffuse_cli.evaluate.features import Extractor, file_digest
+    from diffuse_cli.evaluate.features.extractor import Extractor, file_digest
 
     if cfg.data.channels not in (1, 3):
         raise UserError(
