@@ -50,6 +50,7 @@ def test_eval_report_has_everything_to_reproduce_the_number(run32):
     assert report["run_dir"] == "runs/default" and report["checkpoint_step"] == 4
     assert report["checkpoint"] == "step_00000004" and report["ema"] is True
     assert report["sampler"]["name"] == "ddim" and report["steps"] == 3 and report["eta"] == 0.0
+    assert set(report["sampler"]) == {"name", "eta", "spacing", "clip_denoised"}  # ddim's only
     assert report["guidance"] == {"name": "none", "scale": 1.0, "classifier": None}
     assert report["class_labels"] is None  # an unconditional run
     assert report["seed"] == 0 and report["num_samples"] == 12
@@ -82,6 +83,27 @@ def test_eval_report_has_everything_to_reproduce_the_number(run32):
     second = json.loads(path.read_text())
     assert second["reference"]["cached"] is True and second["reference"]["cache"] == str(cache)
     assert second["metrics"]["fd_builtin"] == pytest.approx(metrics["fd_builtin"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "own"),
+    [
+        ("ddpm", ()),
+        ("ddim", ("eta",)),
+        ("dpm_solver", ("order",)),
+        ("pc", ("predictor", "corrector_steps", "snr")),
+        ("langevin", ("steps_per_level", "epsilon", "denoise")),
+    ],
+)
+def test_a_report_records_the_options_of_the_sampler_that_ran_only(compose, sampler, own):
+    """A ddim report used to list order, predictor, snr, steps_per_level, ...: options of
+    other samplers that played no part in its samples."""
+    from diffuse_cli.evaluate.quality import sampler_settings
+
+    cfg = compose([f"sampler={sampler}", "sampler.spacing=trailing"], "eval")
+    expected = {"name": sampler, "spacing": "trailing", "clip_denoised": True}
+    assert sampler_settings(cfg) == expected | {k: cfg.sampler[k] for k in own}
+    assert "steps_per_level" in cfg.sampler and "order" in cfg.sampler  # the config has all
 
 
 @pytest.mark.cuda

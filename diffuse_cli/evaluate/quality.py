@@ -293,11 +293,12 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
     if classifier_weights is not None:  # which weights guided: the samples depend on them
         guidance |= {"checkpoint": classifier_weights.folder.name,
                      "weights_sha256": classifier_weights.sha256}  # fmt: skip
+    sampler = sampler_settings(cfg)
     provenance = {"samples": None, "checkpoint": weights.folder.name,
                   "checkpoint_step": weights.step, "weights_sha256": weights.sha256,
                   "ema": cfg.eval.ema, "ema_std": cfg.ema_std,
-                  "sampler": OmegaConf.to_container(cfg.sampler), "steps": steps,
-                  "eta": cfg.sampler.eta, "guidance": guidance,
+                  "sampler": sampler, "steps": steps,
+                  "eta": sampler.get("eta"), "guidance": guidance,
                   "class_labels": plain(cfg.class_labels) if num_classes else None}  # fmt: skip
 
     def labels(chunk: range):
@@ -310,6 +311,17 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
         nfe,
         provenance,
     )
+
+
+def sampler_settings(cfg: DictConfig) -> dict:
+    """cfg.sampler as the sampler that ran reads it: its name, the settings every sampler takes
+    (spacing, clip_denoised) and its own options (samplers.SAMPLER_OPTIONS), so a ddim report
+    holds no pc or langevin options that played no part in its samples."""
+    from diffuse_cli.samplers import SAMPLER_OPTIONS
+
+    settings = OmegaConf.to_container(cfg.sampler)
+    read = {"name", "spacing", "clip_denoised", *SAMPLER_OPTIONS.get(settings["name"], ())}
+    return {key: value for key, value in settings.items() if key in read}
 
 
 NOT_OF_THE_SAMPLES = (
