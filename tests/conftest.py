@@ -1,11 +1,15 @@
-"""Shared fixtures: configs composed exactly as the CLI composes them, and a CLI runner."""
+"""Shared fixtures: configs composed exactly as the CLI composes them, and CLI runners."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +108,52 @@ def run_cli(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
     if check and proc.returncode != 0:
         raise AssertionError(
             f"diffuse {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def run_cli_in_process(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
+    """Run `diffuse <args>` as run_cli does, through the console script's own function
+    (diffuse_cli.cli.main) in this process: the same composition, checks, messages and exit
+    status without starting Python and importing torch again. For tests of what a command
+    does; what only a process shows (signals, locks held by another process, a sweep's
+    shared state) stays with run_cli. The state one command leaves behind (the working folder,
+    argv, environment, Hydra's and the CLI's globals, the root logger) is put back."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from diffuse_cli import cli, new_folders
+
+    variables = {"HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled", "WANDB_API_KEY": None}
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**variables, **(env or {})}.items():  # None removes a variable
+            if value is None:
+                mp.delenv(key, raising=False)
+            else:
+                mp.setenv(key, value)
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", list(sys.argv))
+        mp.setattr(cli, "_STARTED", time.time())
+        mp.setattr(cli, "_JOBS_DONE", 0)
+        mp.setattr(new_folders, "_NOTED", [])
+        mp.setattr(new_folders, "_NEW", set())
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                cli.main([*args, *device_overrides(args)])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        finally:
+            HydraConfig.instance().cfg = None
+            GlobalHydra.instance().clear()
+            root.handlers[:], root.level = handlers, level
+    proc = subprocess.CompletedProcess(["diffuse", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(
+            f"diffuse {' '.join(args)} failed ({code}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
 

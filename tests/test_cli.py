@@ -7,21 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, checksums
+from conftest import TINY, checksums, run_cli, run_cli_in_process
+
+# Subprocesses, as a user runs the commands; a command's own behaviour (files, messages, exit
+# status) is checked in this process (run_cli_in_process: no Python start-up per call).
+pytestmark = pytest.mark.cli
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny run trained once through the CLI and shared by the tests of this module."""
-    from conftest import run_cli
-
     cwd = tmp_path_factory.mktemp("cli")
     proc = run_cli("train", *TINY, cwd=cwd)
     return cwd, cwd / "runs" / "default", proc
 
 
 def test_top_level_help_lists_commands(cli):
-    out = cli("--help").stdout
+    out = run_cli_in_process("--help", cwd=cli.cwd).stdout
     for command in ("train", "sample", "eval"):
         assert f"  {command} " in out
 
@@ -35,19 +37,19 @@ def test_no_command_is_a_usage_error_and_version_prints(cli):
 
 
 def test_command_help_lists_groups(cli):
-    out = cli("train", "--help").stdout
+    out = run_cli_in_process("train", "--help", cwd=cli.cwd).stdout
     assert "schedule: cosine, linear" in out and "trainer:" in out
     samplers = "sampler: ddim, ddpm, dpm_solver, euler, heun, langevin, pc"
-    assert samplers in cli("sample", "--help").stdout
+    assert samplers in run_cli_in_process("sample", "--help", cwd=cli.cwd).stdout
 
 
 def test_cfg_job_prints_the_composed_config(cli):
-    out = cli("train", "schedule=cosine", "--cfg", "job").stdout
+    out = run_cli_in_process("train", "schedule=cosine", "--cfg", "job", cwd=cli.cwd).stdout
     assert "name: cosine" in out and not (cli.cwd / "runs").exists()
 
 
 def test_unknown_command(cli):
-    proc = cli("trian", check=False)
+    proc = run_cli_in_process("trian", cwd=cli.cwd, check=False)
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
 
 
@@ -70,10 +72,8 @@ def test_train_writes_the_run_directory(trained):
 
 @pytest.mark.cuda
 def test_sample_ddim_writes_npz_and_grid(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
-    proc = run_cli(
+    proc = run_cli_in_process(
         "sample",
         "sampler=ddim",
         "steps=5",
@@ -91,22 +91,18 @@ def test_sample_ddim_writes_npz_and_grid(trained):
 
 @pytest.mark.cuda
 def test_sample_ddpm_defaults_to_the_full_chain(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
-    run_cli("sample", "sampler=ddpm", "num_samples=2", "progress=false", cwd=cwd)
+    run_cli_in_process("sample", "sampler=ddpm", "num_samples=2", "progress=false", cwd=cwd)
     assert (run / "samples" / "ddpm-50" / "samples.npz").is_file()
 
 
 @pytest.mark.cuda
 def test_sample_does_not_depend_on_batch_size(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
     arrays = []
     for bs in (1, 3):
         out = cwd / f"bs{bs}"
-        run_cli(
+        run_cli_in_process(
             "sample",
             "sampler=ddim",
             "steps=4",
@@ -122,10 +118,8 @@ def test_sample_does_not_depend_on_batch_size(trained):
 
 @pytest.mark.cuda
 def test_eval_writes_a_held_out_loss_report(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
-    run_cli(
+    run_cli_in_process(
         "eval",
         "eval.num_batches=1",
         "eval.batch_size=20",
@@ -141,7 +135,7 @@ def test_eval_writes_a_held_out_loss_report(trained):
     widths = [b["t_max"] - b["t_min"] + 1 for b in report["buckets"]]  # 12, 13, 13, 12
     losses = [b["loss"] for b in report["buckets"]]
     assert report["loss"] == pytest.approx(np.average(losses, weights=widths))
-    run_cli("eval", "eval.num_batches=1", "eval.ema=false", "progress=false", cwd=cwd)
+    run_cli_in_process("eval", "eval.num_batches=1", "eval.ema=false", "progress=false", cwd=cwd)
     raw = json.loads((run / "eval" / "loss-raw.json").read_text())  # beside the EMA report
     assert raw["weights"] == "model" and report["weights"] == "ema"
     assert json.loads((run / "eval" / "loss.json").read_text()) == report
@@ -150,10 +144,8 @@ def test_eval_writes_a_held_out_loss_report(trained):
 
 @pytest.mark.cuda
 def test_eval_nll_writes_bits_per_dim_with_every_term(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
-    proc = run_cli(
+    proc = run_cli_in_process(
         "eval",
         "metrics=[nll]",
         "eval.nll_examples=3",
@@ -172,27 +164,24 @@ def test_eval_nll_writes_bits_per_dim_with_every_term(trained):
 
 
 def test_eval_refuses_an_unknown_metric(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
-    proc = run_cli("eval", "metrics=[nll,fid9]", cwd=cwd, check=False)
+    proc = run_cli_in_process("eval", "metrics=[nll,fid9]", cwd=cwd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown metric (fid9); choose from: loss, nll, fid, kid, is, pr, swd" in proc.stderr
 
 
 @pytest.mark.cuda
 def test_train_again_resumes_and_extends(trained, tmp_path):
-    from conftest import run_cli
-
     cwd, run, _ = trained
-    proc = run_cli("train", *TINY, "trainer.max_steps=6", cwd=cwd)
+    proc = run_cli_in_process("train", *TINY, "trainer.max_steps=6", cwd=cwd)
     assert "resuming" in proc.stdout and "from step 4" in proc.stdout
     assert "trained runs/default to step 6; runs/default/checkpoints/step_00000006" in proc.stdout
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
     before = checksums(run)
-    again = run_cli("train", *TINY, "trainer.max_steps=3", cwd=cwd)  # below the checkpoint
+    # below the checkpoint
+    again = run_cli_in_process("train", *TINY, "trainer.max_steps=3", cwd=cwd)
     assert "already at step 6 >= trainer.max_steps=3; nothing to train" in again.stdout
     assert checksums(run) == before  # config.yaml still says how step 6 was reached
 
@@ -208,11 +197,9 @@ def test_train_again_resumes_and_extends(trained, tmp_path):
     ],
 )
 def test_sample_user_errors_are_one_line(trained, args, message):
-    from conftest import run_cli
-
     cwd, run, _ = trained
     before = checksums(run)
-    proc = run_cli("sample", *args, cwd=cwd, check=False)
+    proc = run_cli_in_process("sample", *args, cwd=cwd, check=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert checksums(run) == before
@@ -221,30 +208,26 @@ def test_sample_user_errors_are_one_line(trained, args, message):
 def test_an_output_that_cannot_be_written_is_one_line(trained, tmp_path):
     """A file where the output folder should be (or a read-only folder, a full disk): the
     path and the reason in one line, exit status 2, instead of a traceback."""
-    from conftest import run_cli
-
     cwd, _, _ = trained
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    proc = run_cli("sample", "steps=2", "num_samples=2", "progress=false",
-                   f"out_dir={blocker}", cwd=cwd, check=False)  # fmt: skip
+    proc = run_cli_in_process("sample", "steps=2", "num_samples=2", "progress=false",
+                              f"out_dir={blocker}", cwd=cwd, check=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert str(blocker) in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_sample_without_a_run(cli):
-    proc = cli("sample", "run_dir=nowhere", check=False)
+    proc = run_cli_in_process("sample", "run_dir=nowhere", cwd=cli.cwd, check=False)
     assert proc.returncode == 2 and "no run found in 'nowhere'" in proc.stderr
     assert not (cli.cwd / "nowhere").exists()
 
 
 def test_resume_refuses_another_experiment(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
     before = checksums(run)
-    proc = run_cli("train", *TINY, "schedule=cosine", cwd=cwd, check=False)
+    proc = run_cli_in_process("train", *TINY, "schedule=cosine", cwd=cwd, check=False)
     assert proc.returncode == 2 and "refusing to mix" in proc.stderr
     assert checksums(run) == before
 
@@ -261,16 +244,18 @@ def test_wandb_without_login_is_a_hint(cli, tmp_path):
 
 
 def test_sample_num_zero_trains_without_preview_grids(cli):
-    cli("train", *TINY, "trainer.max_steps=2", "trainer.sample_num=0")
+    run_cli_in_process("train", *TINY, "trainer.max_steps=2", "trainer.sample_num=0", cwd=cli.cwd)
     run = cli.cwd / "runs" / "default"
     assert (run / "checkpoints" / "step_00000002" / "model.safetensors").is_file()
     assert not (run / "samples").exists()
-    proc = cli("train", *TINY, "name=neg", "trainer.sample_num=-1", check=False)
+    proc = run_cli_in_process(
+        "train", *TINY, "name=neg", "trainer.sample_num=-1", cwd=cli.cwd, check=False
+    )
     assert proc.returncode == 2 and "trainer.sample_num=-1 must be >= 0" in proc.stderr
 
 
 def test_bad_config_value_fails_before_writing(cli):
-    proc = cli("train", "trainer.lr=fast", check=False)
+    proc = run_cli_in_process("train", "trainer.lr=fast", cwd=cli.cwd, check=False)
     assert proc.returncode != 0 and "trainer.lr" in proc.stderr
     assert not (cli.cwd / "runs").exists()
 
@@ -278,12 +263,12 @@ def test_bad_config_value_fails_before_writing(cli):
 def test_a_plus_override_of_a_misspelt_key_is_refused_before_writing(cli):
     """Hydra's hint for a misspelt key is `+key=value`, which would add a key nothing reads
     and train 1000 steps instead of 5."""
-    proc = cli("train", "+trainer.max_step=5", check=False)
+    proc = run_cli_in_process("train", "+trainer.max_step=5", cwd=cli.cwd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "trainer.max_step is not a setting of `diffuse train` (did you mean" in proc.stderr
     assert not (cli.cwd / "runs").exists()  # Hydra made runs/default: both removed again
     (cli.cwd / "runs").mkdir()  # the user's own folder stays
-    cli("train", "+trainer.max_step=5", check=False)
+    run_cli_in_process("train", "+trainer.max_step=5", cwd=cli.cwd, check=False)
     assert [p.name for p in (cli.cwd / "runs").iterdir()] == []
 
 
@@ -303,8 +288,6 @@ def test_a_refused_command_removes_only_the_folders_it_made(cli):
 
 
 def test_a_refused_command_with_dots_in_its_run_dir_removes_what_it_made(tmp_path):
-    from conftest import run_cli
-
     (tmp_path / "work").mkdir()
     proc = run_cli("train", "run_dir=../new/x", "+trainer.max_step=5", cwd=tmp_path / "work",
                    check=False)  # fmt: skip
@@ -322,8 +305,6 @@ def test_a_sweep_that_fails_after_a_job_ran_keeps_its_record(cli):
 
 
 def test_a_refused_eval_sweep_leaves_the_run_as_it_was(trained):
-    from conftest import run_cli
-
     cwd, run, _ = trained
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     proc = run_cli("eval", "-m", f"run_dir={run}", "+foo=1", "metrics=[loss],[nll]",
@@ -365,16 +346,17 @@ def test_toy2d_trains_and_samples_a_scatter_plot(cli):
         "schedule.num_timesteps=20",
         "schedule.scale_betas=false",  # 1000/T would take beta_T to 1
     ]
-    cli("train", *common)
+    run_cli_in_process("train", *common, cwd=cli.cwd)
     run = cli.cwd / "runs" / "toy2d"
     assert (run / "samples" / "step_00000003.png").is_file()
-    cli(
+    run_cli_in_process(
         "sample",
         "run_dir=runs/toy2d",
         "sampler=ddim",
         "steps=5",
         "num_samples=10",
         "progress=false",
+        cwd=cli.cwd,
     )
     arr = np.load(run / "samples" / "ddim-5" / "samples.npz")["arr_0"]
     assert arr.shape == (10, 2) and arr.dtype == np.float32
@@ -385,8 +367,14 @@ def test_config_dir_adds_user_configs(cli):
     mine = cli.cwd / "my_configs" / "schedule"
     mine.mkdir(parents=True)
     (mine / "short.yaml").write_text("name: linear\nnum_timesteps: 10\nbeta_end: 0.2\n")
-    out = cli(
-        "train", "--config-dir", str(cli.cwd / "my_configs"), "schedule=short", "--cfg", "job"
+    out = run_cli_in_process(
+        "train",
+        "--config-dir",
+        str(cli.cwd / "my_configs"),
+        "schedule=short",
+        "--cfg",
+        "job",
+        cwd=cli.cwd,
     ).stdout
     assert "num_timesteps: 10" in out and "beta_end: 0.2" in out
 
@@ -401,7 +389,9 @@ def test_bf16_mixed_precision_trains_also_as_the_second_job_of_a_sweep(cli):
 
 
 def test_missing_image_folder_is_one_line(cli):
-    proc = cli("train", *TINY, "data=image_folder", "data.root=no_such_folder", check=False)
+    proc = run_cli_in_process(
+        "train", *TINY, "data=image_folder", "data.root=no_such_folder", cwd=cli.cwd, check=False
+    )
     assert proc.returncode == 2 and "no_such_folder" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -445,13 +435,12 @@ def _bad_image_folders(cwd: Path) -> None:
 def test_bad_input_is_one_line_and_leaves_existing_runs_unchanged(trained, args, code, message):
     """Each bad input of the user-error list: the exit status, a message that names the
     problem, no traceback, and the files of the existing run unchanged."""
-    from conftest import run_cli
-
     cwd, run, _ = trained
     _bad_image_folders(cwd)
     before = checksums(run)
     env = {"WANDB_MODE": None, "NETRC": str(cwd / "no-netrc"), "HOME": str(cwd)}
-    proc = run_cli(*args, cwd=cwd, check=False, env=env)
+    runner = run_cli if "logger=wandb" in args else run_cli_in_process  # wandb: its own process
+    proc = runner(*args, cwd=cwd, check=False, env=env)
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert checksums(run) == before

@@ -12,6 +12,7 @@ from conftest import TINY, run_cli
 from omegaconf import OmegaConf
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+pytestmark = pytest.mark.cli
 
 SBATCH = """#!/bin/sh
 for last; do :; done

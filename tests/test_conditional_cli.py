@@ -1,5 +1,6 @@
 """Conditional generation end to end: a class-conditional model and a noisy classifier trained
-through the CLI for a few steps, sampled with each kind of guidance; and the errors."""
+through the CLI for a few steps, sampled with each kind of guidance; and the errors. The CLI
+runs in this process (run_cli_in_process): test_cli.py runs it as a user's subprocess."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, checksums, run_cli
+from conftest import TINY, checksums, run_cli_in_process
 
 import diffuse_cli as dc
 from diffuse_cli.errors import UserError
@@ -21,8 +22,8 @@ QUICK = ["num_samples=6", "batch_size=4", "steps=5", "progress=false"]
 def runs(tmp_path_factory):
     """runs/default: conditional on the 4 shape classes; runs/classifier: its noisy classifier."""
     cwd = tmp_path_factory.mktemp("conditional")
-    run_cli("train", *TINY, "model.num_classes=4", cwd=cwd)
-    clf = run_cli("train", "task=classifier", *TINY, cwd=cwd)
+    run_cli_in_process("train", *TINY, "model.num_classes=4", cwd=cwd)
+    clf = run_cli_in_process("train", "task=classifier", *TINY, cwd=cwd)
     return cwd, clf
 
 
@@ -98,7 +99,7 @@ def test_unconditional_sampling_of_a_label_dropout_model(runs):
 @pytest.mark.cuda
 def test_guided_sampling_through_the_cli(runs):
     cwd, _ = runs
-    proc = run_cli("sample", "guidance=classifier", "class_labels=[2]", *QUICK, cwd=cwd)
+    proc = run_cli_in_process("sample", "guidance=classifier", "class_labels=[2]", *QUICK, cwd=cwd)
     assert "classifier guidance x1" in proc.stdout and "network evaluations" in proc.stdout
     with np.load(cwd / "runs/default/samples/ddpm-5-classifier1-labels2/samples.npz") as npz:
         assert npz["arr_1"].tolist() == [2] * 6
@@ -106,15 +107,16 @@ def test_guided_sampling_through_the_cli(runs):
 
 def test_eval_of_a_conditional_run_uses_its_labels(runs):
     cwd, _ = runs
-    run_cli("eval", "eval.num_batches=1", "progress=false", cwd=cwd)
+    run_cli_in_process("eval", "eval.num_batches=1", "progress=false", cwd=cwd)
     assert (cwd / "runs/default/eval/loss.json").is_file()
 
 
 def test_a_classifier_for_another_schedule_is_refused(runs, tmp_path):
     cwd, _ = runs
-    run_cli("train", "task=classifier", "name=cosine_clf", "schedule=cosine", *TINY, cwd=cwd)
+    run_cli_in_process("train", "task=classifier", "name=cosine_clf", "schedule=cosine", *TINY,
+                       cwd=cwd)  # fmt: skip
     before = checksums(cwd / "runs")
-    proc = run_cli(
+    proc = run_cli_in_process(
         "sample", "guidance=classifier", "guidance.classifier=runs/cosine_clf", *QUICK,
         cwd=cwd, check=False,
     )  # fmt: skip
@@ -153,8 +155,9 @@ def test_guidance_errors(runs, overrides, message):
     assert checksums(cwd / "runs") == before
 
 
-def test_classifier_needs_labelled_data(cli):
-    proc = cli("train", "task=classifier", "data=swiss_roll", "model=mlp", *TINY[-10:], check=False)
+def test_classifier_needs_labelled_data(tmp_path):
+    proc = run_cli_in_process("train", "task=classifier", "data=swiss_roll", "model=mlp",
+                              *TINY[-10:], cwd=tmp_path, check=False)  # fmt: skip
     assert proc.returncode == 2 and "data=swiss_roll has no class labels" in proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -141,6 +141,7 @@ def test_api_compose_matches_module_level_import():
     assert dc.compose_config(["schedule=cosine"]).schedule.name == "cosine"
 
 
+@pytest.mark.cli
 def test_plain_install_ships_the_config_tree_and_extractor_weights(tmp_path):
     """`pip install .` (not editable) must carry every YAML of configs/ inside the package."""
     import subprocess

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 from diffuse_cli.train.checkpoint import latest_checkpoint
 from diffuse_cli.train.trainer import weights_digest
 
+pytestmark = pytest.mark.cli
+
 
 def launch(*args: str, cwd, check: bool = True, timeout: int = 900):
     """`accelerate launch` two CPU processes of `diffuse <args>` (CompletedProcess)."""

@@ -244,22 +244,22 @@ def test_train_refuses_a_ddpm_ncsn_mix_in_one_line(compose, tmp_path, capsys, ov
 
 @pytest.fixture(scope="module")
 def ncsn_run(tmp_path_factory):
-    """A tiny NCSN trained once through the CLI: 4 steps, a Langevin preview."""
-    from conftest import run_cli
+    """A tiny NCSN trained once through the CLI (in this process): 4 steps, a Langevin preview."""
+    from conftest import run_cli_in_process
 
     cwd = tmp_path_factory.mktemp("ncsn")
-    run_cli("train", *TINY, *NCSN, "name=ncsn", cwd=cwd)
+    run_cli_in_process("train", *TINY, *NCSN, "name=ncsn", cwd=cwd)
     return cwd, cwd / "runs" / "ncsn"
 
 
 def test_cli_trains_an_ncsn_and_samples_it_with_langevin(ncsn_run):
-    from conftest import run_cli
+    from conftest import run_cli_in_process
 
     cwd, run = ncsn_run
     assert OmegaConf.load(run / "config.yaml").schedule.name == "ncsn"
     assert (run / "samples" / "step_00000004.png").is_file()  # the Langevin preview
     args = ["sampler=langevin", "sampler.steps_per_level=2", "num_samples=3", "progress=false"]
-    proc = run_cli("sample", "run_dir=runs/ncsn", *args, cwd=cwd)
+    proc = run_cli_in_process("sample", "run_dir=runs/ncsn", *args, cwd=cwd)
     assert "10 noise levels x 2 steps" in proc.stdout
     assert "21 network evaluations per sample" in proc.stdout
     arr = np.load(run / "samples" / "langevin-10x2" / "samples.npz")["arr_0"]
@@ -267,10 +267,10 @@ def test_cli_trains_an_ncsn_and_samples_it_with_langevin(ncsn_run):
 
 
 def test_sampling_an_ncsn_with_a_ddpm_sampler_is_one_line(ncsn_run):
-    from conftest import run_cli
+    from conftest import run_cli_in_process
 
     cwd, run = ncsn_run
-    proc = run_cli("sample", "run_dir=runs/ncsn", "sampler=ddim", cwd=cwd, check=False)
+    proc = run_cli_in_process("sample", "run_dir=runs/ncsn", "sampler=ddim", cwd=cwd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "sampler=ddim samples a DDPM, but this run is an NCSN" in proc.stderr
     assert not (run / "samples" / "ddim-10").exists()

@@ -184,6 +184,7 @@ for _ in range(300):
 """
 
 
+@pytest.mark.cli
 def test_two_processes_writing_one_report_each_leave_a_whole_file(tmp_path):
     """Parallel sweep jobs write the same eval/loss.json: with one shared temporary name, one
     writer's rename failed and two writes could mix in one file."""
