@@ -15,8 +15,9 @@ _JOBS_DONE = 0  # jobs of this command (a sweep's) that ended without an error
 
 
 class Command(NamedTuple):
-    """A command of `diffuse`: what the usage says of it and the function it runs, which
-    imports the command's modules only when it is called (`diffuse --help` stays quick)."""
+    """A command of `diffuse`: what the usage says of it and the function that runs it, which
+    imports the command's modules when called. The CLI is the top of the package (nothing
+    imports it), so this table is the only list of commands."""
 
     description: str
     run: Callable  # composes_config: run(cfg); otherwise run(argv) -> exit status
