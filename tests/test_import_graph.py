@@ -25,8 +25,8 @@ def module_names(package_dir: Path, package: str) -> dict[str, Path]:
 
 def imported_modules(tree: ast.Module, name: str, is_package: bool, known: set[str]) -> set[str]:
     """The modules of `known` that module `name` imports anywhere in its body. `from a import b`
-    names the module a.b when there is one, else a (b is a name defined in a); a package's
-    own parents are not counted, since every import runs those."""
+    names the module a.b when there is one, else a (b is a name defined in a). The parent
+    packages Python runs before a module are not counted: every module would depend on them."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
