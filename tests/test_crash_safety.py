@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, checksums, run_cli
+from conftest import TINY, checksums, run_cli, run_cli_in_process
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -140,6 +140,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     assert latest_checkpoint(tmp_path).name == "step_00000001"
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize(
     "signum",  # one path for all three: SIGTERM in the default suite, the others with -m slow
     [signal.SIGTERM, *(pytest.param(s, marks=pytest.mark.slow) for s in (signal.SIGINT,
@@ -202,6 +203,7 @@ main(sys.argv[1:])
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, point):
     common = [*QUIET, "trainer.max_steps=8", "trainer.ckpt_every=2", "model.dropout=0.1"]
@@ -459,8 +461,8 @@ def test_a_refused_start_gives_the_users_empty_folder_its_old_times(tmp_path):
     run = tmp_path / "runs" / "exp"
     run.mkdir(parents=True)
     os.utime(run, (time.time() - 3600, time.time() - 3600))
-    proc = run_cli("train", *QUIET, f"run_dir={run}", "data=image_folder",
-                   f"data.root={tmp_path / 'none'}", cwd=tmp_path, check=False)  # fmt: skip
+    args = [*QUIET, f"run_dir={run}", "data=image_folder", f"data.root={tmp_path / 'none'}"]
+    proc = run_cli_in_process("train", *args, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     assert run.is_dir() and list(run.iterdir()) == []
 

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY32, run_cli
+from conftest import TINY32, run_cli_in_process
 
 import diffuse_cli as dc
 from diffuse_cli.errors import UserError
@@ -42,7 +42,7 @@ def eval_in_process(compose, run, overrides):
 @pytest.mark.cuda
 def test_eval_report_has_everything_to_reproduce_the_number(run32):
     cwd, run = run32
-    proc = run_cli("eval", "metrics=[fid,kid,is,pr]", *QUICK, cwd=cwd)
+    proc = run_cli_in_process("eval", "metrics=[fid,kid,is,pr]", *QUICK, cwd=cwd)
     report = json.loads((run / "eval" / "ddim-3" / "builtin.json").read_text())
     assert (
         "fd_builtin" in proc.stdout and "wrote runs/default/eval/ddim-3/builtin.json" in proc.stdout
@@ -144,7 +144,7 @@ def test_a_sweep_writes_one_report_per_job_and_report_makes_a_table_and_plot(run
 
     cwd, run = run32
     sweep = ["eval", "-m", "metrics=[fid,is]", "sampler=ddim,ddpm", "steps=1,2"]
-    run_cli(*sweep, "eval.num_samples=4", "batch_size=4", "progress=false", cwd=cwd)
+    run_cli_in_process(*sweep, "eval.num_samples=4", "batch_size=4", "progress=false", cwd=cwd)
     for tag in ("ddim-1", "ddim-2", "ddpm-1", "ddpm-2"):
         assert (run / "eval" / tag / "builtin.json").is_file()
     assert report([str(run)]) == 0  # what `diffuse report runs/default` runs
@@ -509,6 +509,7 @@ for i in range(100):
 """
 
 
+@pytest.mark.cli
 def test_parallel_evals_of_the_same_samples_keep_each_others_metrics(tmp_path):
     """Two evals computing different metrics of one tag, e.g. a `metrics=[fid]` and a
     `metrics=[kid]` job of one sweep, each read the report, add theirs and write it back:

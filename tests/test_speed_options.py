@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, run_cli_in_process
 from safetensors.torch import load_file
 
 from diffuse_cli.train.checkpoint import latest_checkpoint
@@ -53,7 +53,9 @@ def test_loss_scaling_skips_overflowing_steps_and_counts_them(compose, tmp_path)
 def test_fp16_without_a_gpu_is_refused_before_anything_is_written(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: fp16 is allowed")
-    proc = run_cli("train", *QUIET, "trainer.mixed_precision=fp16", cwd=tmp_path, check=False)
+    proc = run_cli_in_process(
+        "train", *QUIET, "trainer.mixed_precision=fp16", cwd=tmp_path, check=False
+    )
     assert proc.returncode == 2
     assert "trainer.mixed_precision=fp16 needs a CUDA GPU" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -71,6 +73,7 @@ def test_data_loading_workers_give_the_same_training(compose, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_a_compiled_model_trains_and_saves_plain_keys(compose, tmp_path):
     Trainer(compose([*QUIET, "trainer.compile=true", f"run_dir={tmp_path / 'c'}"])).fit()
     Trainer(compose([*QUIET, f"run_dir={tmp_path / 'e'}"])).fit()
