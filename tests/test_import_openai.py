@@ -224,6 +224,7 @@ def test_an_existing_run_folder_is_refused(tmp_path, given):
     assert (tmp_path / "run" / "config.yaml").read_text() == "name: mine\n"
 
 
+@pytest.mark.cli
 def test_cli_import_then_sample_and_refusal_leaves_no_folder(tmp_path):
     """The round trip a user types: `diffuse import`, then `diffuse sample` on the new run; a
     refused import is one line, exit status 2, and leaves no run folder."""
@@ -246,6 +247,7 @@ def test_cli_import_then_sample_and_refusal_leaves_no_folder(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_import_fine_tune_and_sample_through_the_cli(tmp_path):
     """import, then `diffuse train run_dir=R` with trainer overrides only: the first step starts
     from the imported weights (EMA after one step = d imported + (1 - d) raw, exactly), and the

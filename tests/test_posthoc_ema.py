@@ -312,6 +312,7 @@ def test_sample_and_eval_with_ema_std_write_tagged_outputs(compose, power_run):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_an_eval_sweep_over_ema_std_gives_one_report_per_width(compose, cli):
     run = cli.cwd / "sweep"  # 20 snapshot steps: enough to express sigma_rel 0.03 (fit 2.6%)
     train(compose([*POWER, "trainer.max_steps=40", "trainer.ckpt_every=20", f"run_dir={run}"]))
@@ -352,6 +353,7 @@ KILL_POINTS = {
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
 def test_sigkill_then_resume_gives_the_snapshots_of_an_uninterrupted_run(tmp_path, point):
     import os
