@@ -113,7 +113,8 @@ def build_loss(cfg: DictConfig):
 
     check_family(cfg, sampler=False)
     try:
-        return get_loss(cfg.loss.name, lam=cfg.loss.lam)
+        loss = cfg.loss
+        return get_loss(loss.name, loss.lam, weighting=loss.weighting, snr_gamma=loss.snr_gamma)
     except ValueError as err:
         raise UserError(str(err)) from err
 

@@ -74,6 +74,9 @@ def read_run_config(run_dir: str | Path, task: str = "diffusion") -> DictConfig:
         cfg.data.subset = "first" if capped else "evenly_spaced"
     if "model" in cfg and "rescale_timesteps" not in cfg.model:  # runs before the key: raw t
         cfg.model.rescale_timesteps = False
+    if "loss" in cfg and "weighting" not in cfg.loss:  # runs before the key: L_simple unweighted
+        cfg.loss.weighting = "uniform"
+        cfg.loss.snr_gamma = cfg.loss.get("snr_gamma", 5.0)
     return cfg
 
 

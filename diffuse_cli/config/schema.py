@@ -40,6 +40,8 @@ class LossConfig:
     name: str = MISSING  # simple | vlb | hybrid (DDPM); dsm (ncsn)
     lam: float = 0.001  # hybrid: L_simple + lam * L_VLB (Nichol & Dhariwal 2021)
     timesteps: str = "uniform"  # uniform | importance (needs a VLB term: vlb or hybrid)
+    weighting: str = "uniform"  # uniform | min_snr | edm: per-t weight on L_simple (simple, hybrid)
+    snr_gamma: float = 5.0  # min_snr: min(SNR, gamma) on the x0 error (Hang et al. 2023)
 
 
 @dataclass

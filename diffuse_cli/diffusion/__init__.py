@@ -1,5 +1,6 @@
 """The mathematics of diffusion models: schedules, the Gaussian diffusion, the noise levels of
-score models (NCSN), likelihoods, losses, respacing and training timestep samplers.
+score models (NCSN), likelihoods, losses and their weighting, respacing and training timestep
+samplers.
 
 Pure torch; imports nothing else from diffuse_cli.
 """
@@ -14,7 +15,7 @@ from .gaussian import (
     mean_flat,
 )
 from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, quantize
-from .losses import LOSSES, get_loss
+from .losses import LOSSES, WEIGHTED, get_loss, refused_weighting
 from .ncsn import (
     NOISE_LEVEL_SCHEDULES,
     SCORE_PREDICTIONS,
@@ -24,6 +25,7 @@ from .ncsn import (
 from .respace import SPACINGS, respace, space_timesteps
 from .schedules import SCHEDULES, get_betas
 from .timesteps import TIMESTEP_SAMPLERS, ImportanceSampler, UniformSampler, get_timestep_sampler
+from .weighting import WEIGHTINGS, LossWeighting, get_weighting
 
 __all__ = [
     "LOSSES",
@@ -34,8 +36,11 @@ __all__ = [
     "SPACINGS",
     "TIMESTEP_SAMPLERS",
     "VARIANCES",
+    "WEIGHTED",
+    "WEIGHTINGS",
     "GaussianDiffusion",
     "ImportanceSampler",
+    "LossWeighting",
     "NoiseLevels",
     "Prediction",
     "UniformSampler",
@@ -47,9 +52,11 @@ __all__ = [
     "get_betas",
     "get_loss",
     "get_timestep_sampler",
+    "get_weighting",
     "mean_flat",
     "normal_kl",
     "quantize",
+    "refused_weighting",
     "respace",
     "space_timesteps",
 ]

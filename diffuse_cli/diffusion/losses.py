@@ -8,7 +8,8 @@ Each loss is a small object called as
 with one sampled t per example (int64 [B], indices into `diffusion`). "loss" is what the
 trainer averages (after multiplying by the timestep sampler's importance weights); "mse" and
 "vlb" are the parts it is made of where they exist. "vlb" is always the single bound term L_t
-at the example's t in bits/dim, unscaled, which is what the importance sampler's history keeps.
+at the example's t in bits/dim, unscaled, which is what the importance sampler's history keeps;
+"mse" is the unweighted L_simple term, which `loss.weighting` (weighting.py) scales in "loss".
 
 L_VLB = L_T + sum_t L_t is a sum over T terms; with t uniform, L_T + T L_t is an unbiased
 one-sample estimate of it (and with importance weights 1 / (T p_t) it stays unbiased).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .gaussian import gather, mean_flat
+from .weighting import get_weighting
 
 
 def _forward(diffusion, model, x0, t, noise, model_kwargs):
@@ -44,16 +46,25 @@ def _vlb(diffusion, x0, x_t, t, mean_part, log_variance):
     return term, diffusion.prior_bpd(x0) + diffusion.num_timesteps * term
 
 
+def _weighted(weighting, diffusion, mse, t):
+    """The L_simple term times its per-timestep weight; itself, untouched, without one."""
+    return mse if weighting is None else mse * weighting(diffusion, t, mse)
+
+
 class SimpleLoss:
-    """L_simple = ||target - output||^2 (Ho et al. 2020, eq. 14) on the mean part; a learned
-    variance gets no gradient from it (train it with loss=hybrid)."""
+    """L_simple = ||target - output||^2 (Ho et al. 2020, eq. 14) on the mean part, times the
+    weighting's per-timestep weight if there is one; a learned variance gets no gradient from
+    it (train it with loss=hybrid)."""
 
     name = "simple"
+
+    def __init__(self, weighting=None):
+        self.weighting = weighting
 
     def __call__(self, diffusion, model, x0, t, noise=None, model_kwargs=None):
         _, noise, mean_part, _ = _forward(diffusion, model, x0, t, noise, model_kwargs)
         mse = diffusion.mse_term(x0, noise, t, mean_part)
-        return {"loss": mse, "mse": mse}
+        return {"loss": _weighted(self.weighting, diffusion, mse, t), "mse": mse}
 
 
 class VLBLoss:
@@ -73,19 +84,22 @@ class HybridLoss:
 
     The VLB term sees the mean part with its gradient stopped, so L_simple alone trains the mean
     and the VLB term trains only the variance (their sec. 3.1). L_VLB is estimated by L_T + T L_t,
-    as in improved-diffusion's RESCALED_MSE (vb * T / 1000 with lam = 0.001).
+    as in improved-diffusion's RESCALED_MSE (vb * T / 1000 with lam = 0.001). A weighting
+    scales the L_simple part only: the VLB term stays an unbiased estimate of the bound.
     """
 
     name = "hybrid"
 
-    def __init__(self, lam: float = 0.001):
+    def __init__(self, lam: float = 0.001, weighting=None):
         self.lam = lam
+        self.weighting = weighting
 
     def __call__(self, diffusion, model, x0, t, noise=None, model_kwargs=None):
         x_t, noise, mean_part, log_variance = _forward(diffusion, model, x0, t, noise, model_kwargs)
         mse = diffusion.mse_term(x0, noise, t, mean_part)
         term, estimate = _vlb(diffusion, x0, x_t, t, mean_part.detach(), log_variance)
-        return {"loss": mse + self.lam * estimate, "mse": mse, "vlb": term}
+        simple = _weighted(self.weighting, diffusion, mse, t)
+        return {"loss": simple + self.lam * estimate, "mse": mse, "vlb": term}
 
 
 class DSMLoss:
@@ -116,10 +130,29 @@ class DSMLoss:
 
 
 LOSSES = {cls.name: cls for cls in (SimpleLoss, VLBLoss, HybridLoss, DSMLoss)}
+WEIGHTED = ("simple", "hybrid")  # the losses with an L_simple term that loss.weighting scales
 
 
-def get_loss(name: str, lam: float = 0.001):
-    """The loss called `name`; `lam` is used by hybrid only. ValueError names the choices."""
+def get_loss(name: str, lam: float = 0.001, weighting: str = "uniform", snr_gamma: float = 5.0):
+    """The loss called `name`; `lam` is used by hybrid only, `weighting` (and its `snr_gamma`)
+    by simple and hybrid. ValueError names the choices, or the weighting a loss cannot take."""
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; valid choices are: {', '.join(sorted(LOSSES))}.")
-    return HybridLoss(lam) if name == "hybrid" else LOSSES[name]()
+    weights = get_weighting(weighting, snr_gamma)
+    if weights is not None and name not in WEIGHTED:
+        raise ValueError(refused_weighting(name, weighting))
+    if name == "hybrid":
+        return HybridLoss(lam, weights)
+    return SimpleLoss(weights) if name == "simple" else LOSSES[name]()
+
+
+def refused_weighting(loss: str, weighting: str) -> str:
+    """Why loss=`loss` takes no loss.weighting but uniform, and what to change."""
+    if loss == "dsm":
+        why, fix = "its levels are weighted by sigma^2", "loss.weighting=uniform"
+    else:
+        why, fix = "the bound keeps its own weights", "loss=simple or loss.weighting=uniform"
+    return (
+        f"loss.weighting={weighting} scales the L_simple term of loss=simple or hybrid, and "
+        f"loss={loss} has none ({why}); use {fix}"
+    )

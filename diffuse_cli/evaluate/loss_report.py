@@ -126,9 +126,11 @@ def loss_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) 
     main process only (it is cheap). Returns the JSON path on the main process."""
     if not state.is_main_process:
         return None
+    weighting = cfg.loss.weighting
+    weights = "" if weighting == "uniform" else f", {weighting} weights"
     report = {
         **header,
-        "metric": f"held-out L_{cfg.loss.name} ({cfg.prediction.name} target)",
+        "metric": f"held-out L_{cfg.loss.name} ({cfg.prediction.name} target{weights})",
         **held_out_loss(cfg, model, diffusion, device),
     }
     out = Path(cfg.run_dir) / "eval"

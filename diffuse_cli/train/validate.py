@@ -121,7 +121,14 @@ def check_lr_decay(tc: DictConfig) -> None:
 
 def validate_loss_config(cfg: DictConfig, fresh: bool = True) -> None:
     """The loss, its timestep sampler and the variance must fit together."""
-    from diffuse_cli.diffusion import LOSSES, TIMESTEP_SAMPLERS, VARIANCES
+    from diffuse_cli.diffusion import (
+        LOSSES,
+        TIMESTEP_SAMPLERS,
+        VARIANCES,
+        WEIGHTED,
+        WEIGHTINGS,
+        refused_weighting,
+    )
 
     loss = cfg.loss
     if loss.name not in LOSSES:
@@ -132,6 +139,12 @@ def validate_loss_config(cfg: DictConfig, fresh: bool = True) -> None:
         )
     if not loss.lam >= 0:
         raise UserError(f"loss.lam={loss.lam} must be >= 0")
+    if loss.weighting not in WEIGHTINGS:
+        raise UserError(f"loss.weighting={loss.weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
+    if loss.weighting != "uniform" and loss.name not in WEIGHTED:
+        raise UserError(refused_weighting(loss.name, loss.weighting))
+    if not loss.snr_gamma > 0:
+        raise UserError(f"loss.snr_gamma={loss.snr_gamma} must be > 0")
     if loss.timesteps == "importance" and loss.name in ("simple", "dsm"):
         raise UserError(
             "loss.timesteps=importance samples t by the history of the VLB term, which "
