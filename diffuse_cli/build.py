@@ -214,6 +214,10 @@ def unet_options(m: DictConfig, image_size: int, time_scale: float = 1.0) -> dic
         channels_last=m.channels_last,
         timestep_scale=time_scale,
         time_channels=m.get("time_channels"),  # runs from before the key: model_channels
+        norm_groups=m.norm_groups,
+        norm_eps=m.norm_eps,
+        freq_shift=m.freq_shift,
+        downsample_padding=m.downsample_padding,
     )
 
 

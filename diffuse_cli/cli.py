@@ -48,6 +48,12 @@ def _import(cfg) -> None:
     import_command(cfg)
 
 
+def _export(cfg) -> None:
+    from diffuse_cli.interop.export import export_command
+
+    export_command(cfg)
+
+
 def _report(argv: list[str]) -> int:
     from diffuse_cli.evaluate.report import main as report
 
@@ -73,6 +79,9 @@ COMMANDS: dict[str, Command] = {
         _report,
         composes_config=False,
     ),
+    "export": Command(
+        "write a run's checkpoint (latest, EMA) as a diffusers pipeline folder", _export
+    ),
 }
 
 USAGE = """usage: diffuse <command> [key=value ...] [hydra flags]
@@ -91,6 +100,7 @@ Examples:
   diffuse import source=64x64_diffusion.pt name=adm64 experiment=adm_imagenet64 \
       use_new_attention_order=true
   diffuse train -m schedule=linear,cosine
+  diffuse export run_dir=runs/default format=diffusers out=exported/default
 """
 
 

@@ -77,7 +77,19 @@ def read_run_config(run_dir: str | Path, task: str = "diffusion") -> DictConfig:
     if "loss" in cfg and "weighting" not in cfg.loss:  # runs before the key: L_simple unweighted
         cfg.loss.weighting = "uniform"
         cfg.loss.snr_gamma = cfg.loss.get("snr_gamma", 5.0)
+    for key, value in CONVENTIONS_BEFORE_KEYS.items():  # runs from before these keys
+        if "model" in cfg and key not in cfg.model:
+            cfg.model[key] = value
     return cfg
+
+
+# The model keys of foreign networks' conventions and what every run made before them computed.
+CONVENTIONS_BEFORE_KEYS = {
+    "norm_groups": None,
+    "norm_eps": 1e-5,
+    "freq_shift": 0.0,
+    "downsample_padding": 1,
+}
 
 
 def differences(key: str, ours: dict, theirs: dict | None, label: str) -> str:

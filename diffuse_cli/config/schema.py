@@ -81,6 +81,10 @@ class ModelConfig:
     # sinusoidal timestep features, embedded in 4x as many channels; null: model_channels
     # (ADM 512x512 has twice its first level's width: its channel_mult starts at 0.5)
     time_channels: int | None = None
+    norm_groups: int | None = None  # GroupNorm groups everywhere; null: <= 32, 2+ channels each
+    norm_eps: float = 1e-5  # GroupNorm eps (the TensorFlow DDPM's: 1e-6)
+    freq_shift: float = 0.0  # timestep frequencies max_period^(-i / (half - freq_shift))
+    downsample_padding: int = 1  # 1: stride-2 convs pad every side; 0: right and bottom only
     hidden: int = 256  # mlp
     num_layers: int = 4  # mlp
 
@@ -254,11 +258,24 @@ class ImportConfig(TrainConfig):
     use_new_attention_order: bool = False  # openai: q/k/v, then heads (guided-diffusion's 64x64)
 
 
+@dataclass
+class ExportConfig:
+    """`diffuse export`: a run's checkpoint written in another library's format."""
+
+    run_dir: str = "runs/default"  # the run to export
+    format: str = "diffusers"  # diffusers (a DDPMPipeline folder)
+    out: str = MISSING  # the folder to write; must not exist or be empty
+    ema: bool = True  # the EMA weights (false: the raw weights)
+    checkpoint: int | None = None  # the step whose checkpoint to export; null: the latest
+    debug: bool = False
+
+
 SCHEMAS = {
     "train": TrainConfig,
     "sample": SampleConfig,
     "eval": EvalCommandConfig,
     "import": ImportConfig,
+    "export": ExportConfig,
 }
 # Keys of `diffuse import` that are not the new run's settings: not written to its config.yaml.
 IMPORT_ONLY_KEYS = ("source", "use_new_attention_order")

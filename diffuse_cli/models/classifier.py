@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import UNetEncoder, normalization
+from .unet import UNetEncoder
 
 
 class AttentionPool(nn.Module):
@@ -55,7 +55,7 @@ class EncoderClassifier(UNetEncoder):
                 raise ValueError(f"{ch} channels cannot be split into heads of {head_channels}")
             heads = ch // head_channels
         side = self.resolutions[-1]
-        self.head_norm = normalization(ch)
+        self.head_norm = self.norm(ch)
         self.pool = AttentionPool(ch, side * side, heads)
         self.classify = nn.Linear(ch, num_classes)
         if self.channels_last:

@@ -7,7 +7,11 @@ from torch import nn
 
 
 def timestep_embedding(
-    t: torch.Tensor, dim: int, max_period: float = 10000.0, scale: float = 1.0
+    t: torch.Tensor,
+    dim: int,
+    max_period: float = 10000.0,
+    scale: float = 1.0,
+    freq_shift: float = 0.0,
 ) -> torch.Tensor:
     """Sinusoidal embedding of (integer) timesteps, as in Transformers and Ho et al. 2020.
 
@@ -15,11 +19,14 @@ def timestep_embedding(
     the meta device and their state dicts hold only learned weights.
 
     t: [B] timesteps (any numeric dtype). Returns float32 [B, dim]: [cos(t f), sin(t f)] with
-    frequencies f_i = max_period^(-i / half); an odd dim is zero-padded.
+    frequencies f_i = max_period^(-i / (half - freq_shift)); an odd dim is zero-padded.
+    freq_shift = 1 is the TensorFlow DDPM's embedding (diffusers' freq_shift), whose lowest
+    frequency is exactly 1 / max_period.
     """
     half = dim // 2
+    divisor = half - freq_shift if freq_shift else half
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / divisor
     )
     args = (t.float() * scale)[:, None] * freqs[None]  # scale: see UNet's timestep_scale
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

@@ -35,6 +35,24 @@ def normalization(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(norm_groups(channels), channels)
 
 
+class GroupNormOf:
+    """Makes the network's GroupNorms: `groups` groups everywhere (the published networks' 32,
+    or any other count, as diffusers' norm_num_groups), or None for the `norm_groups` rule; `eps`
+    as torch's default 1e-5 or, e.g., the 1e-6 of the TensorFlow DDPM."""
+
+    def __init__(self, groups: int | None = None, eps: float = 1e-5):
+        if groups is not None and groups < 1:
+            raise ValueError(f"norm_groups must be null or >= 1, not {groups}")
+        self.groups, self.eps = groups, eps
+
+    def __call__(self, channels: int) -> nn.GroupNorm:
+        if self.groups is None:
+            return nn.GroupNorm(norm_groups(channels), channels, eps=self.eps)
+        if channels % self.groups:
+            raise ValueError(f"{channels} channels cannot be split into {self.groups} norm groups")
+        return nn.GroupNorm(self.groups, channels, eps=self.eps)
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters so a residual branch (or the whole net) starts as the identity
     (or as 0). Uses in-place init, which also works on the meta device."""
@@ -53,13 +71,20 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a strided 3x3 convolution (DDPM)."""
+    """Halve the resolution with a strided 3x3 convolution (DDPM). `padding` 1 pads every side;
+    0 pads only the right and bottom by one, as TensorFlow's "SAME" padding of the original DDPM
+    code (diffusers' downsample_padding=0)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: int = 1):
         super().__init__()
-        self.conv = conv3x3(channels, channels, stride=2)
+        if padding not in (0, 1):
+            raise ValueError(f"downsample_padding must be 0 or 1, not {padding}")
+        self.pad_bottom_right = padding == 0
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_bottom_right:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -133,16 +158,17 @@ class ResBlock(nn.Module):
         up: bool = False,
         down: bool = False,
         rescale: bool = False,
+        norm=normalization,
     ):
         super().__init__()
         self.scale_shift = scale_shift
         self.skip_scale = 1 / math.sqrt(2) if rescale else 1.0
-        self.in_norm = normalization(in_channels)
+        self.in_norm = norm(in_channels)
         self.up = up  # the first convolution then runs folded on the small map
         self.resample = _resample(up, down)
         self.in_conv = conv3x3(in_channels, out_channels)
         self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if scale_shift else 1))
-        self.out_norm = normalization(out_channels)
+        self.out_norm = norm(out_channels)
         self.dropout = Dropout(dropout)
         self.out_conv = zero_module(conv3x3(out_channels, out_channels))
         self.skip = (
@@ -177,6 +203,7 @@ class AttentionBlock(nn.Module):
         num_heads: int = 1,
         num_head_channels: int = -1,
         rescale: bool = False,
+        norm=normalization,
     ):
         super().__init__()
         if num_head_channels > 0:
@@ -189,7 +216,7 @@ class AttentionBlock(nn.Module):
             raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
         self.num_heads = num_heads
         self.skip_scale = 1 / math.sqrt(2) if rescale else 1.0
-        self.norm = normalization(channels)
+        self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
@@ -246,6 +273,10 @@ class UNetEncoder(nn.Module):
         channels_last: bool = False,
         timestep_scale: float = 1.0,
         time_channels: int | None = None,
+        norm_groups: int | None = None,
+        norm_eps: float = 1e-5,
+        freq_shift: float = 0.0,
+        downsample_padding: int = 1,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -275,6 +306,8 @@ class UNetEncoder(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.channels_last = channels_last
         self.timestep_scale = timestep_scale
+        self.freq_shift = freq_shift
+        self.norm = GroupNormOf(norm_groups, norm_eps)
         self.resolutions = resolutions
         self.channel_mult, self.num_res_blocks = tuple(channel_mult), num_res_blocks
         self.resblock_updown = resblock_updown
@@ -310,7 +343,10 @@ class UNetEncoder(nn.Module):
                 self.input_blocks.append(EmbedSequential(*with_attention(block, ch, level)))
                 self.skip_channels.append(ch)
             if level != levels - 1:
-                down = res(ch, ch, down=True) if resblock_updown else Downsample(ch)
+                if resblock_updown:
+                    down = res(ch, ch, down=True)
+                else:
+                    down = Downsample(ch, downsample_padding)
                 self.input_blocks.append(EmbedSequential(down))
                 self.skip_channels.append(ch)
 
@@ -320,12 +356,22 @@ class UNetEncoder(nn.Module):
     def res_block(self, cin: int, cout: int, up: bool = False, down: bool = False) -> ResBlock:
         o = self._block_options
         return ResBlock(
-            cin, cout, o["emb_channels"], o["dropout"], o["scale_shift"], up, down, o["rescale"]
+            cin,
+            cout,
+            o["emb_channels"],
+            o["dropout"],
+            o["scale_shift"],
+            up,
+            down,
+            o["rescale"],
+            self.norm,
         )
 
     def attention(self, channels: int) -> "AttentionBlock":
         o = self._block_options
-        return AttentionBlock(channels, o["num_heads"], o["num_head_channels"], o["rescale"])
+        return AttentionBlock(
+            channels, o["num_heads"], o["num_head_channels"], o["rescale"], self.norm
+        )
 
     def with_attention(self, block: ResBlock, channels: int, level: int) -> list[nn.Module]:
         """[block], followed by attention when level's resolution is in attention_resolutions."""
@@ -336,7 +382,9 @@ class UNetEncoder(nn.Module):
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The block conditioning: time embedding plus the label embedding (label
         `num_classes` is the null label)."""
-        emb = timestep_embedding(t, self.time_channels, scale=self.timestep_scale)
+        emb = timestep_embedding(
+            t, self.time_channels, scale=self.timestep_scale, freq_shift=self.freq_shift
+        )
         emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
         if self.label_embed is not None:
             if y is None:
@@ -387,6 +435,11 @@ class UNet(UNetEncoder):
     of a T-step chain the inputs of a 1000-step one, as improved-diffusion's rescale_timesteps.
     `time_channels` (default model_channels) is the number of sinusoidal features, embedded in
     4x as many channels: ADM's 512x512 network has 256 of them over a first level of 128.
+
+    Conventions of other codebases, exact where set (the defaults are this toolkit's own):
+    `norm_groups` fixes the GroupNorm groups (None: `norm_groups`' rule), `norm_eps` their eps,
+    `freq_shift` the embedding's frequency divisor (see timestep_embedding), and
+    `downsample_padding` 0 pads only right and bottom before a stride-2 convolution.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, **kwargs):
@@ -407,7 +460,7 @@ class UNet(UNetEncoder):
                 self.output_blocks.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            normalization(ch),
+            self.norm(ch),
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )

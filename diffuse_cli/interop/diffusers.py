@@ -1,0 +1,377 @@
+"""Read a diffusers folder into this toolkit's terms: a pipeline folder (model_index.json, unet/,
+scheduler/) or a bare UNet2DModel folder (config.json and its weights).
+
+Everything comes from the folder's JSON configs and weight files; diffusers itself is not
+needed. A convention the UNet can compute exactly becomes a model key (`norm_groups`,
+`norm_eps`, `freq_shift`, `downsample_padding`; diffusers' [sin, cos] embedding order is a
+permutation of the first time-embedding layer's inputs); anything else is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffuse_cli.errors import UserError
+
+from .diffusers_layout import Layout, from_diffusers, to_diffusers, with_current_attention_names
+from .imported import ImportedNetwork
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# diffusers' "learned" reads the second half of the output as the variance itself; this
+# toolkit's `learned` reads it as log Sigma, so only learned_range has the same meaning.
+VARIANCES = {
+    "fixed_small": "fixed_small",
+    "fixed_small_log": "fixed_small",
+    "fixed_large": "fixed_large",
+    "fixed_large_log": "fixed_large",
+    "learned_range": "learned_range",
+}
+# UNet2DModel settings this toolkit's UNet has no counterpart for, and the values it can take.
+FIXED = {
+    "center_input_sample": (False,),
+    "time_embedding_type": ("positional",),
+    "mid_block_type": ("UNetMidBlock2D",),
+    "mid_block_scale_factor": (1, 1.0),
+    "downsample_type": ("conv",),
+    "upsample_type": ("conv",),
+    "act_fn": ("silu",),
+    "add_attention": (True,),
+    "class_embed_type": (None,),
+    "resnet_time_scale_shift": ("default", "scale_shift"),
+}
+DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
+UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
+
+
+def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
+    """The network of diffusers folder `path`: model and data settings from the UNet's
+    config.json, schedule, prediction and variance from scheduler/ (a bare UNet takes them from
+    `cfg`, the command's config), weights under our keys. Refuses in one line what the UNet
+    cannot compute exactly."""
+    path = Path(path)
+    unet_dir, scheduler_file = _locate(path)
+    unet = _read_json(unet_dir / "config.json")
+    if unet.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise UserError(
+            f"'{unet_dir}' holds a {unet['_class_name']}; only diffusers' UNet2DModel (pixel-space "
+            "DDPM/DDIM pipelines) can be imported"
+        )
+    notes: list[str] = []
+    model, data, layout = unet_settings(unet, notes)
+    config = {"model": model, "data": data}
+    if scheduler_file is not None:
+        config.update(scheduler_settings(_read_json(scheduler_file), notes))
+    else:
+        notes.append(
+            "a bare UNet records no schedule: the schedule, prediction and variance "
+            "are the command's"
+        )
+    _check_variance(unet, config.get("variance", {}).get("name", cfg.variance.name), unet_dir)
+    theirs = with_current_attention_names(_read_weights(unet_dir))
+    _check_tensors(theirs, layout, OmegaConf.merge(cfg, config), unet_dir)
+    state = from_diffusers(theirs, layout)
+    if not unet.get("flip_sin_to_cos", True):  # [sin, cos] inputs: reorder the first layer's
+        state["time_embed.0.weight"] = _sin_cos_to_cos_sin(state["time_embed.0.weight"])
+    if layout.conditional:
+        notes.append(
+            f"{model['num_classes']} classes; the null label (row {model['num_classes']}) "
+            "is zero: classifier-free guidance needs a model trained with label dropout"
+        )
+    return ImportedNetwork("diffusers", config, state, notes)
+
+
+def _locate(path: Path) -> tuple[Path, Path | None]:
+    """(the UNet's folder, the scheduler's config or None) of a pipeline or bare UNet folder."""
+    if (path / "model_index.json").is_file():
+        index = _read_json(path / "model_index.json")
+        extra = sorted(k for k in index if not k.startswith("_") and k not in ("unet", "scheduler"))
+        if extra or index.get("unet", [None, None])[1] != "UNet2DModel":
+            raise UserError(
+                f"'{path}' is a {index.get('_class_name', 'pipeline')} with "
+                f"{', '.join(extra) or index.get('unet')}; only pixel-space pipelines of a "
+                "UNet2DModel and a scheduler (DDPMPipeline, DDIMPipeline) can be imported"
+            )
+        scheduler = path / "scheduler" / "scheduler_config.json"
+        return path / "unet", scheduler if scheduler.is_file() else None
+    if (path / "config.json").is_file():
+        return path, None
+    raise UserError(
+        f"'{path}' is not a diffusers folder: it has neither model_index.json (a pipeline) nor "
+        "config.json (a UNet2DModel)"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            found = json.load(f)
+    except FileNotFoundError as err:
+        raise UserError(f"'{path}' is missing; a diffusers folder needs it") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"'{path}' is not a readable JSON config ({err})") from err
+    if not isinstance(found, dict):
+        raise UserError(f"'{path}' is not a JSON object, as diffusers' configs are")
+    return found
+
+
+def unet_settings(unet: dict, notes: list[str]) -> tuple[dict, dict, Layout]:
+    """(model settings, data settings, layout) of a UNet2DModel config.json."""
+    for key, allowed in FIXED.items():
+        value = unet.get(key, allowed[0])
+        if value not in allowed:
+            raise UserError(
+                f"UNet2DModel {key}={value!r} cannot be imported: this toolkit's UNet computes "
+                f"only {' or '.join(repr(a) for a in allowed)}"
+            )
+    channels = list(unet.get("block_out_channels", (224, 448, 672, 896)))
+    down, up = unet.get("down_block_types", ()), unet.get("up_block_types", ())
+    for kind, blocks, names in (("down", down, DOWN_BLOCKS), ("up", up, UP_BLOCKS)):
+        unknown = sorted(set(blocks) - set(names))
+        if unknown:
+            raise UserError(
+                f"UNet2DModel {kind}_block_types {unknown} cannot be imported; this toolkit's UNet "
+                f"has {' and '.join(names)}"
+            )
+    attention = [DOWN_BLOCKS[b] for b in down]
+    if len(down) != len(channels) or [UP_BLOCKS[b] for b in reversed(up)] != attention:
+        raise UserError(
+            f"UNet2DModel down_block_types {list(down)} and up_block_types {list(up)} put "
+            "attention at different levels; this toolkit's UNet has it at the same levels"
+        )
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise UserError(
+            f"UNet2DModel block_out_channels {channels} are not multiples of the first; this "
+            "toolkit's UNet has model_channels x channel_mult"
+        )
+    size = unet.get("sample_size")
+    if isinstance(size, list | tuple):
+        if len(set(size)) != 1:
+            raise UserError(f"UNet2DModel sample_size {size} is not square; images here are")
+        size = size[0]
+    if not isinstance(size, int):
+        raise UserError("UNet2DModel config.json has no sample_size; it sets the attention sizes")
+    time_dim = unet.get("time_embedding_dim")
+    if time_dim not in (None, 4 * base):
+        raise UserError(
+            f"UNet2DModel time_embedding_dim={time_dim} cannot be imported; this toolkit's "
+            f"embedding is 4 x block_out_channels[0] = {4 * base}"
+        )
+    groups = unet.get("norm_num_groups", 32)
+    attn_groups = unet.get("attn_norm_num_groups")
+    if attn_groups is None and unet.get("resnet_time_scale_shift") == "scale_shift":
+        raise UserError(
+            "UNet2DModel with resnet_time_scale_shift=scale_shift and attn_norm_num_groups=null "
+            "has a middle attention without GroupNorm, which this toolkit's attention always has"
+        )
+    if attn_groups not in (None, groups):
+        raise UserError(
+            f"UNet2DModel attn_norm_num_groups={attn_groups} differs from norm_num_groups="
+            f"{groups}; this toolkit's UNet uses one number of groups"
+        )
+    head_dim = unet.get("attention_head_dim", 8)
+    levels = [size // 2**i for i, a in enumerate(attention) if a]
+    num_classes = unet.get("num_class_embeds")
+    freq_shift = unet.get("freq_shift", 0)
+    model = {
+        "name": "diffusers",
+        "arch": "unet",
+        "model_channels": base,
+        "channel_mult": [c // base for c in channels],
+        "num_res_blocks": unet.get("layers_per_block", 2),
+        "attention_resolutions": levels,
+        "num_heads": 1,
+        "num_head_channels": -1 if head_dim is None else head_dim,
+        "dropout": float(unet.get("dropout", 0.0)),
+        "resblock_updown": False,
+        "use_scale_shift_norm": unet.get("resnet_time_scale_shift") == "scale_shift",
+        "residual_rescale": False,
+        "num_classes": num_classes,
+        "image_size": size,
+        "rescale_timesteps": False,
+        "norm_groups": groups,
+        "norm_eps": float(unet.get("norm_eps", 1e-5)),
+        "freq_shift": float(freq_shift),
+        "downsample_padding": unet.get("downsample_padding", 1),
+    }
+    data = {"channels": unet.get("in_channels", 3), "image_size": size}
+    if not unet.get("flip_sin_to_cos", True):
+        notes.append(
+            "flip_sin_to_cos=false: the [sin, cos] embedding is read as [cos, sin] by "
+            "reordering the inputs of the first time-embedding layer"
+        )
+    layout = Layout(
+        len(channels),
+        model["num_res_blocks"],
+        frozenset(i for i, a in enumerate(attention) if a),
+        num_classes is not None,
+    )
+    return model, data, layout
+
+
+def scheduler_settings(scheduler: dict, notes: list[str]) -> dict:
+    """The schedule, prediction and variance groups of a DDPM/DDIM scheduler_config.json."""
+    name = scheduler.get("_class_name")
+    if name not in SCHEDULERS:
+        raise UserError(
+            f"scheduler {name} cannot be imported; this toolkit reads {' and '.join(SCHEDULERS)}"
+        )
+    if scheduler.get("rescale_betas_zero_snr"):
+        raise UserError(
+            "scheduler rescale_betas_zero_snr=true cannot be imported: no schedule "
+            "here ends at zero signal-to-noise"
+        )
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise UserError(
+            f"scheduler prediction_type={prediction!r} cannot be imported; this "
+            f"toolkit has {', '.join(PREDICTIONS)}"
+        )
+    variance = scheduler.get("variance_type", "fixed_small")
+    if name == "DDIMScheduler":
+        notes.append("DDIMScheduler records no variance: variance=fixed_small (DDIM ignores it)")
+    elif variance not in VARIANCES:
+        raise UserError(
+            f"scheduler variance_type={variance!r} cannot be imported: diffusers' 'learned' reads "
+            "the output as the variance, this toolkit's as its log; learned_range is the same in "
+            "both"
+        )
+    if not scheduler.get("clip_sample", True):
+        notes.append("the scheduler does not clip x0: sample with sampler.clip_denoised=false")
+    if scheduler.get("thresholding"):
+        notes.append("the scheduler thresholds x0 dynamically; samplers here clip it to [-1, 1]")
+    return {
+        "schedule": _schedule(scheduler),
+        "prediction": {"name": PREDICTIONS[prediction]},
+        "variance": {"name": VARIANCES.get(variance, "fixed_small")},
+    }
+
+
+def _schedule(scheduler: dict) -> dict:
+    """Our schedule group for the scheduler's betas: linear (as given, float64 here where
+    diffusers computes float32), squaredcos_cap_v2 = our cosine with s = 0.008 and max_beta =
+    0.999, and trained_betas that are one of those to a relative 1e-6."""
+    from diffuse_cli.diffusion import get_betas
+
+    steps = scheduler.get("num_train_timesteps", 1000)
+    start, end = scheduler.get("beta_start", 1e-4), scheduler.get("beta_end", 0.02)
+    linear = {
+        "name": "linear",
+        "num_timesteps": steps,
+        "beta_start": start,
+        "beta_end": end,
+        "scale_betas": False,
+    }
+    cosine = {"name": "cosine", "num_timesteps": steps, "s": 0.008, "max_beta": 0.999}
+    trained = scheduler.get("trained_betas")
+    if trained is not None:
+        betas = torch.tensor(trained, dtype=torch.float64)
+        linear.update(
+            num_timesteps=len(betas), beta_start=betas[0].item(), beta_end=betas[-1].item()
+        )
+        cosine["num_timesteps"] = len(betas)
+        for candidate in (linear, cosine):
+            ours = get_betas(**_betas_arguments(candidate))
+            if ((ours - betas).abs() / betas).max() <= 1e-6:
+                return candidate
+        raise UserError(
+            "scheduler trained_betas are neither linear nor the cosine schedule (to a relative "
+            "1e-6); this toolkit's schedules are linear and cosine"
+        )
+    kind = scheduler.get("beta_schedule", "linear")
+    if kind == "linear":
+        return linear
+    if kind == "squaredcos_cap_v2":
+        return cosine
+    raise UserError(
+        f"scheduler beta_schedule={kind!r} cannot be imported; this toolkit has "
+        "linear and squaredcos_cap_v2 (cosine)"
+    )
+
+
+def _betas_arguments(schedule: dict) -> dict:
+    args = {k: v for k, v in schedule.items() if k not in ("scale_betas",)}
+    args["scale_to_timesteps"] = False
+    return args
+
+
+def _check_variance(unet: dict, variance: str, unet_dir: Path) -> None:
+    """A UNet with twice its input channels out learns its variance; the variance must say so."""
+    from diffuse_cli.diffusion import VARIANCES as OURS
+
+    cin, cout = unet.get("in_channels", 3), unet.get("out_channels", 3)
+    factor = OURS[variance].channel_factor if variance in OURS else 1
+    if cout != cin * factor:
+        learned = cout == 2 * cin
+        raise UserError(
+            f"'{unet_dir}' has {cin} channels in and {cout} out"
+            + (", a learned variance, but variance=" if learned else ", but variance=")
+            + f"{variance}; "
+            + (
+                "set variance=learned_range (diffusers' learned_range)"
+                if learned
+                else "use a fixed variance (fixed_small or fixed_large)"
+            )
+        )
+
+
+def _read_weights(unet_dir: Path) -> dict[str, torch.Tensor]:
+    """The UNet's tensors from safetensors, or a .bin read with weights_only (no code runs)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for name in WEIGHT_FILES:
+        file = unet_dir / name
+        if not file.is_file():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                return load_file(file)
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"'{file}' cannot be read as weights ({first})") from err
+        except Exception as err:  # an unpickler refusing a global, a truncated file
+            raise UserError(f"'{file}' is not a plain tensor file ({type(err).__name__})") from err
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise UserError(f"'{file}' holds no state dict of tensors")
+        return state
+    raise UserError(f"'{unet_dir}' has no weights: expected {' or '.join(WEIGHT_FILES)}")
+
+
+def _check_tensors(theirs: dict, layout: Layout, cfg: DictConfig, unet_dir: Path) -> None:
+    """The file has exactly the tensors, shape for shape, of the network these settings build."""
+    from diffuse_cli.build import build_model
+
+    with torch.device("meta"):
+        needed = to_diffusers(build_model(cfg).state_dict(), layout)
+    missing, unused = sorted(set(needed) - set(theirs)), sorted(set(theirs) - set(needed))
+    if missing or unused:
+        which = f"missing {missing[0]}" if missing else f"unexpected {unused[0]}"
+        count = len(missing) + len(unused)
+        more = f" and {count - 1} more" if count > 1 else ""
+        raise UserError(f"'{unet_dir}' does not match its config.json ({which}{more})")
+    for key, tensor in needed.items():
+        shape = list(tensor.shape)
+        if key == "class_embedding.weight":  # ours has the null label's row besides
+            shape[0] -= 1
+        if list(theirs[key].shape) != shape:
+            raise UserError(
+                f"'{unet_dir}': {key} has shape {list(theirs[key].shape)}, but its config.json "
+                f"builds {shape}"
+            )
+
+
+def _sin_cos_to_cos_sin(weight: torch.Tensor) -> torch.Tensor:
+    """The first time-embedding layer's weight for inputs [cos, sin] instead of [sin, cos]."""
+    half = weight.shape[1] // 2
+    order = list(range(half, 2 * half)) + list(range(half)) + list(range(2 * half, weight.shape[1]))
+    return weight[:, order]
