@@ -43,8 +43,8 @@ def export_diffusers(
         raise UserError(f"'{run_dir}' holds a task={cfg.task} run; export a diffusion run")
     check_exportable(cfg)
     model = build_model(cfg)
+    unet_config, layout = unet_config_of(cfg, model)  # refuses what UNet2DModel cannot be
     load_weights(model, run_dir, ema=ema, step=step)
-    unet_config, layout = unet_config_of(cfg, model)
     scheduler_config = scheduler_config_of(cfg, build_diffusion(cfg).betas)
     weights = to_diffusers(model.state_dict(), layout)
     _write_folder(out, unet_config, scheduler_config, weights)

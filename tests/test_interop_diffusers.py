@@ -1,0 +1,433 @@
+"""diffusers folders in and out: an imported UNet2DModel computes what diffusers computes, an
+exported run loads in diffusers and computes what the run computes, and what cannot be expressed
+is refused in one line. diffusers is the reference here (a test-only extra); every weight is
+drawn at random, since zero-initialised layers would hide a wrong map."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import diffuse_cli as dc
+from diffuse_cli import runs
+from diffuse_cli.errors import UserError
+from diffuse_cli.interop.diffusers import read_diffusers
+from diffuse_cli.interop.diffusers_export import export_diffusers
+from diffuse_cli.train.checkpoint import save_checkpoint
+
+diffusers = pytest.importorskip("diffusers")
+
+SMALL = dict(
+    sample_size=16,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(16, 32),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=8,
+)
+# google/ddpm-cifar10-32's conventions (the TensorFlow DDPM's), at a small size
+TF_DDPM = dict(freq_shift=1, flip_sin_to_cos=False, norm_eps=1e-6, downsample_padding=0)
+OUR_RUN = [
+    "model.model_channels=16",
+    "model.channel_mult=[1,2]",
+    "model.attention_resolutions=[8]",
+    "model.norm_groups=8",
+    "data.image_size=16",
+    "schedule.num_timesteps=50",
+]
+
+
+def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter drawn from N(0, 0.2^2): outputs of order 1, no layer left at zero."""
+    torch.manual_seed(seed)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory) -> Path:
+    """One random SMALL pipeline, saved once; tests that edit it take a copy (pipeline_copy)."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    save_pipeline(folder, {})
+    return folder
+
+
+@pytest.fixture
+def pipeline_copy(saved_pipeline, tmp_path) -> Path:
+    return Path(shutil.copytree(saved_pipeline, tmp_path / "pipeline"))
+
+
+def save_pipeline(folder: Path, unet_options: dict, scheduler=None) -> torch.nn.Module:
+    """A DDPMPipeline of a random UNet2DModel saved as diffusers saves it; returns the UNet."""
+    unet = randomized(diffusers.UNet2DModel(**{**SMALL, **unet_options}))
+    scheduler = scheduler or diffusers.DDPMScheduler(num_train_timesteps=100)
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return unet
+
+
+def imported_network(folder: Path, overrides=()):
+    """(config, our UNet with the imported weights) as the import command would build them."""
+    cfg = dc.compose_config(list(overrides), command="sample")
+    found = read_diffusers(folder, cfg)
+    cfg = OmegaConf.merge(cfg, found.config)
+    model = dc.build_model(cfg)
+    model.load_state_dict(found.state_dict)
+    return cfg, model.eval(), found
+
+
+def inputs(labels: bool, channels: int = 3):
+    torch.manual_seed(1)
+    x = torch.randn(3, channels, 16, 16)
+    t = torch.tensor([0, 37, 99])
+    return x, t, torch.tensor([0, 2, 4]) if labels else None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {
+            "resnet_time_scale_shift": "scale_shift",
+            "attn_norm_num_groups": 8,
+            "num_class_embeds": 5,
+        },
+        {"out_channels": 6, "attention_head_dim": None, "dropout": 0.1},
+        TF_DDPM,
+    ],
+    ids=["plain", "adagn_class_conditional", "learned_variance_one_head", "tf_ddpm"],
+)
+def test_an_imported_diffusers_unet_computes_what_diffusers_computes(tmp_path, options):
+    learned = options.get("out_channels") == 6
+    scheduler = diffusers.DDPMScheduler(
+        num_train_timesteps=100, variance_type="learned_range" if learned else "fixed_small"
+    )
+    theirs = save_pipeline(tmp_path, options, scheduler)
+    cfg, ours, _ = imported_network(tmp_path)
+    x, t, y = inputs("num_class_embeds" in options)
+    with torch.no_grad():
+        expected = theirs(x, t, class_labels=y).sample
+        got = ours(x, t, y)
+    assert got.shape == expected.shape == (3, 6 if learned else 3, 16, 16)
+    assert (got - expected).abs().max() < 1e-4
+    assert expected.abs().mean() > 0.1  # a network that computes something
+    assert cfg.variance.name == ("learned_range" if learned else "fixed_small")
+
+
+def test_the_tf_ddpm_conventions_become_model_keys(tmp_path):
+    save_pipeline(tmp_path, TF_DDPM)
+    cfg, _, found = imported_network(tmp_path)
+    m = cfg.model
+    assert (m.freq_shift, m.norm_eps, m.downsample_padding, m.norm_groups) == (1.0, 1e-6, 0, 8)
+    assert any("flip_sin_to_cos=false" in note for note in found.notes)
+
+
+def test_attention_weights_under_their_old_names_import_the_same(saved_pipeline, pipeline_copy):
+    from safetensors.torch import load_file, save_file
+
+    file = pipeline_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    renames = {
+        ".to_q.": ".query.",
+        ".to_k.": ".key.",
+        ".to_v.": ".value.",
+        ".to_out.0.": ".proj_attn.",
+    }
+    old = {}
+    for key, value in load_file(file).items():
+        for new, legacy in renames.items():
+            key = key.replace(new, legacy)
+        old[key] = value
+    assert any(".query." in k for k in old)
+    save_file(old, file)
+    cfg = dc.compose_config([], command="sample")
+    current = read_diffusers(saved_pipeline, cfg).state_dict
+    legacy = read_diffusers(pipeline_copy, cfg).state_dict
+    assert current.keys() == legacy.keys()
+    assert all(torch.equal(current[k], legacy[k]) for k in current)
+
+
+def test_a_bin_file_is_read_without_running_code(saved_pipeline, pipeline_copy):
+    from safetensors.torch import load_file
+
+    unet = pipeline_copy / "unet"
+    state = load_file(unet / "diffusion_pytorch_model.safetensors")
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(state, unet / "diffusion_pytorch_model.bin")
+    cfg = dc.compose_config([], command="sample")
+    current = read_diffusers(saved_pipeline, cfg).state_dict
+    from_bin = read_diffusers(pipeline_copy, cfg).state_dict
+    assert all(torch.equal(current[k], from_bin[k]) for k in current)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"w": Payload()}, unet / "diffusion_pytorch_model.bin")
+    with pytest.raises(UserError, match="is not a plain tensor file|cannot be read as weights"):
+        read_diffusers(pipeline_copy, cfg)
+
+
+@pytest.mark.parametrize(
+    "scheduler, schedule",
+    [
+        (dict(num_train_timesteps=100, beta_start=2e-4, beta_end=0.04), "linear"),
+        (dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2"), "cosine"),
+        (
+            dict(num_train_timesteps=100, trained_betas=torch.linspace(1e-4, 0.05, 100).tolist()),
+            "linear",
+        ),
+    ],
+)
+def test_the_scheduler_gives_the_same_betas(tmp_path, scheduler, schedule):
+    reference = diffusers.DDPMScheduler(
+        **scheduler, prediction_type="v_prediction", variance_type="fixed_large"
+    )
+    save_pipeline(tmp_path, {}, reference)
+    cfg, _, _ = imported_network(tmp_path)
+    assert cfg.schedule.name == schedule
+    assert (cfg.prediction.name, cfg.variance.name) == ("v", "fixed_large")
+    betas = dc.build_diffusion(cfg).betas
+    assert ((betas - reference.betas.double()).abs() / betas).max() <= 1e-6
+
+
+def test_a_bare_unet_takes_its_schedule_from_the_command(tmp_path):
+    unet = randomized(diffusers.UNet2DModel(**SMALL))
+    unet.save_pretrained(tmp_path)
+    cfg = dc.compose_config(["schedule=cosine", "schedule.num_timesteps=40"], command="sample")
+    found = read_diffusers(tmp_path, cfg)
+    assert set(found.config) == {"model", "data"}
+    assert any("bare UNet" in note for note in found.notes)
+    learned = randomized(diffusers.UNet2DModel(**{**SMALL, "out_channels": 6}))
+    learned.save_pretrained(tmp_path / "learned")
+    with pytest.raises(
+        UserError,
+        match=r"3 channels in and 6 out, a learned variance, but "
+        r"variance=fixed_small; set variance=learned_range",
+    ):
+        read_diffusers(tmp_path / "learned", cfg)
+    cfg = dc.compose_config(["variance=learned_range"], command="sample")
+    assert "variance" not in read_diffusers(tmp_path / "learned", cfg).config
+
+
+def _edit_json(path: Path, **changes) -> None:
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "where, changes, message",
+    [
+        ("scheduler", {"beta_schedule": "scaled_linear"}, "beta_schedule='scaled_linear'"),
+        ("scheduler", {"variance_type": "learned"}, "'learned' reads the output as the variance"),
+        ("scheduler", {"_class_name": "PNDMScheduler"}, "scheduler PNDMScheduler cannot"),
+        ("scheduler", {"trained_betas": [0.01, 0.5, 0.02]}, "neither linear nor the cosine"),
+        ("unet", {"class_embed_type": "timestep"}, "class_embed_type='timestep'"),
+        ("unet", {"time_embedding_type": "fourier"}, "time_embedding_type='fourier'"),
+        ("unet", {"resnet_time_scale_shift": "scale_shift"}, "middle attention without GroupNorm"),
+        ("unet", {"up_block_types": ["UpBlock2D", "AttnUpBlock2D"]}, "attention at different"),
+        ("unet", {"down_block_types": ["SkipDownBlock2D", "AttnDownBlock2D"]}, "SkipDownBlock2D"),
+        ("unet", {"layers_per_block": 2}, r"does not match its config.json \(missing down_blocks"),
+        ("unet", {"block_out_channels": [16, 48]}, "has shape"),
+        ("unet", {"_class_name": "UNet2DConditionModel"}, "only diffusers' UNet2DModel"),
+    ],
+)
+def test_what_this_unet_cannot_compute_is_refused_in_one_line(
+    pipeline_copy, where, changes, message
+):
+    config = "unet/config.json" if where == "unet" else "scheduler/scheduler_config.json"
+    _edit_json(pipeline_copy / config, **changes)
+    with pytest.raises(UserError, match=message) as refused:
+        read_diffusers(pipeline_copy, dc.compose_config([], command="sample"))
+    assert "\n" not in str(refused.value)
+
+
+def test_folders_that_are_not_diffusers_unets_are_refused(tmp_path):
+    cfg = dc.compose_config([], command="sample")
+    with pytest.raises(UserError, match="is not a diffusers folder"):
+        read_diffusers(tmp_path, cfg)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="is not a readable JSON config"):
+        read_diffusers(tmp_path, cfg)
+    _edit_json_all = {"_class_name": "UNet2DModel", **SMALL}
+    (tmp_path / "config.json").write_text(json.dumps(_edit_json_all))
+    with pytest.raises(UserError, match="has no weights"):
+        read_diffusers(tmp_path, cfg)
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="cannot be read as weights"):
+        read_diffusers(tmp_path, cfg)
+    (tmp_path / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "LDMPipeline",
+                "unet": ["diffusers", "UNet2DModel"],
+                "vqvae": ["diffusers", "VQModel"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+            }
+        )
+    )
+    with pytest.raises(UserError, match="LDMPipeline with vqvae; only pixel-space"):
+        read_diffusers(tmp_path, cfg)
+
+
+# --- export ---
+
+
+def make_run(folder: Path, overrides=(), seed: int = 0, base=OUR_RUN, weights=True) -> tuple:
+    """A run folder with one checkpoint: random EMA weights, and other random raw weights
+    (`weights=False`: its config only, enough for what is refused before weights are read)."""
+    cfg = dc.compose_config([*base, *overrides, f"run_dir={folder}"])
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / runs.CONFIG_FILE)
+    if not weights:
+        return cfg, None
+    ema = randomized(dc.build_model(cfg), seed)
+    raw = randomized(dc.build_model(cfg), seed + 1)
+    save_checkpoint(
+        folder, 1, raw.state_dict(), ema.state_dict(), {"state": {}, "param_groups": []}, {}
+    )
+    return cfg, ema
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        [
+            "model.use_scale_shift_norm=true",
+            "model.num_classes=4",
+            "model.num_head_channels=8",
+            "variance=learned_range",
+            "prediction=v",
+            "schedule=cosine",
+        ],
+        [
+            "model.num_heads=2",
+            "model.attention_resolutions=[]",
+            "model.dropout=0.1",
+            "prediction=x0",
+            "variance=fixed_large",
+            "model.norm_eps=1e-6",
+            "model.freq_shift=1",
+            "model.downsample_padding=0",
+        ],
+    ],
+    ids=["plain", "adagn_classes_learned_v_cosine", "tf_conventions_x0"],
+)
+def test_an_exported_run_loads_in_diffusers_and_computes_the_same(tmp_path, overrides):
+    cfg, ours = make_run(tmp_path / "run", overrides)
+    out = export_diffusers(tmp_path / "run", tmp_path / "out")
+    unet = diffusers.UNet2DModel.from_pretrained(out / "unet").eval()
+    scheduler = diffusers.DDPMScheduler.from_pretrained(out / "scheduler")
+    classes = cfg.model.num_classes
+    x, t, y = inputs(classes is not None)
+    if classes:
+        y = torch.tensor([0, classes - 1, classes])  # the null label is class num_classes there
+    with torch.no_grad():
+        expected = ours(x, t, y)
+        got = unet(x, t, class_labels=y).sample
+    assert (got - expected).abs().max() < 1e-4 and expected.abs().mean() > 0.1
+    betas = dc.build_diffusion(cfg).betas
+    assert ((scheduler.betas.double() - betas).abs() / betas).max() <= 1e-6
+    predictions = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+    assert scheduler.config.prediction_type == predictions[cfg.prediction.name]
+    assert scheduler.config.variance_type == cfg.variance.name
+    assert unet.config.num_class_embeds == (None if classes is None else classes + 1)
+
+
+def test_export_writes_the_ema_weights_unless_told_and_imports_back(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg, ema = make_run(tmp_path / "run")
+    export_diffusers(tmp_path / "run", tmp_path / "ema")
+    _, back, _ = imported_network(tmp_path / "ema")
+    x, t, _ = inputs(False)
+    with torch.no_grad():
+        assert (back(x, t) - ema(x, t)).abs().max() < 1e-4
+    export_diffusers(tmp_path / "run", tmp_path / "raw", ema=False)
+    raw = load_file(tmp_path / "run" / "checkpoints" / "step_00000001" / "model.safetensors")
+    written = load_file(tmp_path / "raw" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert torch.equal(written["conv_out.weight"], raw["out.2.weight"])
+    assert not torch.equal(raw["out.2.weight"], ema.state_dict()["out.2.weight"])
+
+
+def test_cosine_betas_other_than_diffusers_own_are_written_out(tmp_path):
+    cfg, _ = make_run(tmp_path / "run", ["schedule=cosine", "schedule.s=0.02"])
+    out = export_diffusers(tmp_path / "run", tmp_path / "out")
+    config = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert len(config["trained_betas"]) == 50
+    scheduler = diffusers.DDPMScheduler.from_pretrained(out / "scheduler")
+    betas = dc.build_diffusion(cfg).betas
+    assert ((scheduler.betas.double() - betas).abs() / betas).max() <= 1e-6
+
+
+def test_the_exported_pipeline_samples(tmp_path):
+    make_run(tmp_path / "run")
+    pipeline = diffusers.DDPMPipeline.from_pretrained(
+        export_diffusers(tmp_path / "run", tmp_path / "out")
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(batch_size=2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and ((images >= 0) & (images <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        (["model.residual_rescale=true"], "residual sums by sqrt\\(2\\)"),
+        (["model.resblock_updown=true"], "resamples in residual blocks"),
+        (["model.rescale_timesteps=true"], "t x 1000/50"),
+        (["model.channel_mult=[2,2]"], "channel_mult starts at 2"),
+        (["variance=learned"], "variance=learned \\(log Sigma\\)"),
+        (["model.norm_groups=null"], "GroupNorms have \\[8, 16, 24, 32\\] groups"),
+        (["model.num_heads=2", "model.attention_resolutions=[16,8]"], "heads have \\[8, 16\\]"),
+        (["schedule=ncsn", "prediction=score", "loss=dsm"], "NCSN score model"),
+        (["experiment=toy2d"], "not a UNet"),
+    ],
+)
+def test_runs_unet2dmodel_cannot_express_are_refused_before_writing(tmp_path, overrides, reason):
+    base = [] if "toy2d" in overrides[0] else OUR_RUN
+    make_run(tmp_path / "run", overrides, base=base, weights=False)
+    with pytest.raises(UserError, match=f"cannot be exported to diffusers: .*{reason}") as refused:
+        export_diffusers(tmp_path / "run", tmp_path / "out")
+    assert "\n" not in str(refused.value) and not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_folder_with_files(tmp_path):
+    make_run(tmp_path / "run")
+    (tmp_path / "out").mkdir()
+    export_diffusers(tmp_path / "run", tmp_path / "out")  # an empty folder is taken
+    with pytest.raises(UserError, match="exists and is not an empty folder"):
+        export_diffusers(tmp_path / "run", tmp_path / "out")
+
+
+def test_diffuse_export_on_the_command_line(cli, monkeypatch, capsys):
+    from diffuse_cli.cli import _task
+
+    make_run(cli.cwd / "runs" / "default")
+    done = cli("export", "format=diffusers", "out=exported")
+    assert "DDPMPipeline.from_pretrained('exported')" in done.stdout
+    assert (cli.cwd / "exported" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    monkeypatch.chdir(cli.cwd)  # the same refusal in-process: one line, exit status 2
+    cfg = dc.compose_config(["out=exported", "format=diffusers"], command="export")
+    with pytest.raises(SystemExit) as exit_:
+        _task("export")(cfg)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "diffuse export: error: out=exported exists and is not an empty folder; choose a new one"
+    ]
+    from diffuse_cli.interop.export import export_command
+
+    with pytest.raises(UserError, match="format=onnx is unknown; choose one of: diffusers"):
+        export_command(dc.compose_config(["out=elsewhere", "format=onnx"], command="export"))
+    with pytest.raises(UserError, match="say where to write the export: out=DIR"):
+        export_command(dc.compose_config([], command="export"))
+    assert not (cli.cwd / "elsewhere").exists()
