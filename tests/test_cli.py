@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
 
 def test_top_level_help_lists_commands(cli):
     out = run_cli_in_process("--help", cwd=cli.cwd).stdout
-    for command in ("train", "sample", "eval"):
+    for command in ("train", "sample", "eval", "import", "export"):
         assert f"  {command} " in out
 
 
