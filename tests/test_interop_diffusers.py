@@ -431,3 +431,12 @@ def test_diffuse_export_on_the_command_line(cli, monkeypatch, capsys):
     with pytest.raises(UserError, match="say where to write the export: out=DIR"):
         export_command(dc.compose_config([], command="export"))
     assert not (cli.cwd / "elsewhere").exists()
+
+
+def test_runs_from_before_the_convention_keys_read_back_with_what_they_computed(tmp_path):
+    cfg = OmegaConf.to_container(dc.compose_config([f"run_dir={tmp_path}"]))
+    for key in runs.CONVENTIONS_BEFORE_KEYS:
+        del cfg["model"][key]
+    OmegaConf.save(OmegaConf.create(cfg), tmp_path / runs.CONFIG_FILE)
+    model = runs.read_run_config(tmp_path).model
+    assert {k: model[k] for k in runs.CONVENTIONS_BEFORE_KEYS} == runs.CONVENTIONS_BEFORE_KEYS

@@ -800,3 +800,30 @@ def test_classifier_pool_heads_follow_num_head_channels_or_num_heads():
     assert EncoderClassifier(4, **kwargs, num_head_channels=8).pool.num_heads == 32 // 8
     assert EncoderClassifier(4, **kwargs, num_heads=2).pool.num_heads == 2
     assert EncoderClassifier(4, **kwargs).pool.num_heads == 1
+
+
+def test_fixed_norm_groups_and_eps_reach_every_groupnorm():
+    net = UNet(**{**SMALL, "norm_groups": 4, "norm_eps": 1e-6})
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) > 10 and all((m.num_groups, m.eps) == (4, 1e-6) for m in norms)
+    with pytest.raises(ValueError, match="channels cannot be split into 5 norm groups"):
+        UNet(**{**SMALL, "norm_groups": 5})
+
+
+def test_freq_shift_puts_the_lowest_frequency_at_one_over_max_period():
+    """freq_shift = 1 (the TensorFlow DDPM): f_i = 10000^(-i / (half - 1)), f_{half-1} = 1e-4."""
+    t = torch.tensor([3.0])
+    freqs = 10000.0 ** (-torch.arange(4, dtype=torch.float64) / 3)
+    expected = torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)])[None].float()
+    assert torch.allclose(timestep_embedding(t, 8, freq_shift=1), expected, atol=1e-6)
+
+
+def test_downsample_padding_zero_pads_only_the_right_and_bottom():
+    from diffuse_cli.models.unet import Downsample
+
+    down = Downsample(2, padding=0)
+    perturb(down)
+    x = torch.randn(1, 2, 8, 8)
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 1))
+    expected = torch.nn.functional.conv2d(padded, down.conv.weight, down.conv.bias, stride=2)
+    assert down(x).shape == (1, 2, 4, 4) and torch.allclose(down(x), expected)
