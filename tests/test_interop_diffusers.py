@@ -369,13 +369,13 @@ def test_cosine_betas_other_than_diffusers_own_are_written_out(tmp_path):
     assert ((scheduler.betas.double() - betas).abs() / betas).max() <= 1e-6
 
 
-def test_the_exported_pipeline_samples(tmp_path):
+@pytest.mark.parametrize("pipeline", ["DDPMPipeline", "DDIMPipeline"])
+def test_the_exported_pipeline_samples(tmp_path, pipeline):
     make_run(tmp_path / "run")
-    pipeline = diffusers.DDPMPipeline.from_pretrained(
-        export_diffusers(tmp_path / "run", tmp_path / "out")
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    images = pipeline(batch_size=2, num_inference_steps=2, output_type="np").images
+    out = export_diffusers(tmp_path / "run", tmp_path / "out")
+    sampler = getattr(diffusers, pipeline).from_pretrained(out)
+    sampler.set_progress_bar_config(disable=True)
+    images = sampler(batch_size=2, num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 16, 16, 3) and ((images >= 0) & (images <= 1)).all()
 
 
@@ -440,3 +440,29 @@ def test_runs_from_before_the_convention_keys_read_back_with_what_they_computed(
     OmegaConf.save(OmegaConf.create(cfg), tmp_path / runs.CONFIG_FILE)
     model = runs.read_run_config(tmp_path).model
     assert {k: model[k] for k in runs.CONVENTIONS_BEFORE_KEYS} == runs.CONVENTIONS_BEFORE_KEYS
+
+
+def test_google_ddpm_cifar10_32s_config_is_the_ddpm_cifar10_unet():
+    """The published config of google/ddpm-cifar10-32 (its keys as on the hub), read without its
+    weights: the DDPM paper's 35.7M-parameter network, as many parameters as diffusers builds."""
+    from diffuse_cli.interop.diffusers import unet_settings
+
+    config = {
+        "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None,
+        "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+        "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-06,
+        "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
+        "time_embedding_type": "positional",
+        "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    }  # fmt: skip
+    model, data, _ = unet_settings(config, [])
+    ddpm = OmegaConf.to_container(dc.compose_config(["model=ddpm"]).model)
+    keys = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions")
+    assert {k: model[k] for k in keys} == {k: ddpm[k] for k in keys}
+    cfg = OmegaConf.merge(dc.compose_config(["model=ddpm"]), {"model": model, "data": data})
+    with torch.device("meta"):
+        ours = sum(p.numel() for p in dc.build_model(cfg).parameters())
+        theirs = sum(p.numel() for p in diffusers.UNet2DModel(**config).parameters())
+    assert ours == theirs and round(ours / 1e6, 1) == 35.7

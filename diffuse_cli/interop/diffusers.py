@@ -45,6 +45,9 @@ FIXED = {
     "class_embed_type": (None,),
     "resnet_time_scale_shift": ("default", "scale_shift"),
 }
+# A key missing from config.json takes UNet2DModel's default, as diffusers does when it loads it.
+DEFAULT_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+DEFAULT_UP_BLOCKS = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
 DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
 UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
 
@@ -130,7 +133,8 @@ def unet_settings(unet: dict, notes: list[str]) -> tuple[dict, dict, Layout]:
                 f"only {' or '.join(repr(a) for a in allowed)}"
             )
     channels = list(unet.get("block_out_channels", (224, 448, 672, 896)))
-    down, up = unet.get("down_block_types", ()), unet.get("up_block_types", ())
+    down = unet.get("down_block_types", DEFAULT_DOWN_BLOCKS)
+    up = unet.get("up_block_types", DEFAULT_UP_BLOCKS)
     for kind, blocks, names in (("down", down, DOWN_BLOCKS), ("up", up, UP_BLOCKS)):
         unknown = sorted(set(blocks) - set(names))
         if unknown:
