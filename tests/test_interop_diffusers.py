@@ -209,8 +209,8 @@ def test_a_bare_unet_takes_its_schedule_from_the_command(tmp_path):
     learned.save_pretrained(tmp_path / "learned")
     with pytest.raises(
         UserError,
-        match=r"3 channels in and 6 out, a learned variance, but "
-        r"variance=fixed_small; set variance=learned_range",
+        match=r"3 channels in and 6 out, but variance=fixed_small \(the command's\); its "
+        r"variance is learned: variance=learned_range",
     ):
         read_diffusers(tmp_path / "learned", cfg)
     cfg = dc.compose_config(["variance=learned_range"], command="sample")
@@ -230,6 +230,11 @@ def _edit_json(path: Path, **changes) -> None:
         ("scheduler", {"variance_type": "learned"}, "'learned' reads the output as the variance"),
         ("scheduler", {"_class_name": "PNDMScheduler"}, "scheduler PNDMScheduler cannot"),
         ("scheduler", {"trained_betas": [0.01, 0.5, 0.02]}, "neither linear nor the cosine"),
+        (
+            "scheduler",
+            {"variance_type": "learned_range"},
+            r"3 out, but variance=learned_range \(the scheduler's\)",
+        ),
         ("unet", {"class_embed_type": "timestep"}, "class_embed_type='timestep'"),
         ("unet", {"time_embedding_type": "fourier"}, "time_embedding_type='fourier'"),
         ("unet", {"resnet_time_scale_shift": "scale_shift"}, "middle attention without GroupNorm"),

@@ -75,7 +75,10 @@ def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
             "a bare UNet records no schedule: the schedule, prediction and variance "
             "are the command's"
         )
-    _check_variance(unet, config.get("variance", {}).get("name", cfg.variance.name), unet_dir)
+    if "variance" in config:
+        _check_variance(unet, config["variance"]["name"], "the scheduler's", unet_dir)
+    else:
+        _check_variance(unet, cfg.variance.name, "the command's", unet_dir)
     theirs = with_current_attention_names(_read_weights(unet_dir))
     _check_tensors(theirs, layout, OmegaConf.merge(cfg, config), unet_dir)
     state = from_diffusers(theirs, layout)
@@ -94,10 +97,11 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     if (path / "model_index.json").is_file():
         index = _read_json(path / "model_index.json")
         extra = sorted(k for k in index if not k.startswith("_") and k not in ("unet", "scheduler"))
-        if extra or index.get("unet", [None, None])[1] != "UNet2DModel":
+        unet = index.get("unet")
+        if extra or not isinstance(unet, list) or unet[-1:] != ["UNet2DModel"]:
             raise UserError(
                 f"'{path}' is a {index.get('_class_name', 'pipeline')} with "
-                f"{', '.join(extra) or index.get('unet')}; only pixel-space pipelines of a "
+                f"{', '.join(extra) or unet}; only pixel-space pipelines of a "
                 "UNet2DModel and a scheduler (DDPMPipeline, DDIMPipeline) can be imported"
             )
         scheduler = path / "scheduler" / "scheduler_config.json"
@@ -305,24 +309,24 @@ def _betas_arguments(schedule: dict) -> dict:
     return args
 
 
-def _check_variance(unet: dict, variance: str, unet_dir: Path) -> None:
-    """A UNet with twice its input channels out learns its variance; the variance must say so."""
+def _check_variance(unet: dict, variance: str, source: str, unet_dir: Path) -> None:
+    """A UNet with twice its input channels out learns its variance; the variance (from
+    `source`) must say so, and a fixed one needs as many channels out as in."""
     from diffuse_cli.diffusion import VARIANCES as OURS
 
     cin, cout = unet.get("in_channels", 3), unet.get("out_channels", 3)
-    factor = OURS[variance].channel_factor if variance in OURS else 1
-    if cout != cin * factor:
-        learned = cout == 2 * cin
-        raise UserError(
-            f"'{unet_dir}' has {cin} channels in and {cout} out"
-            + (", a learned variance, but variance=" if learned else ", but variance=")
-            + f"{variance}; "
-            + (
-                "set variance=learned_range (diffusers' learned_range)"
-                if learned
-                else "use a fixed variance (fixed_small or fixed_large)"
-            )
-        )
+    if variance in OURS and cout == cin * OURS[variance].channel_factor:
+        return
+    if cout == 2 * cin:
+        fix = "its variance is learned: variance=learned_range (the same in diffusers)"
+    elif cout == cin:
+        fix = "a learned variance needs twice the channels out: variance=fixed_small or fixed_large"
+    else:
+        fix = f"this toolkit's UNets give {cin} or {2 * cin} (a learned variance)"
+    raise UserError(
+        f"'{unet_dir}' has {cin} channels in and {cout} out, but variance={variance} ({source}); "
+        f"{fix}"
+    )
 
 
 def _read_weights(unet_dir: Path) -> dict[str, torch.Tensor]:

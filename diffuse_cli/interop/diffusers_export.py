@@ -107,7 +107,7 @@ def unet_config_of(cfg: DictConfig, model: torch.nn.Module) -> tuple[dict, Layou
         "center_input_sample": False,
         "time_embedding_type": "positional",
         "time_embedding_dim": None,
-        "freq_shift": m.get("freq_shift", 0.0),
+        "freq_shift": _plain_number(m.get("freq_shift", 0.0)),
         "flip_sin_to_cos": True,
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
         "mid_block_type": "UNetMidBlock2D",
@@ -134,6 +134,11 @@ def unet_config_of(cfg: DictConfig, model: torch.nn.Module) -> tuple[dict, Layou
     attention_levels = frozenset(i for i, a in enumerate(attention) if a)
     layout = Layout(levels, m.num_res_blocks, attention_levels, m.num_classes is not None)
     return config, layout
+
+
+def _plain_number(x: float) -> int | float:
+    """1 for 1.0: diffusers declares freq_shift an int."""
+    return int(x) if float(x).is_integer() else x
 
 
 def _one_norm(model: torch.nn.Module) -> tuple[int, float]:
