@@ -18,20 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse_cli.errors import UserError
 
 from .diffusers_layout import Layout, from_diffusers, to_diffusers, with_current_attention_names
+from .diffusers_scheduler import scheduler_settings
 from .imported import ImportedNetwork
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
-PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-# diffusers' "learned" reads the second half of the output as the variance itself; this
-# toolkit's `learned` reads it as log Sigma, so only learned_range has the same meaning.
-VARIANCES = {
-    "fixed_small": "fixed_small",
-    "fixed_small_log": "fixed_small",
-    "fixed_large": "fixed_large",
-    "fixed_large_log": "fixed_large",
-    "learned_range": "learned_range",
-}
 # UNet2DModel settings this toolkit's UNet has no counterpart for, and the values it can take.
 FIXED = {
     "center_input_sample": (False,),
@@ -221,92 +211,6 @@ def unet_settings(unet: dict, notes: list[str]) -> tuple[dict, dict, Layout]:
         num_classes is not None,
     )
     return model, data, layout
-
-
-def scheduler_settings(scheduler: dict, notes: list[str]) -> dict:
-    """The schedule, prediction and variance groups of a DDPM/DDIM scheduler_config.json."""
-    name = scheduler.get("_class_name")
-    if name not in SCHEDULERS:
-        raise UserError(
-            f"scheduler {name} cannot be imported; this toolkit reads {' and '.join(SCHEDULERS)}"
-        )
-    if scheduler.get("rescale_betas_zero_snr"):
-        raise UserError(
-            "scheduler rescale_betas_zero_snr=true cannot be imported: no schedule "
-            "here ends at zero signal-to-noise"
-        )
-    prediction = scheduler.get("prediction_type", "epsilon")
-    if prediction not in PREDICTIONS:
-        raise UserError(
-            f"scheduler prediction_type={prediction!r} cannot be imported; this "
-            f"toolkit has {', '.join(PREDICTIONS)}"
-        )
-    variance = scheduler.get("variance_type", "fixed_small")
-    if name == "DDIMScheduler":
-        notes.append("DDIMScheduler records no variance: variance=fixed_small (DDIM ignores it)")
-    elif variance not in VARIANCES:
-        raise UserError(
-            f"scheduler variance_type={variance!r} cannot be imported: diffusers' 'learned' reads "
-            "the output as the variance, this toolkit's as its log; learned_range is the same in "
-            "both"
-        )
-    if not scheduler.get("clip_sample", True):
-        notes.append("the scheduler does not clip x0: sample with sampler.clip_denoised=false")
-    if scheduler.get("thresholding"):
-        notes.append("the scheduler thresholds x0 dynamically; samplers here clip it to [-1, 1]")
-    return {
-        "schedule": _schedule(scheduler),
-        "prediction": {"name": PREDICTIONS[prediction]},
-        "variance": {"name": VARIANCES.get(variance, "fixed_small")},
-    }
-
-
-def _schedule(scheduler: dict) -> dict:
-    """Our schedule group for the scheduler's betas: linear (as given, float64 here where
-    diffusers computes float32), squaredcos_cap_v2 = our cosine with s = 0.008 and max_beta =
-    0.999, and trained_betas that are one of those to a relative 1e-6."""
-    from diffuse_cli.diffusion import get_betas
-
-    steps = scheduler.get("num_train_timesteps", 1000)
-    start, end = scheduler.get("beta_start", 1e-4), scheduler.get("beta_end", 0.02)
-    linear = {
-        "name": "linear",
-        "num_timesteps": steps,
-        "beta_start": start,
-        "beta_end": end,
-        "scale_betas": False,
-    }
-    cosine = {"name": "cosine", "num_timesteps": steps, "s": 0.008, "max_beta": 0.999}
-    trained = scheduler.get("trained_betas")
-    if trained is not None:
-        betas = torch.tensor(trained, dtype=torch.float64)
-        linear.update(
-            num_timesteps=len(betas), beta_start=betas[0].item(), beta_end=betas[-1].item()
-        )
-        cosine["num_timesteps"] = len(betas)
-        for candidate in (linear, cosine):
-            ours = get_betas(**_betas_arguments(candidate))
-            if ((ours - betas).abs() / betas).max() <= 1e-6:
-                return candidate
-        raise UserError(
-            "scheduler trained_betas are neither linear nor the cosine schedule (to a relative "
-            "1e-6); this toolkit's schedules are linear and cosine"
-        )
-    kind = scheduler.get("beta_schedule", "linear")
-    if kind == "linear":
-        return linear
-    if kind == "squaredcos_cap_v2":
-        return cosine
-    raise UserError(
-        f"scheduler beta_schedule={kind!r} cannot be imported; this toolkit has "
-        "linear and squaredcos_cap_v2 (cosine)"
-    )
-
-
-def _betas_arguments(schedule: dict) -> dict:
-    args = {k: v for k, v in schedule.items() if k not in ("scale_betas",)}
-    args["scale_to_timesteps"] = False
-    return args
 
 
 def _check_variance(unet: dict, variance: str, source: str, unet_dir: Path) -> None:

@@ -19,11 +19,7 @@ from omegaconf import DictConfig
 from diffuse_cli.errors import UserError
 
 from .diffusers_layout import Layout, to_diffusers
-
-DIFFUSERS_VERSION = "0.42.0"  # the diffusers release these files are tested with
-PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large",
-                  "learned_range": "learned_range"}  # fmt: skip
+from .diffusers_scheduler import DIFFUSERS_VERSION, VARIANCE_TYPES, scheduler_config_of
 
 
 def export_diffusers(
@@ -168,46 +164,6 @@ def _head_dim(model: torch.nn.Module) -> int | None:
             "channels and UNet2DModel has one attention_head_dim; use model.num_head_channels"
         )
     return sizes[0]
-
-
-def scheduler_config_of(cfg: DictConfig, betas: torch.Tensor) -> dict:
-    """A DDPMScheduler config with the run's betas: diffusers' own linear or squaredcos_cap_v2
-    when it computes them to a relative 1e-6 (it keeps betas in float32), else trained_betas."""
-    steps = len(betas)
-    config = {
-        "_class_name": "DDPMScheduler",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "num_train_timesteps": steps,
-        "beta_start": betas[0].item(),
-        "beta_end": betas[-1].item(),
-        "beta_schedule": "linear",
-        "trained_betas": None,
-        "variance_type": VARIANCE_TYPES[cfg.variance.name],
-        "clip_sample": True,
-        "clip_sample_range": 1.0,
-        "prediction_type": PREDICTION_TYPES[cfg.prediction.name],
-        "timestep_spacing": "leading",
-        "steps_offset": 0,
-        "rescale_betas_zero_snr": False,
-    }
-    linear = torch.linspace(betas[0].item(), betas[-1].item(), steps, dtype=torch.float32)
-    if _close(linear, betas):
-        return config
-    if cfg.schedule.name == "cosine" and _close(_diffusers_cosine(steps), betas):
-        return {**config, "beta_schedule": "squaredcos_cap_v2"}
-    return {**config, "trained_betas": betas.tolist()}
-
-
-def _diffusers_cosine(steps: int) -> torch.Tensor:
-    """squaredcos_cap_v2 as diffusers computes it: the cosine schedule with s = 0.008 and
-    betas capped at 0.999 (Nichol & Dhariwal 2021, eq. 17), in float32."""
-    from diffuse_cli.diffusion import get_betas
-
-    return get_betas("cosine", steps, s=0.008, max_beta=0.999).float()
-
-
-def _close(theirs: torch.Tensor, ours: torch.Tensor) -> bool:
-    return bool(((theirs.double() - ours).abs() / ours).max() <= 1e-6)
 
 
 def _write_folder(out: Path, unet: dict, scheduler: dict, weights: dict) -> None:
