@@ -243,6 +243,9 @@ def _edit_json(path: Path, **changes) -> None:
         ("unet", {"layers_per_block": 2}, r"does not match its config.json \(missing down_blocks"),
         ("unet", {"block_out_channels": [16, 48]}, "has shape"),
         ("unet", {"_class_name": "UNet2DConditionModel"}, "only diffusers' UNet2DModel"),
+        ("unet", {"block_out_channels": []}, "has 0 block_out_channels for 2 down blocks"),
+        ("unet", {"block_out_channels": [16, "32"]}, "has a value this reader cannot use"),
+        ("scheduler", {"trained_betas": "0.1"}, "has a value this reader cannot use"),
     ],
 )
 def test_what_this_unet_cannot_compute_is_refused_in_one_line(

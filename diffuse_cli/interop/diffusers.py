@@ -9,6 +9,7 @@ permutation of the first time-embedding layer's inputs); anything else is refuse
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -56,10 +57,12 @@ def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
             "DDPM/DDIM pipelines) can be imported"
         )
     notes: list[str] = []
-    model, data, layout = unet_settings(unet, notes)
+    with _malformed(unet_dir / "config.json"):
+        model, data, layout = unet_settings(unet, notes)
     config = {"model": model, "data": data}
     if scheduler_file is not None:
-        config.update(scheduler_settings(_read_json(scheduler_file), notes))
+        with _malformed(scheduler_file):
+            config.update(scheduler_settings(_read_json(scheduler_file), notes))
     else:
         notes.append(
             "a bare UNet records no schedule: the schedule, prediction and variance "
@@ -104,6 +107,15 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     )
 
 
+@contextlib.contextmanager
+def _malformed(path: Path):
+    """A config value of the wrong kind (a string for a list, an empty list) as one line."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+        raise UserError(f"'{path}' has a value this reader cannot use ({err!r})") from err
+
+
 def _read_json(path: Path) -> dict:
     try:
         with open(path) as f:
@@ -136,8 +148,13 @@ def unet_settings(unet: dict, notes: list[str]) -> tuple[dict, dict, Layout]:
                 f"UNet2DModel {kind}_block_types {unknown} cannot be imported; this toolkit's UNet "
                 f"has {' and '.join(names)}"
             )
+    if not channels or len(channels) != len(down):
+        raise UserError(
+            f"UNet2DModel has {len(channels)} block_out_channels for {len(down)} down blocks; "
+            "it needs one per block"
+        )
     attention = [DOWN_BLOCKS[b] for b in down]
-    if len(down) != len(channels) or [UP_BLOCKS[b] for b in reversed(up)] != attention:
+    if [UP_BLOCKS[b] for b in reversed(up)] != attention:
         raise UserError(
             f"UNet2DModel down_block_types {list(down)} and up_block_types {list(up)} put "
             "attention at different levels; this toolkit's UNet has it at the same levels"
