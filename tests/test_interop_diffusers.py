@@ -474,3 +474,24 @@ def test_google_ddpm_cifar10_32s_config_is_the_ddpm_cifar10_unet():
         ours = sum(p.numel() for p in dc.build_model(cfg).parameters())
         theirs = sum(p.numel() for p in diffusers.UNet2DModel(**config).parameters())
     assert ours == theirs and round(ours / 1e6, 1) == 35.7
+
+
+def test_an_imported_pipeline_samples_what_diffusers_ddim_samples(tmp_path):
+    """Network, betas and sampler together: our ddim from the same x_T equals diffusers'
+    DDIMScheduler with eta 0, x0 clipped and eps recomputed from it (use_clipped_model_output,
+    the DDIM of improved-diffusion, which ours follows), on diffusers' default "leading" grid."""
+    spacing = "leading"
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    unet = save_pipeline(tmp_path, {}, scheduler)
+    overrides = ["sampler=ddim", "steps=10", f"sampler.spacing={spacing}"]
+    cfg, ours, _ = imported_network(tmp_path, overrides)
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x0 = dc.sample(cfg, ours, dc.build_diffusion(cfg), noise=x_T)
+    ddim = diffusers.DDIMScheduler.from_pretrained(tmp_path / "scheduler", timestep_spacing=spacing)
+    ddim.set_timesteps(10)
+    x = x_T
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            x = ddim.step(unet(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True)
+            x = x.prev_sample
+    assert (x0 - x).abs().max() < 1e-4 and x.std() > 0.1
