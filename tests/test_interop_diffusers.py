@@ -35,6 +35,15 @@ SMALL = dict(
 )
 # google/ddpm-cifar10-32's conventions (the TensorFlow DDPM's), at a small size
 TF_DDPM = dict(freq_shift=1, flip_sin_to_cos=False, norm_eps=1e-6, downsample_padding=0)
+# ADM's options: AdaGN and BigGAN up/downsampling residual blocks
+ADM = dict(
+    resnet_time_scale_shift="scale_shift",
+    attn_norm_num_groups=8,
+    down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    downsample_type="resnet",
+    upsample_type="resnet",
+)
 OUR_RUN = [
     "model.model_channels=16",
     "model.channel_mult=[1,2]",
@@ -95,15 +104,11 @@ def inputs(labels: bool, channels: int = 3):
     "options",
     [
         {},
-        {
-            "resnet_time_scale_shift": "scale_shift",
-            "attn_norm_num_groups": 8,
-            "num_class_embeds": 5,
-        },
+        {**ADM, "num_class_embeds": 5},
         {"out_channels": 6, "attention_head_dim": None, "dropout": 0.1},
         TF_DDPM,
     ],
-    ids=["plain", "adagn_class_conditional", "learned_variance_one_head", "tf_ddpm"],
+    ids=["plain", "adm_class_conditional", "learned_variance_one_head", "tf_ddpm"],
 )
 def test_an_imported_diffusers_unet_computes_what_diffusers_computes(tmp_path, options):
     learned = options.get("out_channels") == 6
@@ -244,6 +249,7 @@ def _edit_json(path: Path, **changes) -> None:
         ("unet", {"block_out_channels": [16, 48]}, "has shape"),
         ("unet", {"_class_name": "UNet2DConditionModel"}, "only diffusers' UNet2DModel"),
         ("unet", {"block_out_channels": []}, "has 0 block_out_channels for 2 down blocks"),
+        ("unet", {"upsample_type": "resnet"}, "residual blocks at others"),
         ("unet", {"block_out_channels": [16, "32"]}, "has a value this reader cannot use"),
         ("scheduler", {"trained_betas": "0.1"}, "has a value this reader cannot use"),
     ],
@@ -315,6 +321,7 @@ def make_run(folder: Path, overrides=(), seed: int = 0, base=OUR_RUN, weights=Tr
         [],
         [
             "model.use_scale_shift_norm=true",
+            "model.resblock_updown=true",
             "model.num_classes=4",
             "model.num_head_channels=8",
             "variance=learned_range",
@@ -332,7 +339,7 @@ def make_run(folder: Path, overrides=(), seed: int = 0, base=OUR_RUN, weights=Tr
             "model.downsample_padding=0",
         ],
     ],
-    ids=["plain", "adagn_classes_learned_v_cosine", "tf_conventions_x0"],
+    ids=["plain", "adm_classes_learned_v_cosine", "tf_conventions_x0"],
 )
 def test_an_exported_run_loads_in_diffusers_and_computes_the_same(tmp_path, overrides):
     cfg, ours = make_run(tmp_path / "run", overrides)
@@ -395,7 +402,6 @@ def test_the_exported_pipeline_samples(tmp_path, pipeline):
     "overrides, reason",
     [
         (["model.residual_rescale=true"], "residual sums by sqrt\\(2\\)"),
-        (["model.resblock_updown=true"], "resamples in residual blocks"),
         (["model.rescale_timesteps=true"], "t x 1000/50"),
         (["model.channel_mult=[2,2]"], "channel_mult starts at 2"),
         (["variance=learned"], "variance=learned \\(log Sigma\\)"),

@@ -29,8 +29,8 @@ FIXED = {
     "time_embedding_type": ("positional",),
     "mid_block_type": ("UNetMidBlock2D",),
     "mid_block_scale_factor": (1, 1.0),
-    "downsample_type": ("conv",),
-    "upsample_type": ("conv",),
+    "downsample_type": ("conv", "resnet"),
+    "upsample_type": ("conv", "resnet"),
     "act_fn": ("silu",),
     "add_attention": (True,),
     "class_embed_type": (None,),
@@ -39,8 +39,17 @@ FIXED = {
 # A key missing from config.json takes UNet2DModel's default, as diffusers does when it loads it.
 DEFAULT_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
 DEFAULT_UP_BLOCKS = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
-DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
-UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
+# block type -> (with attention, resamples with a residual block: None = as the *_type key says)
+DOWN_BLOCKS = {
+    "DownBlock2D": (False, False),
+    "AttnDownBlock2D": (True, None),
+    "ResnetDownsampleBlock2D": (False, True),
+}
+UP_BLOCKS = {
+    "UpBlock2D": (False, False),
+    "AttnUpBlock2D": (True, None),
+    "ResnetUpsampleBlock2D": (False, True),
+}
 
 
 def is_diffusers_folder(path: str | Path) -> bool:
@@ -160,12 +169,13 @@ def unet_settings(unet: dict, notes: list[str]) -> tuple[dict, dict, Layout]:
             f"UNet2DModel has {len(channels)} block_out_channels for {len(down)} down blocks; "
             "it needs one per block"
         )
-    attention = [DOWN_BLOCKS[b] for b in down]
-    if [UP_BLOCKS[b] for b in reversed(up)] != attention:
+    attention = [DOWN_BLOCKS[b][0] for b in down]
+    if [UP_BLOCKS[b][0] for b in reversed(up)] != attention:
         raise UserError(
             f"UNet2DModel down_block_types {list(down)} and up_block_types {list(up)} put "
             "attention at different levels; this toolkit's UNet has it at the same levels"
         )
+    resample_blocks = _resampling(unet, down[:-1], up[:-1])
     base = channels[0]
     if any(c % base for c in channels):
         raise UserError(
@@ -211,7 +221,7 @@ def unet_settings(unet: dict, notes: list[str]) -> tuple[dict, dict, Layout]:
         "num_heads": 1,
         "num_head_channels": -1 if head_dim is None else head_dim,
         "dropout": float(unet.get("dropout", 0.0)),
-        "resblock_updown": False,
+        "resblock_updown": resample_blocks,
         "use_scale_shift_norm": unet.get("resnet_time_scale_shift") == "scale_shift",
         "residual_rescale": False,
         "num_classes": num_classes,
@@ -233,8 +243,26 @@ def unet_settings(unet: dict, notes: list[str]) -> tuple[dict, dict, Layout]:
         model["num_res_blocks"],
         frozenset(i for i, a in enumerate(attention) if a),
         num_classes is not None,
+        resample_blocks,
     )
     return model, data, layout
+
+
+def _resampling(unet: dict, down: list, up: list) -> bool:
+    """Whether the blocks that resample (all but the last of each side) do it with residual
+    blocks (BigGAN) rather than convolutions: one way for all of them, as in this toolkit."""
+    kinds = {"down": unet.get("downsample_type", "conv"), "up": unet.get("upsample_type", "conv")}
+    found = {
+        DOWN_BLOCKS[b][1] if DOWN_BLOCKS[b][1] is not None else kinds["down"] == "resnet"
+        for b in down
+    } | {UP_BLOCKS[b][1] if UP_BLOCKS[b][1] is not None else kinds["up"] == "resnet" for b in up}
+    if len(found) > 1:
+        raise UserError(
+            f"UNet2DModel resamples with convolutions at some levels and residual blocks at "
+            f"others (blocks {list(down)} and {list(up)}, downsample_type={kinds['down']}, "
+            f"upsample_type={kinds['up']}); this toolkit's UNet does one or the other"
+        )
+    return found == {True}
 
 
 def _check_variance(unet: dict, variance: str, source: str, unet_dir: Path) -> None:

@@ -62,11 +62,6 @@ def check_exportable(cfg: DictConfig) -> None:
             "and up blocks do not",
         ),
         (
-            m.get("resblock_updown", False),
-            "model.resblock_updown resamples in residual blocks (BigGAN); UNet2DModel's plain "
-            "blocks resample with convolutions",
-        ),
-        (
             m.get("rescale_timesteps", False) and cfg.schedule.num_timesteps != 1000,
             f"model.rescale_timesteps feeds the network t x 1000/{cfg.schedule.num_timesteps}; "
             "UNet2DModel embeds t as given",
@@ -94,6 +89,10 @@ def unet_config_of(cfg: DictConfig, model: torch.nn.Module) -> tuple[dict, Layou
     attention = [model.resolutions[level] in m.attention_resolutions for level in range(levels)]
     groups, eps = _one_norm(model)
     base = m.model_channels
+    biggan = m.get("resblock_updown", False)  # residual blocks resample: diffusers' "resnet"
+    resample = "resnet" if biggan else "conv"
+    plain_down = "ResnetDownsampleBlock2D" if biggan else "DownBlock2D"
+    plain_up = "ResnetUpsampleBlock2D" if biggan else "UpBlock2D"
     config = {
         "_class_name": "UNet2DModel",
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -105,15 +104,15 @@ def unet_config_of(cfg: DictConfig, model: torch.nn.Module) -> tuple[dict, Layou
         "time_embedding_dim": None,
         "freq_shift": _plain_number(m.get("freq_shift", 0.0)),
         "flip_sin_to_cos": True,
-        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        "down_block_types": [("AttnDownBlock2D" if a else plain_down) for a in attention],
         "mid_block_type": "UNetMidBlock2D",
-        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+        "up_block_types": [("AttnUpBlock2D" if a else plain_up) for a in reversed(attention)],
         "block_out_channels": [base * k for k in m.channel_mult],
         "layers_per_block": m.num_res_blocks,
         "mid_block_scale_factor": 1,
         "downsample_padding": m.get("downsample_padding", 1),
-        "downsample_type": "conv",
-        "upsample_type": "conv",
+        "downsample_type": resample,
+        "upsample_type": resample,
         "dropout": m.dropout,
         "act_fn": "silu",
         "attention_head_dim": _head_dim(model),
@@ -128,7 +127,8 @@ def unet_config_of(cfg: DictConfig, model: torch.nn.Module) -> tuple[dict, Layou
         "num_train_timesteps": None,
     }
     attention_levels = frozenset(i for i, a in enumerate(attention) if a)
-    layout = Layout(levels, m.num_res_blocks, attention_levels, m.num_classes is not None)
+    conditional = m.num_classes is not None
+    layout = Layout(levels, m.num_res_blocks, attention_levels, conditional, biggan)
     return config, layout
 
 

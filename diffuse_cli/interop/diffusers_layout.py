@@ -35,12 +35,14 @@ LEGACY_ATTENTION_KEYS = {
 @dataclass(frozen=True)
 class Layout:
     """The shape of the block walk: levels, residual blocks per level in the encoder, the levels
-    with attention, and whether labels are embedded."""
+    with attention, whether labels are embedded, and whether residual blocks resample (BigGAN,
+    diffusers' "resnet" down/upsample type) instead of strided and upsampling convolutions."""
 
     levels: int
     num_res_blocks: int
     attention_levels: frozenset[int]
     conditional: bool
+    resample_blocks: bool = False
 
 
 def layer_pairs(layout: Layout) -> list[tuple[str, str, str]]:
@@ -62,9 +64,11 @@ def layer_pairs(layout: Layout) -> list[tuple[str, str, str]]:
                 pairs.append((f"input_blocks.{k}.1", f"down_blocks.{level}.attentions.{j}", "attn"))
             k += 1
         if level != last:
-            pairs.append(
-                (f"input_blocks.{k}.0.conv", f"down_blocks.{level}.downsamplers.0.conv", "plain")
-            )
+            theirs = f"down_blocks.{level}.downsamplers.0"
+            if layout.resample_blocks:
+                pairs.append((f"input_blocks.{k}.0", theirs, "res"))
+            else:
+                pairs.append((f"input_blocks.{k}.0.conv", f"{theirs}.conv", "plain"))
             k += 1
     pairs += [
         ("middle_block.0", "mid_block.resnets.0", "res"),
@@ -79,8 +83,12 @@ def layer_pairs(layout: Layout) -> list[tuple[str, str, str]]:
             if attention:
                 pairs.append((f"output_blocks.{k}.1", f"up_blocks.{up}.attentions.{i}", "attn"))
             if level and i == layout.num_res_blocks:
-                upsample = f"output_blocks.{k}.{2 if attention else 1}.conv"
-                pairs.append((upsample, f"up_blocks.{up}.upsamplers.0.conv", "plain"))
+                mine = f"output_blocks.{k}.{2 if attention else 1}"
+                theirs = f"up_blocks.{up}.upsamplers.0"
+                if layout.resample_blocks:
+                    pairs.append((mine, theirs, "res"))
+                else:
+                    pairs.append((f"{mine}.conv", f"{theirs}.conv", "plain"))
             k += 1
     return pairs + [("out.0", "conv_norm_out", "plain"), ("out.2", "conv_out", "plain")]
 
