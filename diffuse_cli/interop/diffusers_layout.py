@@ -2,11 +2,12 @@
 of each kind of layer convert, in both directions.
 
 Both networks are the DDPM UNet (Ho et al. 2020): an input convolution, per level residual blocks
-(each followed by attention at the attention levels) and a strided-convolution downsampler, a
-resblock-attention-resblock middle, a decoder with one more block per level that consumes the
-skips, and GroupNorm-SiLU-convolution out. They differ in names, in attention layout (our one
-1x1 convolution to q, k and v, head after head within each, against three linear layers) and in
-the null label: our label embedding has one more row than the classes.
+(each followed by attention at the attention levels) and a downsampler (a strided convolution,
+or a residual block with BigGAN resampling), a resblock-attention-resblock middle, a decoder with
+one more block per level that consumes the skips, and GroupNorm-SiLU-convolution out. They differ
+in names, in attention layout (our one 1x1 convolution to q, k and v, head after head within
+each, against three linear layers) and in the null label: our label embedding has one more row
+than the classes.
 """
 
 from __future__ import annotations
