@@ -388,7 +388,9 @@ def test_cosine_betas_other_than_diffusers_own_are_written_out(tmp_path):
     assert ((scheduler.betas.double() - betas).abs() / betas).max() <= 1e-6
 
 
-@pytest.mark.parametrize("pipeline", ["DDPMPipeline", "DDIMPipeline"])
+@pytest.mark.parametrize(
+    "pipeline", ["DDPMPipeline", pytest.param("DDIMPipeline", marks=pytest.mark.slow)]
+)
 def test_the_exported_pipeline_samples(tmp_path, pipeline):
     make_run(tmp_path / "run")
     out = export_diffusers(tmp_path / "run", tmp_path / "out")
@@ -486,6 +488,7 @@ def test_google_ddpm_cifar10_32s_config_is_the_ddpm_cifar10_unet():
     assert ours == theirs and round(ours / 1e6, 1) == 35.7
 
 
+@pytest.mark.slow
 def test_an_imported_pipeline_samples_what_diffusers_ddim_samples(tmp_path):
     """Network, betas and sampler together: our ddim from the same x_T equals diffusers'
     DDIMScheduler with eta 0, x0 clipped and eps recomputed from it (use_clipped_model_output,
