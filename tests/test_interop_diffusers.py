@@ -508,3 +508,16 @@ def test_an_imported_pipeline_samples_what_diffusers_ddim_samples(tmp_path):
             x = ddim.step(unet(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True)
             x = x.prev_sample
     assert (x0 - x).abs().max() < 1e-4 and x.std() > 0.1
+
+
+def test_a_timestep_feature_width_other_than_the_first_level_is_refused():
+    """ADM 512x512's 256 sinusoidal features over a first level of 128 (model.time_channels,
+    read with .get so that runs and configs without the key export as before)."""
+    from diffuse_cli.interop.diffusers_export import check_exportable
+
+    cfg = OmegaConf.create(OmegaConf.to_container(dc.compose_config(OUR_RUN)))  # as read back
+    cfg.model.time_channels = 32
+    with pytest.raises(UserError, match="model.time_channels=32 sinusoidal features"):
+        check_exportable(cfg)
+    cfg.model.time_channels = 16
+    check_exportable(cfg)

@@ -67,6 +67,11 @@ def check_exportable(cfg: DictConfig) -> None:
             "UNet2DModel embeds t as given",
         ),
         (
+            m.get("time_channels") not in (None, m.model_channels),
+            f"model.time_channels={m.get('time_channels')} sinusoidal features; UNet2DModel has "
+            "as many as its first level's channels",
+        ),
+        (
             m.arch == "unet" and m.channel_mult[0] != 1,
             f"model.channel_mult starts at {m.channel_mult[0]}; UNet2DModel's first level has "
             "the input convolution's channels (channel_mult[0] = 1)",
