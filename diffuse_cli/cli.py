@@ -72,7 +72,8 @@ COMMANDS: dict[str, Command] = {
         _eval,
     ),
     "import": Command(
-        "make a run from an openai .pt checkpoint (sample, eval or fine-tune it after)", _import
+        "make a run from an openai .pt file or a diffusers folder (then sample, eval, train)",
+        _import,
     ),
     "report": Command(
         "gather the eval reports below a run or sweep folder into report.md and report.png",

@@ -67,11 +67,11 @@ def read_source(source: Path, cfg: DictConfig) -> ImportedNetwork:
 
 
 def read_folder(source: Path, cfg: DictConfig) -> ImportedNetwork:
-    """A diffusers folder (not read by this version)."""
-    raise UserError(
-        f"source={source} is a folder; reading diffusers folders is not supported yet: "
-        "import an openai .pt state dict"
-    )
+    """A diffusers folder: a pipeline (model_index.json, unet/, scheduler/) or a bare
+    UNet2DModel."""
+    from diffuse_cli.interop.diffusers import read_diffusers
+
+    return read_diffusers(source, cfg)
 
 
 class GivenSettings:

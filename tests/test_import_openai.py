@@ -170,7 +170,7 @@ class NotATensor:
          "model.channel_mult: '.*' has \\[1, 2\\], the command gives \\[1, 2, 2, 2\\]"),
         ("learned sigma for 3 channels", ["variance=learned_range"],
          "variance=learned_range needs 6 output channels; '.*' has 3"),
-        ("a folder", [], "is a folder; reading diffusers folders is not supported yet"),
+        ("a folder", [], "is not a diffusers folder: it has neither model_index.json"),
         ("an upsampler", [], "takes 6 input channels: an upsampler \\(SuperResModel\\)"),
         ("a classifier", [], "has no output_blocks. \\(a noisy classifier, EncoderUNetModel, "
                             "has none"),

@@ -210,6 +210,7 @@ def test_a_bare_unet_takes_its_schedule_from_the_command(tmp_path):
     found = read_diffusers(tmp_path, cfg)
     assert set(found.config) == {"model", "data"}
     assert any("bare UNet" in note for note in found.notes)
+    assert found.needs_given == [("schedule", "schedule.num_timesteps"), ("prediction",)]
     learned = randomized(diffusers.UNet2DModel(**{**SMALL, "out_channels": 6}))
     learned.save_pretrained(tmp_path / "learned")
     with pytest.raises(
@@ -468,15 +469,25 @@ def test_google_ddpm_cifar10_32s_config_is_the_ddpm_cifar10_unet():
     from diffuse_cli.interop.diffusers import unet_settings
 
     config = {
-        "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None,
-        "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
+        "_class_name": "UNet2DModel",
+        "act_fn": "silu",
+        "attention_head_dim": None,
+        "block_out_channels": [128, 256, 256, 256],
+        "center_input_sample": False,
         "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-        "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3,
-        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-06,
-        "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "in_channels": 3,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-06,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 32,
         "time_embedding_type": "positional",
         "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-    }  # fmt: skip
+    }
     model, data, _ = unet_settings(config, [])
     ddpm = OmegaConf.to_container(dc.compose_config(["model=ddpm"]).model)
     keys = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions")
@@ -521,3 +532,35 @@ def test_a_timestep_feature_width_other_than_the_first_level_is_refused():
         check_exportable(cfg)
     cfg.model.time_channels = 16
     check_exportable(cfg)
+
+
+def test_diffuse_import_of_a_diffusers_folder_then_sample(tmp_path):
+    """The round trip a user types: `diffuse import source=FOLDER`, then `diffuse sample`; the
+    run holds the pipeline's schedule and the network's weights, and a bare UNet without a
+    schedule on the command line is refused in one line, leaving no run folder."""
+    import numpy as np
+    from conftest import run_cli
+    from safetensors.torch import load_file
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")
+    save_pipeline(tmp_path / "pipe", {}, scheduler)
+    proc = run_cli("import", "source=pipe", "name=imp", cwd=tmp_path)
+    assert "imported 'pipe' into" in proc.stdout
+    run = tmp_path / "runs" / "imp"
+    cfg = OmegaConf.load(run / runs.CONFIG_FILE)
+    assert (cfg.schedule.name, cfg.schedule.num_timesteps, cfg.model.name) == (
+        "cosine",
+        50,
+        "diffusers",
+    )
+    weights = load_file(run / "checkpoints" / "step_00000000" / "ema.safetensors")
+    theirs = load_file(tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert torch.equal(weights["out.2.weight"], theirs["conv_out.weight"])
+    run_cli(
+        "sample", "run_dir=runs/imp", "steps=2", "num_samples=2", "progress=false", cwd=tmp_path
+    )
+    assert np.load(run / "samples/ddpm-2/samples.npz")["arr_0"].shape == (2, 16, 16, 3)
+    proc = run_cli("import", "source=pipe/unet", "name=bare", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "does not record schedule or schedule.num_timesteps: pass" in proc.stderr
+    assert not (tmp_path / "runs" / "bare").exists()

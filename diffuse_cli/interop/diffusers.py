@@ -62,7 +62,8 @@ def is_diffusers_folder(path: str | Path) -> bool:
 def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
     """The network of diffusers folder `path`: model and data settings from the UNet's
     config.json, schedule, prediction and variance from scheduler/ (a bare UNet takes them from
-    `cfg`, the command's config), weights under our keys. Refuses in one line what the UNet
+    `cfg`, the command's config, and says that the schedule and prediction must be given there),
+    weights under our keys. Refuses in one line what the UNet
     cannot compute exactly."""
     path = Path(path)
     unet_dir, scheduler_file = _locate(path)
@@ -73,6 +74,7 @@ def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
             "DDPM/DDIM pipelines) can be imported"
         )
     notes: list[str] = []
+    needs_given: list[tuple[str, ...]] = []
     with _malformed(unet_dir / "config.json"):
         model, data, layout = unet_settings(unet, notes)
     config = {"model": model, "data": data}
@@ -84,6 +86,7 @@ def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
             "a bare UNet records no schedule: the schedule, prediction and variance "
             "are the command's"
         )
+        needs_given = [("schedule", "schedule.num_timesteps"), ("prediction",)]
     if "variance" in config:
         _check_variance(unet, config["variance"]["name"], "the scheduler's", unet_dir)
     else:
@@ -98,7 +101,7 @@ def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
             f"{model['num_classes']} classes; the null label (row {model['num_classes']}) "
             "is zero: classifier-free guidance needs a model trained with label dropout"
         )
-    return ImportedNetwork("diffusers", config, state, notes)
+    return ImportedNetwork("diffusers", config, state, notes, needs_given)
 
 
 def _locate(path: Path) -> tuple[Path, Path | None]:
