@@ -52,13 +52,6 @@ UP_BLOCKS = {
 }
 
 
-def is_diffusers_folder(path: str | Path) -> bool:
-    """Whether `path` is a folder in diffusers' layout (what read_diffusers reads), so that a
-    command can tell it from a single checkpoint file."""
-    path = Path(path)
-    return path.is_dir() and any((path / n).is_file() for n in ("model_index.json", "config.json"))
-
-
 def read_diffusers(path: Path, cfg: DictConfig) -> ImportedNetwork:
     """The network of diffusers folder `path`: model and data settings from the UNet's
     config.json, schedule, prediction and variance from scheduler/ (a bare UNet takes them from
