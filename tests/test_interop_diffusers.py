@@ -6,6 +6,7 @@ drawn at random, since zero-initialised layers would hide a wrong map."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -532,8 +533,7 @@ def test_a_timestep_feature_width_other_than_the_first_level_is_refused():
 
 def test_diffuse_import_of_a_diffusers_folder_then_sample(tmp_path):
     """The round trip a user types: `diffuse import source=FOLDER`, then `diffuse sample`; the
-    run holds the pipeline's schedule and the network's weights, and a bare UNet without a
-    schedule on the command line is refused in one line, leaving no run folder."""
+    run holds the pipeline's schedule and the network's weights."""
     import numpy as np
     from conftest import run_cli
     from safetensors.torch import load_file
@@ -556,7 +556,25 @@ def test_diffuse_import_of_a_diffusers_folder_then_sample(tmp_path):
         "sample", "run_dir=runs/imp", "steps=2", "num_samples=2", "progress=false", cwd=tmp_path
     )
     assert np.load(run / "samples/ddpm-2/samples.npz")["arr_0"].shape == (2, 16, 16, 3)
-    proc = run_cli("import", "source=pipe/unet", "name=bare", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "does not record schedule or schedule.num_timesteps: pass" in proc.stderr
-    assert not (tmp_path / "runs" / "bare").exists()
+
+
+def test_a_bare_unet_imports_only_with_its_schedule_and_prediction_given(tmp_path, monkeypatch):
+    from diffuse_cli import import_command
+
+    randomized(diffusers.UNet2DModel(**SMALL)).save_pretrained(tmp_path / "unet")
+    for given, refused in (
+        ([], "does not record schedule or schedule.num_timesteps: pass schedule=..."),
+        (["schedule=cosine"], "does not record prediction: pass prediction=..."),
+        (["schedule=cosine", "prediction=v"], None),
+    ):
+        args = [f"source={tmp_path / 'unet'}", f"run_dir={tmp_path / 'run'}", *given]
+        monkeypatch.setattr(import_command, "hydra_overrides", lambda args=args: list(args))
+        cfg = dc.compose_config(args, command="import")
+        if refused:
+            with pytest.raises(UserError, match=re.escape(refused)):
+                import_command.import_command(cfg)
+            assert not (tmp_path / "run").exists()
+        else:
+            import_command.import_command(cfg)
+    saved = OmegaConf.load(tmp_path / "run" / runs.CONFIG_FILE)
+    assert (saved.schedule.name, saved.prediction.name) == ("cosine", "v")
