@@ -428,10 +428,12 @@ def test_export_refuses_a_folder_with_files(tmp_path):
 
 
 def test_diffuse_export_on_the_command_line(cli, monkeypatch, capsys):
+    from conftest import run_cli_in_process
+
     from diffuse_cli.cli import _task
 
     make_run(cli.cwd / "runs" / "default")
-    done = cli("export", "format=diffusers", "out=exported")
+    done = run_cli_in_process("export", "format=diffusers", "out=exported", cwd=cli.cwd)
     assert "DDPMPipeline.from_pretrained('exported')" in done.stdout
     assert (cli.cwd / "exported" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     monkeypatch.chdir(cli.cwd)  # the same refusal in-process: one line, exit status 2
@@ -535,7 +537,7 @@ def test_diffuse_import_of_a_diffusers_folder_then_sample(tmp_path):
     """The round trip a user types: `diffuse import source=FOLDER`, then `diffuse sample`; the
     run holds the pipeline's schedule and the network's weights."""
     import numpy as np
-    from conftest import run_cli
+    from conftest import run_cli_in_process as run_cli
     from safetensors.torch import load_file
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")
