@@ -22,15 +22,31 @@ def is_score_model(cfg: DictConfig) -> bool:
     return cfg.schedule.name in NOISE_LEVEL_SCHEDULES
 
 
+def is_edm(cfg: DictConfig) -> bool:
+    """Whether the config describes an EDM run (a preconditioned denoiser of continuous sigma)."""
+    from diffuse_cli.diffusion import EDM_SCHEDULES
+
+    return cfg.schedule.name in EDM_SCHEDULES
+
+
 def build_diffusion(cfg: DictConfig):
     """What the config's network is trained against: the GaussianDiffusion of a DDPM schedule
-    (schedule, prediction, variance), or the NoiseLevels of schedule=ncsn (sigma_max, sigma_min,
-    L = num_timesteps, prediction). Groups that belong to the other family are refused."""
-    from diffuse_cli.diffusion import GaussianDiffusion, NoiseLevels, geometric_sigmas, get_betas
+    (schedule, prediction, variance), the NoiseLevels of schedule=ncsn (sigma_max, sigma_min,
+    L = num_timesteps, prediction) or the EDMDiffusion of schedule=edm. Groups that belong to
+    another family are refused."""
+    from diffuse_cli.diffusion import (
+        EDMDiffusion,
+        GaussianDiffusion,
+        NoiseLevels,
+        geometric_sigmas,
+        get_betas,
+    )
 
     check_family(cfg, sampler=False)  # samplers are checked where they are used (resolve_steps)
     s = cfg.schedule
     try:
+        if is_edm(cfg):
+            return EDMDiffusion(s.sigma_data, s.p_mean, s.p_std, s.sigma_min, s.sigma_max, s.rho)
         if is_score_model(cfg):
             sigmas = geometric_sigmas(s.sigma_max, s.sigma_min, s.num_timesteps)
             return NoiseLevels(sigmas, prediction=cfg.prediction.name)
@@ -52,15 +68,33 @@ def check_family(cfg: DictConfig, sampler: bool = True) -> None:
     """A DDPM (schedule linear/cosine) and an NCSN (schedule=ncsn) share the network, the data
     and the trainer, but not their losses, predictions or samplers: refuse a mix in one line.
     Checks the groups `cfg` has (loss for train/eval, sampler for sample)."""
-    from diffuse_cli.diffusion import NOISE_LEVEL_SCHEDULES, SCHEDULES, SCORE_PREDICTIONS
+    from diffuse_cli.diffusion import (
+        EDM_SCHEDULES,
+        NOISE_LEVEL_SCHEDULES,
+        SCHEDULES,
+        SCORE_PREDICTIONS,
+    )
     from diffuse_cli.samplers import SAMPLERS, SCORE_SAMPLERS
 
     name = cfg.schedule.name
-    if name not in SCHEDULES and name not in NOISE_LEVEL_SCHEDULES:
-        choices = ", ".join(sorted((*SCHEDULES, *NOISE_LEVEL_SCHEDULES)))
-        raise UserError(f"schedule={name!r} is unknown; choose one of: {choices}")
+    known = (*SCHEDULES, *NOISE_LEVEL_SCHEDULES, *EDM_SCHEDULES)
+    if name not in known:
+        raise UserError(f"schedule={name!r} is unknown; choose one of: {', '.join(sorted(known))}")
     prediction, loss = cfg.prediction.name, cfg.get("loss")
     sampler = cfg.get("sampler") if sampler else None  # eval's loss metrics draw no samples
+    if is_edm(cfg):
+        check_edm(cfg, loss, sampler)
+        return
+    if prediction == "edm":
+        raise UserError(
+            f"prediction=edm is the preconditioned network of schedule=edm; schedule={name} "
+            f"takes prediction={'eps, x0 or v' if name in SCHEDULES else 'score, eps or x0'}"
+        )
+    if sampler is not None and sampler.name == "heun" and sampler.get("s_churn", 0) != 0:
+        raise UserError(
+            f"sampler.s_churn={sampler.s_churn} is the stochastic Heun sampler of schedule=edm; "
+            f"schedule={name} has deterministic heun only: leave sampler.s_churn=0"
+        )
     if is_score_model(cfg):
         if prediction not in SCORE_PREDICTIONS:
             raise UserError(
@@ -107,11 +141,49 @@ def check_family(cfg: DictConfig, sampler: bool = True) -> None:
         )
 
 
+def check_edm(cfg: DictConfig, loss, sampler) -> None:
+    """Refuse, in one line naming the alternative, what schedule=edm has no meaning for."""
+    from diffuse_cli.samplers import EDM_SAMPLERS
+
+    if cfg.prediction.name != "edm":
+        raise UserError(
+            f"prediction={cfg.prediction.name}: schedule=edm trains the preconditioned network F "
+            "of D = c_skip x + c_out F; set prediction=edm (or use experiment=edm_shapes)"
+        )
+    if cfg.variance.name in ("learned", "learned_range"):
+        raise UserError(
+            f"variance={cfg.variance.name} is the variance of a DDPM reverse step, which "
+            "schedule=edm does not have; leave variance=fixed_small"
+        )
+    if loss is not None and loss.name != "simple":
+        raise UserError(
+            f"loss={loss.name} has no meaning for schedule=edm, which trains EDM's weighted "
+            "denoiser loss: use loss=simple"
+        )
+    if loss is not None and loss.timesteps != "uniform":
+        raise UserError(
+            f"loss.timesteps={loss.timesteps} draws integer timesteps; schedule=edm draws ln "
+            "sigma ~ N(p_mean, p_std^2): leave loss.timesteps=uniform"
+        )
+    if "model" in cfg and cfg.model.rescale_timesteps:
+        raise UserError(
+            "model.rescale_timesteps=true scales integer timesteps, but schedule=edm gives the "
+            "network c_noise = ln(sigma) / 4; set model.rescale_timesteps=false"
+        )
+    if sampler is not None and sampler.name not in EDM_SAMPLERS:
+        raise UserError(
+            f"sampler={sampler.name} has no form for schedule=edm (no ancestral posterior, no "
+            f"Langevin levels); use sampler={' or sampler='.join(EDM_SAMPLERS)}"
+        )
+
+
 def build_loss(cfg: DictConfig):
     """The training loss of `cfg.loss`: loss(diffusion, model, x0, t) -> {"loss": [B], ...}."""
-    from diffuse_cli.diffusion import get_loss
+    from diffuse_cli.diffusion import EDMLoss, get_loss
 
     check_family(cfg, sampler=False)
+    if is_edm(cfg):
+        return EDMLoss()
     try:
         loss = cfg.loss
         return get_loss(loss.name, loss.lam, weighting=loss.weighting, snr_gamma=loss.snr_gamma)
@@ -184,7 +256,10 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 
 
 def timestep_scale(cfg: DictConfig) -> float:
-    """What the network multiplies t by: 1000 / T with model.rescale_timesteps, else 1."""
+    """What the network multiplies t by: 1000 / T with model.rescale_timesteps, else 1 (always
+    for schedule=edm, whose c_noise is given as it is)."""
+    if is_edm(cfg):
+        return 1.0
     return 1000 / cfg.schedule.num_timesteps if cfg.model.rescale_timesteps else 1.0
 
 
@@ -257,21 +332,24 @@ def sample(
     `generator` is a torch.Generator, a PerSampleNoise (per-sample seeds) or None (the global
     RNG). `cond_fn` is ancestral classifier guidance (samplers.ddpm); see build_guidance.
     """
-    from diffuse_cli.diffusion import NoiseLevels
+    from diffuse_cli.diffusion import EDMDiffusion, NoiseLevels
     from diffuse_cli.models.modes import evaluating
     from diffuse_cli.samplers import as_noise_source, get_sampler
 
     if "sampler" not in cfg:
         raise UserError("sample needs a sample config: dc.compose_config([...], command='sample')")
-    score = isinstance(diffusion, NoiseLevels)
-    if score != is_score_model(cfg):  # the family is the diffusion's: a sample config composed
-        family = "ncsn" if score else "linear"  # apart from its run has the default schedule
-        cfg = OmegaConf.merge(cfg, {"schedule": {"name": family}})
+    score, edm = isinstance(diffusion, NoiseLevels), isinstance(diffusion, EDMDiffusion)
+    if (score, edm) != (is_score_model(cfg), is_edm(cfg)):  # the family is the diffusion's: a
+        family = "ncsn" if score else "edm" if edm else "linear"  # sample config composed apart
+        patch = {"schedule": {"name": family}}  # from its run has the default schedule
+        if edm:
+            patch["prediction"] = {"name": "edm"}
+        cfg = OmegaConf.merge(cfg, patch)
     steps = resolve_steps(cfg, diffusion)
     s = cfg.sampler
     options = sampler_options(cfg)
     try:
-        sampler = get_sampler(s.name)
+        sampler = get_sampler(s.name, diffusion)
     except ValueError as err:
         raise UserError(str(err)) from err
     with evaluating(model, cond_fn):  # the guidance classifier too
@@ -321,7 +399,13 @@ def build_guidance(cfg: DictConfig, model, diffusion, classifier=None):
     `cfg.guidance`. The callable takes labels y (dropped for unconditional networks); with
     classifier guidance, ddpm gets the mean shift as cond_fn and every other sampler the eps
     shift inside the model call (Dhariwal & Nichol 2021, Algorithms 1 and 2)."""
-    from diffuse_cli.guidance import ClassifierFree, ClassifierGradient, EpsShift, WithLabels
+    from diffuse_cli.guidance import (
+        ClassifierFree,
+        ClassifierGradient,
+        DenoiserShift,
+        EpsShift,
+        WithLabels,
+    )
 
     if "guidance" not in cfg:
         raise UserError(
@@ -340,6 +424,8 @@ def build_guidance(cfg: DictConfig, model, diffusion, classifier=None):
         if classifier is None:
             raise UserError("guidance=classifier needs the classifier (dc.load_classifier)")
         gradient = ClassifierGradient(classifier, g.scale)
+        if is_edm(cfg):
+            return DenoiserShift(WithLabels(model), diffusion, gradient), None
         if cfg.sampler.name == "ddpm":
             return WithLabels(model), gradient
         return EpsShift(WithLabels(model), diffusion, gradient), None
@@ -347,11 +433,13 @@ def build_guidance(cfg: DictConfig, model, diffusion, classifier=None):
 
 
 def sampler_options(cfg: DictConfig) -> dict:
-    """The options of cfg.sampler that its sampler takes (samplers.SAMPLER_OPTIONS), checked."""
-    from diffuse_cli.samplers import SAMPLER_OPTIONS, check_options
+    """The options of cfg.sampler that its sampler takes (samplers.SAMPLER_OPTIONS, or
+    EDM_SAMPLER_OPTIONS for schedule=edm), checked."""
+    from diffuse_cli.samplers import EDM_SAMPLER_OPTIONS, SAMPLER_OPTIONS, check_options
 
     s = cfg.sampler
-    options = {key: s[key] for key in SAMPLER_OPTIONS.get(s.name, ())}
+    known = EDM_SAMPLER_OPTIONS if is_edm(cfg) else SAMPLER_OPTIONS
+    options = {key: s[key] for key in known.get(s.name, ())}
     try:
         check_options(**options)
     except ValueError as err:
@@ -364,10 +452,12 @@ def resolve_steps(cfg: DictConfig, diffusion) -> int:
     the L noise levels, all of which annealed Langevin visits). Also checks that the sampler
     fits the run and its options."""
     check_family(cfg)
-    T = diffusion.num_timesteps
-    steps = cfg.get("steps") or T
     if cfg.get("steps") is not None and cfg.steps <= 0:
         raise UserError(f"steps={cfg.steps} must be a positive number of sampling steps")
+    if is_edm(cfg):
+        return edm_steps(cfg)
+    T = diffusion.num_timesteps
+    steps = cfg.get("steps") or T
     if is_score_model(cfg) and steps != T:
         raise UserError(
             f"steps={steps}: sampler={cfg.sampler.name} visits all L={T} noise levels of this "
@@ -387,6 +477,21 @@ def resolve_steps(cfg: DictConfig, diffusion) -> int:
                 f"sampler.spacing={cfg.sampler.spacing!r} is not one of: {', '.join(SPACINGS)}"
             )
     return steps
+
+
+def edm_steps(cfg: DictConfig) -> int:
+    """schedule=edm: `steps` sigma grid points (null: 18, EDM's CIFAR-10 setting) on a sigma
+    spacing; the sampler's options checked."""
+    from diffuse_cli.diffusion import DEFAULT_SAMPLING_STEPS, SIGMA_GRIDS
+
+    spacing = cfg.sampler.spacing
+    if spacing not in SIGMA_GRIDS:
+        raise UserError(
+            f"sampler.spacing={spacing} spaces a DDPM's integer timesteps; schedule=edm samples "
+            f"on a sigma grid: set sampler.spacing=karras (EDM eq. 5) or sampler.spacing=logsnr"
+        )
+    sampler_options(cfg)
+    return cfg.get("steps") or DEFAULT_SAMPLING_STEPS
 
 
 def build_data(cfg: DictConfig, split: str, every_process: bool = False):

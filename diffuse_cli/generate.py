@@ -21,6 +21,7 @@ from diffuse_cli.build import (
     build_guidance,
     check_family,
     data_shape,
+    is_edm,
     is_score_model,
     resolve_steps,
     sample,
@@ -179,9 +180,15 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
         )
     ours = OmegaConf.to_container(cfg.schedule, resolve=True)
     theirs = OmegaConf.to_container(clf_cfg.schedule, resolve=True)
-    ours_abar = build_diffusion(cfg).alphas_cumprod  # keys a schedule ignores may differ
-    theirs_abar = build_diffusion(clf_cfg).alphas_cumprod
-    if ours_abar.shape != theirs_abar.shape or not torch.allclose(ours_abar, theirs_abar):
+    if is_edm(cfg) or is_edm(clf_cfg):  # the classifier reads c_in x: the same sigma_data
+        if not (is_edm(cfg) and is_edm(clf_cfg)) or ours["sigma_data"] != theirs["sigma_data"]:
+            raise UserError(
+                f"the classifier in '{path}' was trained for schedule={theirs['name']} "
+                f"(sigma_data={theirs['sigma_data']}), the model with schedule={ours['name']} "
+                f"(sigma_data={ours['sigma_data']}); train one with the generator's schedule: "
+                "`diffuse train task=classifier schedule=...`"
+            )
+    elif not _same_alphas(cfg, clf_cfg):
         diff = differences("schedule", ours, theirs, "classifier")
         raise UserError(
             f"the classifier in '{path}' was trained for another noise schedule ({diff}); "
@@ -194,6 +201,14 @@ def guidance_classifier(cfg: DictConfig, device: torch.device):
             f"makes {data_shape(cfg)}"
         )
     return classifier, weights
+
+
+def _same_alphas(cfg: DictConfig, clf_cfg: DictConfig) -> bool:
+    """Whether two DDPM configs have the same alpha-bar table (keys a schedule ignores may
+    differ)."""
+    ours_abar = build_diffusion(cfg).alphas_cumprod
+    theirs_abar = build_diffusion(clf_cfg).alphas_cumprod
+    return ours_abar.shape == theirs_abar.shape and torch.allclose(ours_abar, theirs_abar)
 
 
 def conditioning(cfg: DictConfig, model, classifier) -> tuple[int | None, int | None]:

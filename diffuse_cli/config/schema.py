@@ -21,13 +21,19 @@ class ScheduleConfig:
     scale_betas: bool = True  # ... times 1000/T for other T (improved-diffusion); false: as given
     s: float = 0.008  # cosine offset (Nichol & Dhariwal 2021)
     max_beta: float = 0.999  # cosine clipping
-    sigma_max: float = 1.0  # ncsn: sigma_1 (Song & Ermon 2019); num_timesteps is L
-    sigma_min: float = 0.01  # ncsn: sigma_L
+    sigma_max: float = 1.0  # ncsn: sigma_1 (Song & Ermon 2019); num_timesteps is L; edm: grid top
+    sigma_min: float = 0.01  # ncsn: sigma_L; edm: the smallest sigma of the sampling grid
+    sigma_data: float = 0.5  # edm: the data's standard deviation the preconditioning assumes
+    p_mean: float = -1.2  # edm: training noise levels ln sigma ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
+    rho: float = 7.0  # edm: the sampling grid's exponent (Karras et al. 2022, eq. 5)
 
 
 @dataclass
 class PredictionConfig:
-    name: str = MISSING  # eps | x0 | v; score (ncsn only: the output is the score itself)
+    # eps | x0 | v; score (ncsn only: the output is the score itself); edm (schedule=edm only:
+    # the network is F of D = c_skip x + c_out F(c_in x; c_noise))
+    name: str = MISSING
 
 
 @dataclass
@@ -37,7 +43,7 @@ class VarianceConfig:
 
 @dataclass
 class LossConfig:
-    name: str = MISSING  # simple | vlb | hybrid (DDPM); dsm (ncsn)
+    name: str = MISSING  # simple | vlb | hybrid (DDPM); dsm (ncsn); simple (edm: EDM's loss)
     lam: float = 0.001  # hybrid: L_simple + lam * L_VLB (Nichol & Dhariwal 2021)
     timesteps: str = "uniform"  # uniform | importance (needs a VLB term: vlb or hybrid)
     weighting: str = "uniform"  # uniform | min_snr | edm: per-t weight on L_simple (simple, hybrid)
@@ -57,6 +63,10 @@ class SamplerConfig:
     steps_per_level: int = 100  # langevin: T, Langevin steps at each noise level
     epsilon: float | None = None  # langevin: alpha_L (null: 0.4 sigma_L^2, NCSN's released code)
     denoise: bool = True  # langevin: end with x + sigma_L^2 s(x, sigma_L)
+    s_churn: float = 0.0  # heun, schedule=edm: EDM Algorithm 2's noise (0: Algorithm 1)
+    s_tmin: float = 0.0  # heun, schedule=edm: add noise only at sigma in [s_tmin, s_tmax]
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0  # heun, schedule=edm: the added noise's standard deviation factor
 
 
 @dataclass

@@ -1,10 +1,17 @@
 """The mathematics of diffusion models: schedules, the Gaussian diffusion, the noise levels of
-score models (NCSN), likelihoods, losses and their weighting, respacing and training timestep
-samplers.
+score models (NCSN), the EDM formulation, likelihoods, losses and their weighting, respacing
+and training timestep samplers.
 
 Pure torch; imports nothing else from diffuse_cli.
 """
 
+from .edm import (
+    DEFAULT_SAMPLING_STEPS,
+    EDM_SCHEDULES,
+    SIGMA_GRIDS,
+    EDMDiffusion,
+    LogNormalSigmas,
+)
 from .gaussian import (
     PREDICTIONS,
     VARIANCES,
@@ -15,7 +22,7 @@ from .gaussian import (
     mean_flat,
 )
 from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, quantize
-from .losses import LOSSES, WEIGHTED, get_loss, refused_weighting
+from .losses import LOSSES, WEIGHTED, EDMLoss, get_loss, refused_weighting
 from .ncsn import (
     NOISE_LEVEL_SCHEDULES,
     SCORE_PREDICTIONS,
@@ -28,6 +35,12 @@ from .timesteps import TIMESTEP_SAMPLERS, ImportanceSampler, UniformSampler, get
 from .weighting import WEIGHTINGS, LossWeighting, get_weighting
 
 __all__ = [
+    "DEFAULT_SAMPLING_STEPS",
+    "EDM_SCHEDULES",
+    "SIGMA_GRIDS",
+    "EDMDiffusion",
+    "EDMLoss",
+    "LogNormalSigmas",
     "LOSSES",
     "NOISE_LEVEL_SCHEDULES",
     "PREDICTIONS",

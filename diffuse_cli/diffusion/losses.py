@@ -1,5 +1,6 @@
 """Training losses by config name: L_simple, the variational bound L_VLB and L_hybrid for a
-GaussianDiffusion, and denoising score matching (`dsm`) for the noise levels of an NCSN.
+GaussianDiffusion, denoising score matching (`dsm`) for the noise levels of an NCSN, and EDM's
+weighted denoiser loss (EDMLoss, what loss=simple means for schedule=edm).
 
 Each loss is a small object called as
 
@@ -127,6 +128,30 @@ class DSMLoss:
         sigma = gather(levels.sigmas, t, x0.to(dtype))
         loss = 0.5 * mean_flat((sigma * score.to(dtype) + noise.to(dtype)) ** 2)
         return {"loss": loss, "mse": loss}
+
+
+class EDMLoss:
+    """The denoiser loss of EDM (Karras et al. 2022, eq. 2 and Table 1) for schedule=edm:
+
+        lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2,
+        lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
+
+    averaged over dimensions, with sigma drawn by the trainer (edm.LogNormalSigmas). lambda is
+    1 / c_out^2, so this is the plain MSE of F against its effective target. For data
+    N(mu, s^2 I) the optimal D gives ||D - x0||^2 = s^2 sigma^2 / (s^2 + sigma^2) per dimension.
+    `edm` is a diffusion.edm.EDMDiffusion; t are the noise levels sigma [B] (float).
+    """
+
+    name = "edm"
+
+    def __call__(self, edm, model, x0, t, noise=None, model_kwargs=None):
+        if noise is None:
+            noise = torch.randn_like(x0)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        sigma = t.to(dtype)
+        denoised = edm.denoise(model, edm.q_sample(x0, sigma, noise), sigma, model_kwargs)
+        mse = mean_flat((denoised.to(dtype) - x0.to(dtype)) ** 2)
+        return {"loss": edm.loss_weight(sigma) * mse, "mse": mse}
 
 
 LOSSES = {cls.name: cls for cls in (SimpleLoss, VLBLoss, HybridLoss, DSMLoss)}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.build import build_diffusion, is_score_model, resolve_steps
+from diffuse_cli.build import build_diffusion, is_edm, is_score_model, resolve_steps
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.loss_report import loss_metric
 from diffuse_cli.evaluate.nll import check_nll_settings, nll_metric
@@ -63,6 +63,11 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
         raise UserError(
             "metrics=[nll] is the variational bound of a DDPM, which an NCSN run "
             "(schedule=ncsn) does not have; use metrics=[loss] (held-out DSM loss per noise level)"
+        )
+    if "nll" in metrics and is_edm(cfg):
+        raise UserError(
+            "metrics=[nll] is the discrete variational bound of a DDPM, which an EDM run "
+            "(schedule=edm) does not have; use metrics=[loss] (held-out EDM loss by sigma)"
         )
     if "nll" in metrics:
         check_nll_settings(cfg)

@@ -5,6 +5,11 @@ Timesteps are stratified: the i-th example evaluated (counted across batches) is
 drawn uniformly inside bucket i mod K, so every bucket gets the same number of examples (give or
 take one), whatever the batch size, and the overall number (the bucket means weighted by their
 widths in timesteps) estimates the uniform-t loss with less variance.
+
+An EDM run (schedule=edm) has no timesteps: its buckets are K equally likely ranges of the
+training distribution ln sigma ~ N(p_mean, p_std^2), example i drawn in bucket i mod K at a
+quantile uniform inside it, so the mean of the bucket means estimates the training loss
+E_sigma[lambda(sigma) ||D - x0||^2] itself.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data, build_loss
+from diffuse_cli.diffusion import EDMDiffusion
 from diffuse_cli.evaluate.output import write_json
 from diffuse_cli.files import replacing
 from diffuse_cli.runs import variant_name
@@ -42,12 +48,22 @@ def label_kwargs(model, y: torch.Tensor, device) -> dict:
     return {"y": y.to(device)} if getattr(model, "num_classes", None) else {}
 
 
+def stratified_sigmas(batch: int, edm, buckets: int, generator: torch.Generator, start: int = 0):
+    """(sigma [B], bucket index [B]) for examples start .. start + B - 1: example i in bucket
+    i mod K, at a quantile uniform inside the bucket's share of the training distribution."""
+    k = (start + torch.arange(batch)) % buckets
+    u = (k + torch.rand(batch, generator=generator, dtype=torch.float64)) / buckets
+    return edm.sigma_at_quantile(u.clamp(1e-12, 1 - 1e-12)).float(), k
+
+
 @torch.no_grad()  # no autograd graph: the pass only measures
 def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
     ec = cfg.eval
     dataset = build_data(cfg, "test")
-    buckets = min(ec.buckets, diffusion.num_timesteps)  # an NCSN has only L levels
-    edges = bucket_edges(diffusion.num_timesteps, buckets)
+    edm = isinstance(diffusion, EDMDiffusion)
+    levels = ec.buckets if edm else diffusion.num_timesteps
+    buckets = min(ec.buckets, levels)  # an NCSN has only L levels
+    edges = bucket_edges(levels, buckets)
     sums = torch.zeros(buckets, dtype=torch.float64)
     counts = torch.zeros(buckets, dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -60,7 +76,10 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
         for i, (x, y) in enumerate(loader):
             if i >= ec.num_batches:
                 break
-            t, k = stratified_timesteps(x.shape[0], edges, g, start=seen)
+            if edm:
+                t, k = stratified_sigmas(x.shape[0], diffusion, buckets, g, start=seen)
+            else:
+                t, k = stratified_timesteps(x.shape[0], edges, g, start=seen)
             seen += x.shape[0]
             noise = torch.randn(x.shape, generator=g)
             losses = loss_fn(
@@ -89,7 +108,13 @@ def held_out_loss(cfg: DictConfig, model, diffusion, device) -> dict:
         for b in range(buckets)
     ]
     sigmas = getattr(diffusion, "sigmas", None)  # NCSN: index 0 is the largest level
-    if sigmas is not None:
+    if edm:  # bucket b: quantiles b / K to (b + 1) / K of the training sigmas
+        for b, row in enumerate(rows):
+            del row["t_min"], row["t_max"]
+            row["sigma_min"], row["sigma_median"], row["sigma_max"] = (
+                float(diffusion.sigma_at_quantile(q / buckets)) for q in (b, b + 0.5, b + 1)
+            )
+    elif sigmas is not None:
         for row in rows:
             row["sigma_max"] = float(sigmas[row["t_min"]])
             row["sigma_min"] = float(sigmas[row["t_max"]])
@@ -109,10 +134,22 @@ def plot_buckets(report: dict, path: Path) -> None:
 
     shown = [b for b in report["buckets"] if b["loss"] is not None]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot([(b["t_min"] + b["t_max"]) / 2 for b in shown], [b["loss"] for b in shown], marker="o")
+    edm = "t_min" not in report["buckets"][0]
+    if edm:  # the bucket's median sigma, on a log axis (the outer buckets reach 0 and infinity)
+        middles = [b["sigma_median"] for b in shown]
+        ax.set_xscale("log")
+    else:
+        middles = [(b["t_min"] + b["t_max"]) / 2 for b in shown]
+    ax.plot(middles, [b["loss"] for b in shown], marker="o")
     ax.set_yscale("log")
     ncsn = "sigma_max" in report["buckets"][0]
-    ax.set_xlabel("noise level index i (0: the largest sigma)" if ncsn else "timestep t")
+    ax.set_xlabel(
+        "sigma (equally likely training ranges)"
+        if edm
+        else "noise level index i (0: the largest sigma)"
+        if ncsn
+        else "timestep t"
+    )
     ax.set_ylabel(report["metric"])
     ax.set_title(f"{report['run_dir']} @ {report['checkpoint']}")
     fig.tight_layout()
@@ -130,7 +167,9 @@ def loss_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) 
     weights = "" if weighting == "uniform" else f", {weighting} weights"
     report = {
         **header,
-        "metric": f"held-out L_{cfg.loss.name} ({cfg.prediction.name} target{weights})",
+        "metric": "held-out EDM loss lambda(sigma) ||D - x0||^2"
+        if isinstance(diffusion, EDMDiffusion)
+        else f"held-out L_{cfg.loss.name} ({cfg.prediction.name} target{weights})",
         **held_out_loss(cfg, model, diffusion, device),
     }
     out = Path(cfg.run_dir) / "eval"

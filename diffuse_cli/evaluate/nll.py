@@ -69,8 +69,8 @@ def nll_bpd(
         total = prior + terms.sum(1).
     """
     if not hasattr(diffusion, "p_mean_variance"):
-        raise UserError("nll_bpd needs a DDPM diffusion: a score model (schedule=ncsn) has no "
-                        "variational bound")  # fmt: skip
+        raise UserError("nll_bpd needs a DDPM diffusion: a score model (schedule=ncsn) or an "
+                        "EDM run (schedule=edm) has no discrete variational bound")  # fmt: skip
     batch, T = x0.shape[0], diffusion.num_timesteps
     noise = as_noise_source(generator, batch, x0.device)
     terms = torch.zeros(batch, T, device=x0.device)

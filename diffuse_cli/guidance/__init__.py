@@ -6,7 +6,7 @@ class-conditional network; the samplers receive y through model_kwargs as usual.
 """
 
 from .classifier_free import ClassifierFree
-from .classifier_guidance import ClassifierGradient, EpsShift
+from .classifier_guidance import ClassifierGradient, DenoiserShift, EpsShift
 from .labels import WithLabels
 
-__all__ = ["ClassifierFree", "ClassifierGradient", "EpsShift", "WithLabels"]
+__all__ = ["ClassifierFree", "ClassifierGradient", "DenoiserShift", "EpsShift", "WithLabels"]

@@ -7,6 +7,8 @@ sec. 4): a classifier f_phi(y | x_t, t) trained on noised images steers sampling
   eps~ = eps - sqrt(1 - abar_t) s grad_x log f_phi(y | x_t, t), i.e. the score of
   p(x_t) f_phi(y | x_t)^s. EpsShift does this inside the model call, so DDIM, the ODE solvers
   and the predictor-corrector sampler all use it unchanged.
+- EDM runs (schedule=edm) shift the denoiser by the same score term: D~ = D + sigma^2 s grad_x
+  log f_phi(y | x; sigma), since D = x + sigma^2 grad log p_sigma (Tweedie); DenoiserShift.
 """
 
 import torch
@@ -50,3 +52,22 @@ class EpsShift:
         x0 = d.predict_x0_from_eps(x, t, eps)
         mean = d.prediction.target(d, x0, eps, t).to(out.dtype)
         return torch.cat([mean, out[:, c:]], dim=1)
+
+
+class DenoiserShift:
+    """model(c_in x, c_noise, y) of an EDM run with its output F shifted so that the denoiser
+    D = c_skip x + c_out F becomes D + sigma^2 cond_fn, the score shift of classifier guidance.
+
+    The classifier sees what the network sees (c_in x, c_noise), so cond_fn is the gradient with
+    respect to c_in x, and grad_x = c_in grad_{c_in x}; with c_in / c_out = 1 / (sigma sigma_data)
+    the shift of F is (sigma / sigma_data) cond_fn. `edm` is the run's EDMDiffusion.
+    """
+
+    def __init__(self, model, edm, cond_fn):
+        self.model, self.edm, self.cond_fn = model, edm, cond_fn
+
+    def __call__(self, x_in: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.model(x_in, c_noise, y)
+        sigma = self.edm.sigma_of_noise_label(c_noise.float())
+        scale = (sigma / self.edm.sigma_data).reshape(-1, *([1] * (x_in.dim() - 1)))
+        return out + (scale * self.cond_fn(x_in, c_noise, y).float()).to(out.dtype)

@@ -12,6 +12,8 @@ from .noise import GeneratorNoise, PerSampleNoise, as_noise_source
 from .ode import euler, heun
 from .pc import pc
 from .registry import (
+    EDM_SAMPLER_OPTIONS,
+    EDM_SAMPLERS,
     SAMPLER_OPTIONS,
     SAMPLERS,
     SCORE_SAMPLERS,
@@ -21,6 +23,8 @@ from .registry import (
 )
 
 __all__ = [
+    "EDM_SAMPLERS",
+    "EDM_SAMPLER_OPTIONS",
     "SAMPLERS",
     "SAMPLER_OPTIONS",
     "SCORE_SAMPLERS",

@@ -13,6 +13,7 @@ from diffuse_cli.build import (
     build_diffusion,
     build_loss,
     build_model,
+    is_edm,
     is_score_model,
 )
 from diffuse_cli.errors import UserError
@@ -76,7 +77,11 @@ class DiffusionTask:
 class ClassifierTask:
     """f_phi(y | x_t, t) by cross-entropy on x_t = q_sample(x0, t) at the trainer's timesteps
     (uniform), or on clean images with classifier.noised=false. Reports the accuracy over the
-    batches since the last log line, overall and per timestep bucket."""
+    batches since the last log line, overall and per timestep bucket.
+
+    For schedule=edm the classifier sees what the denoiser's network sees, (c_in x, c_noise) with
+    x = x0 + sigma n, at the denoiser's training noise levels (ln sigma ~ N(p_mean, p_std^2)),
+    and its buckets are equally likely ranges of that distribution."""
 
     name = "classifier"
     has_preview = False
@@ -91,6 +96,7 @@ class ClassifierTask:
                 "generator it will guide"
             )
         self.diffusion = build_diffusion(cfg)
+        self.edm = is_edm(cfg)
         self.num_classes = labelled_classes(cfg, dataset, "task=classifier")
         self.noised = cfg.classifier.noised
         self.buckets = cfg.classifier.buckets if self.noised else 1
@@ -106,7 +112,9 @@ class ClassifierTask:
         return build_classifier(self.cfg, self.num_classes)
 
     def losses(self, model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict:
-        if self.noised:
+        if self.noised and self.edm:
+            x_in, t_in = self.diffusion.network_inputs(self.diffusion.q_sample(x, t), t)
+        elif self.noised:
             x_in, t_in = self.diffusion.q_sample(x, t), self.diffusion.model_timesteps(t)
         else:
             x_in, t_in = x, torch.zeros_like(t)
@@ -115,9 +123,12 @@ class ClassifierTask:
         return {"loss": F.cross_entropy(logits, y, reduction="none"), "correct": correct}
 
     def observe(self, t: torch.Tensor, out: dict) -> None:
-        bucket = (t.cpu() * self.buckets // self.diffusion.num_timesteps).clamp(
-            max=self.buckets - 1
-        )
+        if self.edm:
+            bucket = self.diffusion.bucket_of_sigma(t, self.buckets)
+        else:
+            bucket = (t.cpu() * self.buckets // self.diffusion.num_timesteps).clamp(
+                max=self.buckets - 1
+            )
         if not self.noised:
             bucket = torch.zeros_like(bucket)
         correct = out["correct"].detach().cpu().double()
@@ -127,7 +138,13 @@ class ClassifierTask:
     def summary(self) -> dict:
         """{"accuracy": ..., "accuracy_t<lo>-<hi>": ... per bucket} since the last call."""
         row = {"accuracy": float(self.correct.sum() / self.count.sum().clamp(min=1))}
-        if self.noised:
+        if self.noised and self.edm:
+            for b in range(self.buckets):
+                if self.count[b] > 0:
+                    row[f"accuracy_{sigma_range(self.diffusion, b, self.buckets)}"] = float(
+                        self.correct[b] / self.count[b]
+                    )
+        elif self.noised:
             T = self.diffusion.num_timesteps
             for b in range(self.buckets):
                 lo, hi = b * T // self.buckets, (b + 1) * T // self.buckets - 1
@@ -135,6 +152,12 @@ class ClassifierTask:
                     row[f"accuracy_t{lo}-{hi}"] = float(self.correct[b] / self.count[b])
         self._reset()
         return row
+
+
+def sigma_range(edm, bucket: int, buckets: int) -> str:
+    """'sigma0.12-0.34': the noise levels of an equally likely range of edm's training sigmas."""
+    lo, hi = (float(edm.sigma_at_quantile(q / buckets)) for q in (bucket, bucket + 1))
+    return f"sigma{lo:.3g}-{hi:.3g}"
 
 
 def make_task(cfg: DictConfig, dataset):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from diffuse_cli.build import build_data, data_shape
 from diffuse_cli.data import DataError, random_hflip
-from diffuse_cli.diffusion import get_timestep_sampler
+from diffuse_cli.diffusion import EDMDiffusion, LogNormalSigmas, get_timestep_sampler
 from diffuse_cli.distributed import broadcast_from_main, check_joined
 from diffuse_cli.errors import Interrupted, UserError
 from diffuse_cli.files import write_atomically
@@ -135,9 +135,12 @@ class Trainer:
         self.dataset = build_data(cfg, "train", every_process=True)
         self.task = make_task(cfg, self.dataset)
         self.diffusion = self.task.diffusion
-        self.timesteps = get_timestep_sampler(
-            self.task.timestep_sampler, self.diffusion.num_timesteps
-        )
+        if isinstance(self.diffusion, EDMDiffusion):  # continuous sigma, not integer t
+            self.timesteps = LogNormalSigmas(self.diffusion)
+        else:
+            self.timesteps = get_timestep_sampler(
+                self.task.timestep_sampler, self.diffusion.num_timesteps
+            )
         self._setup_model()
         self._setup_optimizer()
         self.skipped_steps = self.bad_in_a_row = 0  # non-finite steps: all, and the latest run
