@@ -81,7 +81,7 @@ def compose_config(
 
 def _one_line(err: Exception) -> str:
     """Hydra's message and its cause's first line, in one line: 'Could not find
-    'schedule/cosinee' (options: cosine, linear, ncsn)', 'Error merging override
+    'schedule/cosinee' (options: cosine, edm, linear, ncsn)', 'Error merging override
     trainer.max_steps=abc: Value 'abc' ... could not be converted to Integer'."""
     text = str(err).split("Config search path:")[0]
     head, _, options = text.partition("Available options in")

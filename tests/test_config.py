@@ -57,6 +57,8 @@ def test_train_option_composes_and_builds(compose, group, option):
         overrides.append("data.root=somewhere")  # the ImageNet presets read an image folder
     if (group, option) in (("schedule", "ncsn"), ("loss", "dsm"), ("prediction", "score")):
         overrides += ["schedule=ncsn", "loss=dsm"]  # the NCSN groups go together
+    if (group, option) in (("schedule", "edm"), ("prediction", "edm")):
+        overrides += ["schedule=edm", "prediction=edm"]  # and the EDM ones
     if group == "model":  # a published network is built for the image size it was published at
         published_size = OmegaConf.load(CONFIGS / "model" / f"{option}.yaml").get("image_size")
         if published_size:
@@ -64,8 +66,11 @@ def test_train_option_composes_and_builds(compose, group, option):
     cfg = compose(overrides)
     assert cfg[group].name == option if group not in ("trainer", "experiment") else True
     diffusion = build_diffusion(cfg)
-    table = diffusion.sigmas if cfg.schedule.name == "ncsn" else diffusion.betas
-    assert table.dtype == torch.float64 and table.shape == (cfg.schedule.num_timesteps,)
+    if cfg.schedule.name == "edm":  # continuous sigma: no table
+        assert diffusion.sampling_sigmas(18)[0] == cfg.schedule.sigma_max
+    else:
+        table = diffusion.sigmas if cfg.schedule.name == "ncsn" else diffusion.betas
+        assert table.dtype == torch.float64 and table.shape == (cfg.schedule.num_timesteps,)
     with torch.device("meta"):
         model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -107,7 +112,7 @@ def test_experiment_preset_overrides_groups(compose):
 
 
 def test_unknown_option_names_the_choices(compose):
-    with pytest.raises(UserError, match=r"schedule/nope' \(options: cosine, linear, ncsn\)$"):
+    with pytest.raises(UserError, match=r"schedule/nope' \(options: cosine, edm, linear, ncsn\)$"):
         compose(["schedule=nope"])
 
 

@@ -72,9 +72,9 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
     check_power_ema(tc)
     if cfg.schedule.num_timesteps < 1:
         raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
+    check_family(cfg)  # first: a group of another family has a message of its own
     if cfg.task == "diffusion":  # a classifier ignores loss.*
         validate_loss_config(cfg, fresh)
-    check_family(cfg)
 
 
 def check_power_ema(tc: DictConfig) -> None:
