@@ -65,9 +65,10 @@ def build_diffusion(cfg: DictConfig):
 
 
 def check_family(cfg: DictConfig, sampler: bool = True) -> None:
-    """A DDPM (schedule linear/cosine) and an NCSN (schedule=ncsn) share the network, the data
-    and the trainer, but not their losses, predictions or samplers: refuse a mix in one line.
-    Checks the groups `cfg` has (loss for train/eval, sampler for sample)."""
+    """A DDPM (schedule linear/cosine), an NCSN (schedule=ncsn) and an EDM run (schedule=edm)
+    share the network, the data and the trainer, but not their losses, predictions or samplers:
+    refuse a mix in one line. Checks the groups `cfg` has (loss for train/eval, sampler for
+    sample)."""
     from diffuse_cli.diffusion import (
         EDM_SCHEDULES,
         NOISE_LEVEL_SCHEDULES,
@@ -150,7 +151,7 @@ def check_edm(cfg: DictConfig, loss, sampler) -> None:
             f"prediction={cfg.prediction.name}: schedule=edm trains the preconditioned network F "
             "of D = c_skip x + c_out F; set prediction=edm (or use experiment=edm_shapes)"
         )
-    if cfg.variance.name in ("learned", "learned_range"):
+    if cfg.variance.name != "fixed_small":
         raise UserError(
             f"variance={cfg.variance.name} is the variance of a DDPM reverse step, which "
             "schedule=edm does not have; leave variance=fixed_small"

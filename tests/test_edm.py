@@ -240,3 +240,17 @@ def test_every_edm_sampler_counts_its_evaluations_and_takes_labels():
         get_sampler(name, EDM)(model, EDM, torch.randn(2, 3, 4, 4), steps=4, model_kwargs={"y": y})
         assert len(seen) == evaluations(name, 4) and all(s is y for s in seen)
     assert evaluations("heun", 18) == 35
+
+
+def test_networks_of_an_edm_run_take_c_noise_as_a_float_unscaled(compose):
+    """c_noise = ln(sigma) / 4 lies in about [-1.6, 1.1]: the embedding must not round it, and
+    model.rescale_timesteps (refused for edm) must not scale it."""
+    from diffuse_cli.build import build_model
+    from diffuse_cli.models.embeddings import timestep_embedding
+
+    emb = timestep_embedding(torch.tensor([0.10, 0.11, -1.5]), 32)
+    assert (emb[0] - emb[1]).abs().max() > 5e-3 and (emb[0] - emb[2]).abs().max() > 0.5
+    for model in ("small", "mlp"):
+        data = ["data=moons"] if model == "mlp" else []
+        cfg = compose([f"model={model}", *data, "schedule=edm", "prediction=edm"])
+        assert build_model(cfg).timestep_scale == 1.0
