@@ -46,7 +46,7 @@ def main():
                 "eval",
             )
             (path,) = eval_command(cfg)
-            table[label, recipe] = json.loads(Path(path).read_text())["energy"]
+            table[label, recipe] = json.loads(Path(path).read_text())["metrics"]["energy"]
     print(f"energy distance to held-out moons, {args.samples} samples, {args.steps} steps\n")
     print("| sampler (35 evaluations) | " + " | ".join(RECIPES) + " |")
     print("| --- |" + " --- |" * len(RECIPES))

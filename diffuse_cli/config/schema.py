@@ -52,9 +52,12 @@ class LossConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = MISSING  # ddpm | ddim | euler | heun | dpm_solver | pc (DDPM); langevin (ncsn)
+    # ddpm | ddim | euler | heun | dpm_solver | pc (DDPM); langevin (ncsn); heun | euler | ddim |
+    # dpm_solver (edm: samplers/edm.py)
+    name: str = MISSING
     eta: float = 0.0  # ddim
-    spacing: str = "even"  # linspace | leading | trailing | even | karras | logsnr
+    # linspace | leading | trailing | even | karras | logsnr (edm: karras or logsnr only)
+    spacing: str = "even"
     clip_denoised: bool = True
     order: int = 2  # dpm_solver: 1 (= DDIM) or 2 (2M)
     predictor: str = "ddpm"  # pc: ddpm (ancestral) | ddim
