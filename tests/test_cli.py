@@ -38,7 +38,7 @@ def test_no_command_is_a_usage_error_and_version_prints(cli):
 
 def test_command_help_lists_groups(cli):
     out = run_cli_in_process("train", "--help", cwd=cli.cwd).stdout
-    assert "schedule: cosine, linear" in out and "trainer:" in out
+    assert "schedule: cosine, edm, linear, ncsn" in out and "trainer:" in out
     samplers = "sampler: ddim, ddpm, dpm_solver, euler, heun, langevin, pc"
     assert samplers in run_cli_in_process("sample", "--help", cwd=cli.cwd).stdout
 
