@@ -161,6 +161,12 @@ def check_edm(cfg: DictConfig, loss, sampler) -> None:
             f"loss={loss.name} has no meaning for schedule=edm, which trains EDM's weighted "
             "denoiser loss: use loss=simple"
         )
+    denoiser = cfg.get("task", "diffusion") == "diffusion"  # a classifier ignores loss.*
+    if loss is not None and denoiser and loss.get("weighting", "edm") != "edm":
+        raise UserError(
+            f"loss.weighting={loss.weighting}: schedule=edm weights its loss by EDM's "
+            "lambda(sigma) with its own sigma_data; set loss.weighting=edm"
+        )
     if loss is not None and loss.timesteps != "uniform":
         raise UserError(
             f"loss.timesteps={loss.timesteps} draws integer timesteps; schedule=edm draws ln "

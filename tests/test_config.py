@@ -58,7 +58,7 @@ def test_train_option_composes_and_builds(compose, group, option):
     if (group, option) in (("schedule", "ncsn"), ("loss", "dsm"), ("prediction", "score")):
         overrides += ["schedule=ncsn", "loss=dsm"]  # the NCSN groups go together
     if (group, option) in (("schedule", "edm"), ("prediction", "edm")):
-        overrides += ["schedule=edm", "prediction=edm"]  # and the EDM ones
+        overrides += ["schedule=edm", "prediction=edm", "loss.weighting=edm"]  # and the EDM ones
     if group == "model":  # a published network is built for the image size it was published at
         published_size = OmegaConf.load(CONFIGS / "model" / f"{option}.yaml").get("image_size")
         if published_size:

@@ -18,7 +18,7 @@ from diffuse_cli.generate import sample_command
 from diffuse_cli.train.checkpoint import latest_checkpoint
 from diffuse_cli.train.trainer import train
 
-EDM = ["schedule=edm", "prediction=edm"]
+EDM = ["schedule=edm", "prediction=edm", "loss.weighting=edm"]
 QUICK = ["num_samples=6", "batch_size=4", "steps=3", "progress=false"]
 # An EDM run on 2-D points with a small MLP: trains a step in milliseconds.
 POINTS = [
@@ -120,6 +120,8 @@ def test_eval_loss_of_an_edm_run_is_by_equally_likely_sigma_ranges(runs):
         ([*EDM, "variance=learned_range"], "variance=learned_range is the variance of a DDPM"),
         ([*EDM, "loss.timesteps=importance"], "loss.timesteps=importance draws integer"),
         ([*EDM, "model.rescale_timesteps=true"], "set model.rescale_timesteps=false"),
+        ([*EDM, "loss.weighting=min_snr"], "loss.weighting=min_snr: schedule=edm weights its loss"),
+        (["schedule=edm", "prediction=edm"], "loss.weighting=uniform: schedule=edm weights"),
         (["prediction=edm"], "prediction=edm is the preconditioned network of schedule=edm"),
     ],
 )
