@@ -181,3 +181,11 @@ def test_an_edm_run_trains_in_bf16(compose, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").open()]
     losses = [row["loss"] for row in rows if "loss" in row]
     assert losses and all(np.isfinite(losses))
+
+
+def test_export_to_diffusers_refuses_an_edm_run(compose):
+    from diffuse_cli.errors import UserError
+    from diffuse_cli.interop.diffusers_export import check_exportable
+
+    with pytest.raises(UserError, match="it is an EDM run"):
+        check_exportable(compose([*TINY, *EDM]))

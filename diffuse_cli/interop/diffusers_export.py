@@ -50,11 +50,12 @@ def export_diffusers(
 def check_exportable(cfg: DictConfig) -> None:
     """Refuse, in one line naming the reason, a run UNet2DModel and DDPMScheduler cannot
     reproduce exactly."""
-    from diffuse_cli.build import is_score_model
+    from diffuse_cli.build import is_edm, is_score_model
 
     m = cfg.model
     reasons = [
         (is_score_model(cfg), "it is an NCSN score model; diffusers' DDPM pipelines need a DDPM"),
+        (is_edm(cfg), "it is an EDM run (schedule=edm); diffusers' DDPM pipelines need a DDPM"),
         (m.arch != "unet", f"model.arch={m.arch} is not a UNet; UNet2DModel is one"),
         (
             m.get("residual_rescale", False),
