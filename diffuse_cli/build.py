@@ -147,9 +147,12 @@ def check_edm(cfg: DictConfig, loss, sampler) -> None:
     from diffuse_cli.samplers import EDM_SAMPLERS
 
     if cfg.prediction.name != "edm":
+        fix = "prediction=edm"  # and the weighting a diffusion run needs too, in the same line
+        if loss is not None and cfg.get("task", "diffusion") == "diffusion":
+            fix += "" if loss.get("weighting") == "edm" else " loss.weighting=edm"
         raise UserError(
             f"prediction={cfg.prediction.name}: schedule=edm trains the preconditioned network F "
-            "of D = c_skip x + c_out F; set prediction=edm (or use experiment=edm_shapes)"
+            f"of D = c_skip x + c_out F; set {fix} (or use experiment=edm_shapes)"
         )
     if cfg.variance.name != "fixed_small":
         raise UserError(

@@ -161,7 +161,10 @@ def test_ddim_eta_above_one_is_refused_before_sampling(compose):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["schedule=cosinee"], "Could not find 'schedule/cosinee' (options: cosine, edm, linear, ncsn)"),
+        (
+            ["schedule=cosinee"],
+            "Could not find 'schedule/cosinee' (options: cosine, edm, linear, ncsn)",
+        ),
         (["trainer.max_steps=abc"], "trainer.max_steps=abc: Value 'abc' of type 'str' could not"),
         (["+trainer.lrr=1"], "trainer.lrr is not a setting of `diffuse train` (did you mean"),
     ],

@@ -113,7 +113,11 @@ def test_eval_loss_of_an_edm_run_is_by_equally_likely_sigma_ranges(runs):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["schedule=edm"], "prediction=eps: schedule=edm trains the preconditioned network"),
+        (["schedule=edm"], "set prediction=edm loss.weighting=edm (or use experiment=edm_shapes)"),
+        (
+            ["schedule=edm", "loss.weighting=edm"],
+            "network F of D = c_skip x + c_out F; set prediction=edm (or",
+        ),
         ([*EDM, "loss=hybrid"], "loss=hybrid has no meaning for schedule=edm"),
         ([*EDM, "loss=vlb"], "loss=vlb has no meaning for schedule=edm"),
         ([*EDM, "loss=dsm"], "loss=dsm has no meaning for schedule=edm"),
