@@ -34,7 +34,7 @@ RECIPES = {
     "min_snr_eps": ["loss.weighting=min_snr"],
     "min_snr_v": ["prediction=v", "loss.weighting=min_snr"],
     "edm_weighting_v": ["prediction=v", "loss.weighting=edm"],
-    "edm": ["schedule=edm", "prediction=edm"],  # the EDM formulation (Karras et al. 2022)
+    "edm": ["schedule=edm", "prediction=edm", "loss.weighting=edm"],  # Karras et al. 2022
 }
 DEFAULT_RECIPES = "classic,v,min_snr_eps,min_snr_v"
 # (sampler, steps): each sampler's own default spacing; heun costs 2 steps - 1 evaluations
