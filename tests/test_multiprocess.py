@@ -58,9 +58,13 @@ def checkpoint_weights(folder):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_keep_one_set_of_weights_and_resume_exactly(tmp_path):
-    common = [*TINY, "trainer.ckpt_every=3", "trainer.sample_every=100", "model.dropout=0.1",
-              "data.hflip=true", "trainer.grad_accum=2", "trainer.batch_size=16"]  # fmt: skip
+@pytest.mark.parametrize(
+    "recipe", [[], ["schedule=edm", "prediction=edm", "loss.weighting=edm"]], ids=["ddpm", "edm"]
+)
+def test_two_processes_keep_one_set_of_weights_and_resume_exactly(tmp_path, recipe):
+    common = [*TINY, *recipe, "trainer.ckpt_every=3", "trainer.sample_every=100",
+              "model.dropout=0.1", "data.hflip=true", "trainer.grad_accum=2",
+              "trainer.batch_size=16"]  # fmt: skip
     launch("train", *common, "trainer.max_steps=6", "name=straight", cwd=tmp_path)
     straight = tmp_path / "runs" / "straight"
     for step in (3, 6):
