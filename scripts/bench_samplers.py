@@ -1,8 +1,9 @@
 """Distance to the exact mixture against network evaluations, for every sampler.
 
-Each sampler is driven by the exact model of a 2-D Gaussian mixture in tests/mixture_oracle.py
-(linear schedule, T = 1000, eps prediction, no clipping), from the same x_T, and its samples are
-compared with fresh mixture samples by the unbiased energy distance (noise ~5e-4 at n = 2000).
+Each sampler is driven by the exact model of a 2-D Gaussian mixture in
+tests/oracles/mixture_oracle.py (linear schedule, T = 1000, eps prediction, no clipping), from
+the same x_T, and its samples are compared with fresh mixture samples by the unbiased energy
+distance (noise ~5e-4 at n = 2000).
 --mixture broad triples the components' standard deviations (mixture_oracle.MIXTURES).
 The step count is chosen so the evaluations do not exceed each budget (heun: 2 steps - 1; pc:
 steps + (steps - 1) corrector steps). Prints a Markdown table; the measured one and what it
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "oracles"))
 from mixture_oracle import MIXTURES, MixtureOracle, energy_distance  # noqa: E402
 
 from diffuse_cli.diffusion import GaussianDiffusion, get_betas  # noqa: E402

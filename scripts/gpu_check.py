@@ -367,7 +367,7 @@ def train_in_process(check: Check, run_dir: Path, steps: int, *overrides: str) -
 
 
 def stage_resume_exact(check: Check) -> None:
-    """N steps, resumed to 2N, against 2N straight (tests/test_resume.py on the device)."""
+    """N steps, resumed to 2N, against 2N straight (tests/train/test_resume.py on the device)."""
     precisions = ["no"] if check.quick else ["no", "bf16"]
     steps = 4 if check.quick else 10
     failures = []

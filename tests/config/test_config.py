@@ -16,7 +16,7 @@ from diffuse_cli.data.registry import DATASETS
 from diffuse_cli.data.toy2d import TOY_SETS
 from diffuse_cli.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = [
     "schedule",
     "prediction",

@@ -139,9 +139,9 @@ def mixture_run(name, steps, seed=0, **options):
 
 
 def assert_on_the_mixture(x, ref):
-    """The tolerances of tests/test_mixture_samplers.py's ODE samplers: energy distance 3e-3,
-    component weights 0.04 and means 0.03 (absolute), covariances 60% (the narrowest direction
-    is what a coarse chain loses)."""
+    """The tolerances of tests/samplers/test_mixture_samplers.py's ODE samplers: energy distance
+    3e-3, component weights 0.04 and means 0.03 (absolute), covariances 60% (the narrowest
+    direction is what a coarse chain loses)."""
     w, m, c = component_stats(x)
     assert energy_distance(x, ref) < 3e-3
     assert (w - WEIGHTS).abs().max() < 0.04, w

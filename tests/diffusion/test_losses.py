@@ -145,7 +145,7 @@ def test_iddpm_presets_hold_the_published_settings(compose, experiment):
     if experiment == "imagenet64_iddpm":  # our count of the released flags
         assert abs(sum(p.numel() for p in net.parameters()) - 121.06e6) < 0.01e6
     # the preset opens with its source and the exact command
-    path = Path(__file__).parents[1] / "configs" / "experiment" / f"{experiment}.yaml"
+    path = Path(__file__).parents[2] / "configs" / "experiment" / f"{experiment}.yaml"
     header = path.read_text().split("defaults:")[0]
     assert "Nichol & Dhariwal 2021" in header and "openai/improved-diffusion" in header
     assert f"#   diffuse train experiment={experiment} data.root=" in header

@@ -1,5 +1,5 @@
 """Guidance math against closed forms, with the exact models of class-conditional Gaussian data
-(tests/class_oracle.py): no training involved."""
+(tests/oracles/class_oracle.py): no training involved."""
 
 import pytest
 import torch

@@ -47,7 +47,7 @@ def gaussian_denoiser(mu, s):
 
 
 def mixture_denoiser(oracle):
-    """D* of tests/mixture_oracle.py's mixture, from its exact score of x0 + sigma z."""
+    """D* of tests/oracles/mixture_oracle.py's mixture, from its exact score of x0 + sigma z."""
 
     def denoise(x, sigma, y=None):
         s = sigma.reshape(-1)

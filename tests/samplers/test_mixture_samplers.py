@@ -1,4 +1,4 @@
-"""Samplers driven by the exact model of a 2-D Gaussian mixture (tests/mixture_oracle.py).
+"""Samplers driven by the exact model of a 2-D Gaussian mixture (tests/oracles/mixture_oracle.py).
 
 Distances are energy distances (unbiased) to fresh mixture samples; with N = 2000 two samples of
 the mixture itself give |d| < ~5e-4, and the tolerances below are what each sampler's

@@ -1,4 +1,4 @@
-"""Samplers driven by the exact denoiser of Gaussian data (tests/gaussian_oracle.py).
+"""Samplers driven by the exact denoiser of Gaussian data (tests/oracles/gaussian_oracle.py).
 
 With that oracle every sampler step is affine per dimension, so the output distribution of the
 discretized chain is known exactly (gaussian_oracle.reverse_moments). Two kinds of check:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import device_overrides
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def load_script(name: str):
