@@ -1,11 +1,12 @@
+"""The UNet (DDPM / improved DDPM / ADM): shapes, refusals, the ADM options and the architecture
+as published, layer by layer."""
+
 import pytest
 import torch
+from model_helpers import SMALL, TINY_UNET, check_dropout, inputs, perturb
 
-from diffuse_cli.models import MLP, UNet, timestep_embedding
+from diffuse_cli.models import UNet, timestep_embedding
 
-SMALL = dict(
-    model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,)
-)
 DDPM_CIFAR10 = dict(
     in_channels=3,
     out_channels=3,
@@ -21,21 +22,6 @@ DDPM_CIFAR10 = dict(
 
 def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    """Move every weight off its initialisation so zero-initialised layers carry signal."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-
-
-def inputs(batch=2, channels=3, size=32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, channels, size, size, generator=gen)
-    t = torch.randint(0, 1000, (batch,), generator=gen)
-    return x, t
 
 
 def test_ddpm_cifar10_unet_has_the_published_35_7m_parameters():
@@ -156,134 +142,6 @@ def test_sizes_that_build_no_working_network_are_refused(change, message):
 def test_zero_res_blocks_per_level_is_a_working_network():
     x, t = inputs()
     assert UNet(**dict(SMALL, num_res_blocks=0))(x, t).shape == x.shape
-
-
-def test_an_mlp_with_zero_classes_is_refused():
-    with pytest.raises(ValueError, match="num_classes must be null"):
-        MLP(num_classes=0)
-
-
-def test_timestep_embedding_is_sinusoidal():
-    emb = timestep_embedding(torch.tensor([0, 1, 999]), 8)
-    assert emb.shape == (3, 8)
-    assert torch.equal(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
-    assert timestep_embedding(torch.tensor([3]), 7).shape == (1, 7)
-
-
-@pytest.mark.parametrize(
-    "kwargs, out_dim",
-    [(dict(), 2), (dict(out_dim=4), 4), (dict(dim=3, hidden=64, num_layers=2, num_classes=8), 3)],
-)
-def test_mlp_output_shape_and_zero_init(kwargs, out_dim):
-    model = MLP(**kwargs)
-    x = torch.randn(5, kwargs.get("dim", 2))
-    t = torch.randint(0, 1000, (5,))
-    y = torch.randint(0, 8, (5,)) if kwargs.get("num_classes") else None
-    out = model(x, t, y)
-    assert out.shape == (5, out_dim)
-    assert torch.equal(out, torch.zeros_like(out))
-
-
-def test_mlp_learns_from_its_gradients_and_uses_labels():
-    model = MLP(num_classes=2)
-    perturb(model)
-    x, t = torch.randn(4, 2), torch.randint(0, 1000, (4,))
-    a = model(x, t, torch.tensor([0, 0, 0, 0]))
-    b = model(x, t, torch.tensor([1, 1, 1, 1]))
-    assert not torch.allclose(a, b)
-    a.square().mean().backward()
-    assert all(p.grad is not None for p in model.parameters())
-
-
-def test_mlp_labels_must_match_conditioning():
-    """As the UNet: labels are required by a class-conditional MLP and refused by another."""
-    x, t = torch.randn(2, 2), torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="class-conditional"):
-        MLP(num_classes=3)(x, t)
-    with pytest.raises(ValueError, match="unconditional"):
-        MLP()(x, t, torch.tensor([0, 1]))
-
-
-def test_mlp_block_adds_its_branch_to_its_input():
-    """A residual block whose last layer is zero is the identity."""
-    from diffuse_cli.models.mlp import MLPBlock
-
-    block = MLPBlock(8)
-    perturb(block)
-    torch.nn.init.zeros_(block.fc2.weight)
-    torch.nn.init.zeros_(block.fc2.bias)
-    h, emb = torch.randn(3, 8), torch.randn(3, 8)
-    assert torch.equal(block(h, emb), h)
-
-
-def test_every_mlp_block_sees_the_timestep():
-    """With the embedding projection of every block but one zeroed, the output still depends
-    on t, whichever block is kept: each block receives the embedding."""
-    x = torch.randn(4, 2)
-    for kept in range(3):
-        model = MLP(hidden=32, num_layers=3).eval()
-        perturb(model)
-        with torch.no_grad():
-            for k, block in enumerate(model.blocks):
-                if k != kept:
-                    block.emb_proj.weight.zero_()
-                    block.emb_proj.bias.zero_()
-            early, late = model(x, torch.full((4,), 10)), model(x, torch.full((4,), 900))
-        assert not torch.allclose(early, late), f"block {kept} does not see t"
-
-
-def test_mlp_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
-    """model.dropout reaches the MLP: random in train mode, reproducible from the seed, and
-    eval mode equals the network without dropout (no new parameters)."""
-    model = MLP(hidden=32, num_layers=2, dropout=0.5)
-    perturb(model)  # the zero-initialised output layer would hide the masks
-    plain = MLP(hidden=32, num_layers=2)
-    check_dropout(model, plain, torch.randn(8, 2), torch.randint(0, 1000, (8,)))
-
-
-def check_dropout(model, plain, x, t) -> None:
-    """`model` with dropout draws fresh masks in train mode, the same masks from the same seed,
-    and in eval mode equals `plain` (the same network without dropout) on every call."""
-    plain.load_state_dict(model.state_dict())
-    plain.eval()
-    with torch.no_grad():
-        model.train()
-        a, b = model(x, t), model(x, t)
-        torch.manual_seed(3)
-        c = model(x, t)
-        torch.manual_seed(3)
-        d = model(x, t)
-        model.eval()
-        e, f = model(x, t), model(x, t)
-        reference = plain(x, t)
-    assert not torch.allclose(a, b)
-    assert torch.equal(c, d)
-    assert torch.equal(e, f)
-    torch.testing.assert_close(e, reference, rtol=0, atol=0)
-    assert not torch.allclose(a, reference)
-
-
-def test_mlp_denoiser_and_classifier_get_their_time_scale_and_dropout(compose):
-    """model.dropout acts in the MLP (it was ignored); the denoiser takes model.rescale_timesteps
-    (1000 / T), the MLP classifier raw t, as its checkpoints were always trained."""
-    from diffuse_cli.build import build_classifier, build_model
-    from diffuse_cli.errors import UserError
-
-    cfg = compose(["data=moons", "model=mlp", "model.rescale_timesteps=true",
-                   "schedule.num_timesteps=100", "model.dropout=0.2"])  # fmt: skip
-    denoiser, classifier = build_model(cfg), build_classifier(cfg, num_classes=2)
-    assert (denoiser.timestep_scale, classifier.timestep_scale) == (10.0, 1.0)
-    for net in (denoiser, classifier):
-        assert [block.dropout.p for block in net.blocks] == [0.2] * 4
-    cfg.model.dropout = 1.5
-    with pytest.raises(UserError, match=r"^model=mlp: dropout probability"):
-        build_classifier(cfg, num_classes=2)
-
-
-def test_mlp_builds_on_meta():
-    with torch.device("meta"):
-        model = MLP()
-    assert next(model.parameters()).device.type == "meta"
 
 
 # ---- the ADM options: AdaGN, BigGAN up/down, rescaled residuals, heads, checkpointing, NHWC ----
@@ -524,27 +382,7 @@ def test_checkpointing_and_channels_last_do_not_change_the_computation(option):
         assert conv.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("net", ["unet", "mlp"])
-def test_a_timestep_scale_is_the_same_network_fed_scaled_timesteps(net):
-    torch.manual_seed(0)
-    if net == "unet":
-        scaled, plain = UNet(**SMALL, timestep_scale=0.25), UNet(**SMALL)
-        x, t = inputs()
-    else:
-        scaled, plain = MLP(timestep_scale=0.25), MLP()
-        x, t = torch.randn(2, 2), torch.tensor([7, 3999])
-    for p in scaled.parameters():  # zero-initialised layers would hide any difference
-        torch.nn.init.normal_(p, std=0.2)
-    plain.load_state_dict(scaled.state_dict())  # the same keys: no new parameters
-    torch.testing.assert_close(scaled(x, t), plain(x, t.float() * 0.25))
-    assert not torch.allclose(scaled(x, t), plain(x, t))
-
-
-# ---- architecture as published: heads, rescaling, embedding, dropout, layer order, pooling ----
-
-TINY_UNET = dict(
-    model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,)
-)
+# ---- architecture as published: heads, rescaling, embedding, dropout, layer order ----
 
 
 def _attention_blocks(model):
@@ -599,23 +437,6 @@ def test_residual_rescale_reaches_every_block_of_the_unet():
     assert any(b.up for b in blocks) and any(
         not isinstance(b.skip, torch.nn.Identity) for b in blocks
     )
-
-
-@pytest.mark.parametrize("dim", [8, 7])
-def test_timestep_embedding_is_the_improved_diffusion_formula(dim):
-    """emb[:, i] = cos(t 10000^(-i/half)) and emb[:, half + i] = sin(t 10000^(-i/half)) for
-    i < half = dim // 2 (improved-diffusion / ADM); an odd dim ends with a zero column."""
-    t = torch.tensor([1, 37, 999])
-    emb = timestep_embedding(t, dim)
-    half = dim // 2
-    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
-    args = t.double()[:, None] * freqs[None]
-    assert emb.dtype == torch.float32 and emb.shape == (3, dim)
-    # float32 arguments up to 999 carry an absolute error of about 999 * 2^-24
-    torch.testing.assert_close(emb[:, :half].double(), torch.cos(args), rtol=0, atol=2e-4)
-    torch.testing.assert_close(emb[:, half : 2 * half].double(), torch.sin(args), rtol=0, atol=2e-4)
-    if dim % 2:
-        assert torch.equal(emb[:, -1], torch.zeros(3))
 
 
 def test_unet_dropout_draws_fresh_masks_in_training_and_is_off_in_eval():
@@ -760,62 +581,12 @@ def test_gradient_checkpointing_runs_only_when_training_with_gradients(monkeypat
         assert calls == []
 
 
-# ---- the classifier's attention pooling (ADM's AttentionPool2d) ----
-
-
-def _reference_attention_pool(pool, x):
-    """ADM's attention pooling, written out: tokens = [spatial mean, x_1..x_HW] + position;
-    q, k, v = the channel thirds of the qkv 1x1 convolution, split into heads of d channels;
-    output = per head softmax(q_mean . k / sqrt(d)) v, the mean token's row."""
-    b, c = x.shape[:2]
-    flat = x.reshape(b, c, -1)
-    tokens = torch.cat([flat.mean(dim=-1, keepdim=True), flat], dim=-1) + pool.position[None]
-    qkv = torch.einsum("oc,bcn->bon", pool.qkv.weight[:, :, 0], tokens) + pool.qkv.bias[:, None]
-    q, k, v = qkv[:, :c], qkv[:, c : 2 * c], qkv[:, 2 * c :]
-    heads = pool.num_heads
-    d = c // heads
-    out = []
-    for i in range(heads):
-        part = slice(i * d, (i + 1) * d)
-        logits = torch.einsum("bd,bdn->bn", q[:, part, 0], k[:, part]) / d**0.5
-        out.append(torch.einsum("bn,bdn->bd", torch.softmax(logits, dim=-1), v[:, part]))
-    return torch.cat(out, dim=1)
-
-
-@pytest.mark.parametrize("heads", [1, 2, 4])
-def test_attention_pool_is_the_mean_tokens_attention_over_all_positions(heads):
-    from diffuse_cli.models.classifier import AttentionPool
-
-    torch.manual_seed(0)
-    pool = AttentionPool(8, 3 * 3, heads)
-    x = torch.randn(2, 8, 3, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(pool(x), _reference_attention_pool(pool, x), rtol=0, atol=1e-6)
-
-
-def test_classifier_pool_heads_follow_num_head_channels_or_num_heads():
-    from diffuse_cli.models import EncoderClassifier
-
-    kwargs = dict(TINY_UNET, image_size=16)  # encoder width 32
-    assert EncoderClassifier(4, **kwargs, num_head_channels=8).pool.num_heads == 32 // 8
-    assert EncoderClassifier(4, **kwargs, num_heads=2).pool.num_heads == 2
-    assert EncoderClassifier(4, **kwargs).pool.num_heads == 1
-
-
 def test_fixed_norm_groups_and_eps_reach_every_groupnorm():
     net = UNet(**{**SMALL, "norm_groups": 4, "norm_eps": 1e-6})
     norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert len(norms) > 10 and all((m.num_groups, m.eps) == (4, 1e-6) for m in norms)
     with pytest.raises(ValueError, match="channels cannot be split into 5 norm groups"):
         UNet(**{**SMALL, "norm_groups": 5})
-
-
-def test_freq_shift_puts_the_lowest_frequency_at_one_over_max_period():
-    """freq_shift = 1 (the TensorFlow DDPM): f_i = 10000^(-i / (half - 1)), f_{half-1} = 1e-4."""
-    t = torch.tensor([3.0])
-    freqs = 10000.0 ** (-torch.arange(4, dtype=torch.float64) / 3)
-    expected = torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)])[None].float()
-    assert torch.allclose(timestep_embedding(t, 8, freq_shift=1), expected, atol=1e-6)
 
 
 def test_downsample_padding_zero_pads_only_the_right_and_bottom():
