@@ -1,6 +1,7 @@
 """Samplers: functions that turn noise x_T into samples x_0 with a trained model.
 
-They import nothing from diffuse_cli except diffusion/.
+They import nothing from diffuse_cli except diffusion/. Their options are defined once, in
+options.py; the loop pieces several share (respacing, the ancestral and DDIM steps) in steps.py.
 """
 
 from .ddim import ddim
@@ -10,17 +11,9 @@ from .langevin import annealed_langevin, langevin
 from .nfe import NFECounter
 from .noise import GeneratorNoise, PerSampleNoise, as_noise_source
 from .ode import euler, heun
+from .options import EDM_SAMPLER_OPTIONS, SAMPLER_OPTIONS, check_options
 from .pc import pc
-from .registry import (
-    EDM_SAMPLER_OPTIONS,
-    EDM_SAMPLERS,
-    SAMPLER_OPTIONS,
-    SAMPLERS,
-    SCORE_SAMPLERS,
-    check_options,
-    evaluations,
-    get_sampler,
-)
+from .registry import EDM_SAMPLERS, SAMPLERS, SCORE_SAMPLERS, evaluations, get_sampler
 
 __all__ = [
     "EDM_SAMPLERS",

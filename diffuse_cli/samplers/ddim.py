@@ -2,9 +2,10 @@
 
 import torch
 
-from ..diffusion import GaussianDiffusion, gather
-from .ddpm import respaced, reverse_indices
+from ..diffusion import GaussianDiffusion
 from .noise import as_noise_source
+from .options import check_options
+from .steps import DDIMStep, respaced, reverse_indices
 
 
 @torch.no_grad()
@@ -39,18 +40,12 @@ def ddim(
     Returns:
         x_0, a tensor like x_T.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"DDIM needs 0 <= eta <= 1, got eta={eta}.")
+    check_options(eta=eta)
     sub = respaced(diffusion, steps, spacing)
     noise = as_noise_source(noise, x_T.shape[0], x_T.device)
-    abar, abar_prev = sub.alphas_cumprod, sub.alphas_cumprod_prev  # float64 [S]
-    sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-    x0_coef = abar_prev.sqrt()
-    eps_coef = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()  # >= 0 up to rounding at eta 1
+    step = DDIMStep(sub, eta)
     x = x_T
     for i, t in reverse_indices(sub, x, progress):
         out = sub.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-        x = gather(x0_coef, t, x) * out["pred_x0"] + gather(eps_coef, t, x) * out["pred_eps"]
-        if eta > 0 and i > 0:
-            x = x + gather(sigma, t, x) * noise.randn_like(x)
+        x = step(x, out, i, t, noise)
     return x

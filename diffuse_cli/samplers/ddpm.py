@@ -1,25 +1,10 @@
 """Ancestral sampling (Ho et al. 2020, Algorithm 2), over a respaced diffusion when steps < T."""
 
 import torch
-from tqdm.auto import tqdm
 
-from ..diffusion import GaussianDiffusion, respace
-from .grids import sampling_timesteps
+from ..diffusion import GaussianDiffusion
 from .noise import as_noise_source
-
-
-def respaced(diffusion: GaussianDiffusion, steps: int, spacing: str) -> GaussianDiffusion:
-    """The diffusion a sampler walks: `steps` timesteps chosen by `spacing` (grids.SPACINGS; all
-    of them if steps == T, in which case `diffusion` itself is returned)."""
-    return respace(diffusion, sampling_timesteps(diffusion, steps, spacing))
-
-
-def reverse_indices(diffusion: GaussianDiffusion, x: torch.Tensor, progress: bool):
-    """Yield (i, t) for i = S-1, ..., 0, t = int64 tensor [B] filled with i on x's device,
-    with a tqdm bar if asked."""
-    indices = range(diffusion.num_timesteps - 1, -1, -1)
-    for i in tqdm(indices, desc="sampling", disable=not progress, leave=False):
-        yield i, torch.full((x.shape[0],), i, dtype=torch.int64, device=x.device)
+from .steps import ancestral_step, respaced, reverse_indices
 
 
 @torch.no_grad()
@@ -70,7 +55,5 @@ def ddpm(
         if cond_fn is not None:
             shift = cond_fn(x, sub.model_timesteps(t), **(model_kwargs or {}))
             mean = mean + torch.exp(out["log_variance"]) * shift
-        x = mean
-        if i > 0:
-            x = x + torch.exp(0.5 * out["log_variance"]) * noise.randn_like(x)
+        x = ancestral_step(mean, out["log_variance"], i, noise)
     return x

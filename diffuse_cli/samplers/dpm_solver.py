@@ -24,7 +24,9 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from .noise import as_noise_source
-from .ode import _steps, denoise, timestep_grid
+from .ode import denoise, timestep_grid
+from .options import check_options
+from .steps import sampling_progress
 
 
 @torch.no_grad()
@@ -52,14 +54,13 @@ def dpm_solver(
     Returns:
         x_0, a tensor like x_T.
     """
-    if order not in (1, 2):
-        raise ValueError(f"DPM-Solver++ has order 1 or 2, got order={order}.")
+    check_options(order=order)
     as_noise_source(noise, x_T.shape[0], x_T.device)
     grid = timestep_grid(diffusion, steps, spacing)
     abars = [float(diffusion.alphas_cumprod[i]) for i in grid]
     lambdas = [0.5 * math.log(a / (1.0 - a)) for a in abars]
     x, x0_prev, h_prev = x_T, None, None
-    for j in _steps(grid, progress):
+    for j in sampling_progress(range(len(grid)), progress):
         x0, _ = denoise(model, diffusion, x, grid[j], clip_denoised, model_kwargs)
         if j == len(grid) - 1:
             return x0  # the step to sigma = 0

@@ -11,10 +11,11 @@ to [-1, 1] (the toolkit's image convention; EDM's own sampler does not clip).
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from ..diffusion import EDMDiffusion
 from .noise import as_noise_source
+from .options import check_options
+from .steps import sampling_progress
 
 
 def _denoiser(model, edm, clip_denoised, model_kwargs):
@@ -30,7 +31,7 @@ def _denoiser(model, edm, clip_denoised, model_kwargs):
 
 def _grid(edm, x_T, steps, spacing, progress):
     sigmas = edm.sampling_sigmas(steps, spacing)
-    bar = tqdm(range(steps), desc="sampling", disable=not progress, leave=False)
+    bar = sampling_progress(range(steps), progress)
     return sigmas, bar, sigmas[0] * x_T
 
 
@@ -61,6 +62,7 @@ def heun(
     Returns:
         x_0, a tensor like x_T.
     """
+    check_options(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     noise = as_noise_source(noise, x_T.shape[0], x_T.device)
     denoise = _denoiser(model, diffusion, clip_denoised, model_kwargs)
     sigmas, bar, x = _grid(diffusion, x_T, steps, spacing, progress)
@@ -126,8 +128,7 @@ def ddim(
     eps). eta = 0 is the Euler step; eta = 1 samples the posterior p(x_{sigma'} | x, D) exactly
     (ancestral sampling of the variance-exploding process). `steps` network evaluations.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"DDIM needs 0 <= eta <= 1, got eta={eta}.")
+    check_options(eta=eta)
     noise = as_noise_source(noise, x_T.shape[0], x_T.device)
     denoise = _denoiser(model, diffusion, clip_denoised, model_kwargs)
     sigmas, bar, x = _grid(diffusion, x_T, steps, spacing, progress)
@@ -164,8 +165,7 @@ def dpm_solver(
     first order at the first step and at the last, to sigma = 0, which returns D. `steps`
     network evaluations, deterministic.
     """
-    if order not in (1, 2):
-        raise ValueError(f"DPM-Solver++ has order 1 or 2, got order={order}.")
+    check_options(order=order)
     as_noise_source(noise, x_T.shape[0], x_T.device)
     denoise = _denoiser(model, diffusion, clip_denoised, model_kwargs)
     sigmas, bar, x = _grid(diffusion, x_T, steps, spacing, progress)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion import NoiseLevels
 from .noise import as_noise_source
+from .options import check_options
 
 # alpha_L / sigma_L^2 by default: NCSN's released code (step_lr 2e-5 at sigma_L = 0.01, see above).
 DEFAULT_STEP_RATIO = 0.4
@@ -60,12 +61,7 @@ def annealed_langevin(
     sigmas = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
     if not sigmas or any(s <= 0 for s in sigmas) or sorted(sigmas, reverse=True) != sigmas:
         raise ValueError(f"sigmas must be positive and decreasing, got {sigmas}.")
-    if isinstance(steps_per_level, bool) or not isinstance(steps_per_level, int):
-        raise ValueError(f"steps_per_level must be an integer >= 1, got {steps_per_level!r}.")
-    if steps_per_level < 1:
-        raise ValueError(f"steps_per_level must be an integer >= 1, got {steps_per_level!r}.")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}.")
+    check_options(steps_per_level=steps_per_level, epsilon=epsilon, denoise=denoise)
     noise = as_noise_source(noise, x.shape[0], x.device)
     last = sigmas[-1]
     for i in tqdm(range(len(sigmas)), desc="langevin", disable=not progress, leave=False):

@@ -18,11 +18,11 @@ two samplers agree on the same grid.
 """
 
 import torch
-from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion
 from .grids import sampling_timesteps
 from .noise import as_noise_source
+from .steps import sampling_progress
 
 
 def timestep_grid(diffusion: GaussianDiffusion, steps: int, spacing: str) -> list[int]:
@@ -56,10 +56,6 @@ def grid_abars(diffusion: GaussianDiffusion, grid: list[int]) -> list[float]:
     return [float(diffusion.alphas_cumprod[i]) for i in grid] + [1.0]
 
 
-def _steps(grid, progress):
-    return tqdm(range(len(grid)), desc="sampling", disable=not progress, leave=False)
-
-
 @torch.no_grad()
 def euler(
     model,
@@ -87,7 +83,7 @@ def euler(
     grid = timestep_grid(diffusion, steps, spacing)
     abars = grid_abars(diffusion, grid)
     x = x_T
-    for j in _steps(grid, progress):
+    for j in sampling_progress(range(len(grid)), progress):
         x0, eps = denoise(model, diffusion, x, grid[j], clip_denoised, model_kwargs)
         if j == len(grid) - 1:
             return x0
@@ -145,7 +141,7 @@ def heun(
     grid = timestep_grid(diffusion, steps, spacing)
     abars = grid_abars(diffusion, grid)
     x = x_T
-    for j in _steps(grid, progress):
+    for j in sampling_progress(range(len(grid)), progress):
         x0, eps = denoise(model, diffusion, x, grid[j], clip_denoised, model_kwargs)
         if j == len(grid) - 1:
             return x0

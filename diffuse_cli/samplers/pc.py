@@ -25,10 +25,9 @@ step lands on x0 (as in samplers.ddpm) and is not corrected.
 import torch
 
 from ..diffusion import GaussianDiffusion, gather
-from .ddpm import respaced, reverse_indices
 from .noise import as_noise_source
-
-PREDICTORS = ("ddpm", "ddim")
+from .options import check_options
+from .steps import DDIMStep, ancestral_step, respaced, reverse_indices
 
 
 @torch.no_grad()
@@ -60,28 +59,28 @@ def pc(
     Returns:
         x_0, a tensor like x_T.
     """
-    check_pc_options(predictor, corrector_steps, snr)
+    check_options(predictor=predictor, corrector_steps=corrector_steps, snr=snr)
     sub = respaced(diffusion, steps, spacing)
     noise = as_noise_source(noise, x_T.shape[0], x_T.device)
+    predict = predictor_step(predictor, sub)
     x = x_T
     for i, t in reverse_indices(sub, x, progress):
         out = sub.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-        if predictor == "ddpm":
-            x = out["mean"]
-            if i > 0:
-                x = x + torch.exp(0.5 * out["log_variance"]) * noise.randn_like(x)
-        else:
-            abar_prev = sub.alphas_cumprod_prev
-            x = (
-                gather(abar_prev.sqrt(), t, x) * out["pred_x0"]
-                + gather((1 - abar_prev).sqrt(), t, x) * out["pred_eps"]
-            )
+        x = predict(x, out, i, t, noise)
         if i > 0:
             for _ in range(corrector_steps):
                 x = langevin_corrector_step(
                     model, sub, x, t - 1, snr, noise, clip_denoised, model_kwargs
                 )
     return x
+
+
+def predictor_step(predictor: str, diffusion: GaussianDiffusion):
+    """The predictor's update (x, out, i, t, noise) -> x at the next kept timestep: samplers.ddpm's
+    ancestral step or samplers.ddim's step with eta = 0."""
+    if predictor == "ddim":
+        return DDIMStep(diffusion, eta=0.0)
+    return lambda x, out, i, t, noise: ancestral_step(out["mean"], out["log_variance"], i, noise)
 
 
 def langevin_corrector_step(model, diffusion, x, t, snr, noise, clip_denoised, model_kwargs):
@@ -93,19 +92,3 @@ def langevin_corrector_step(model, diffusion, x, t, snr, noise, clip_denoised, m
     z = noise.randn_like(x)
     step = 2 * gather(diffusion.alphas, t, x) * snr**2 * one_minus_abar
     return x + step * score + (2 * step).sqrt() * z
-
-
-def check_pc_options(predictor, corrector_steps, snr):
-    """ValueError for options pc cannot run with."""
-    if predictor not in PREDICTORS:
-        raise ValueError(
-            f"pc's predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}."
-        )
-    if (
-        isinstance(corrector_steps, bool)
-        or not isinstance(corrector_steps, int)
-        or corrector_steps < 0
-    ):
-        raise ValueError(f"pc needs an integer corrector_steps >= 0, got {corrector_steps!r}.")
-    if not snr > 0:
-        raise ValueError(f"pc needs snr > 0, got snr={snr}.")

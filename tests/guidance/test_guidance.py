@@ -10,7 +10,7 @@ from diffuse_cli.build import build_guidance
 from diffuse_cli.diffusion import GaussianDiffusion, get_betas
 from diffuse_cli.guidance import ClassifierFree, ClassifierGradient, EpsShift, WithLabels
 from diffuse_cli.samplers import PerSampleNoise, get_sampler
-from diffuse_cli.samplers.ddpm import respaced
+from diffuse_cli.samplers.steps import respaced
 
 MEANS = [[-1.5, 0.0], [1.5, 0.0], [0.0, 1.5]]
 STD = 0.4

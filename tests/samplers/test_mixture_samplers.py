@@ -244,11 +244,11 @@ def test_annealed_langevin_reaches_the_mixture():
 def test_bad_options_fail_loudly():
     oracle = MixtureOracle(DIFFUSION.alphas_cumprod)
     x_T = torch.zeros(2, 2)
-    with pytest.raises(ValueError, match="order 1 or 2"):
+    with pytest.raises(ValueError, match="order=3 must be one of: 1, 2"):
         dpm_solver(oracle, DIFFUSION, x_T, steps=5, order=3)
-    with pytest.raises(ValueError, match="predictor"):
+    with pytest.raises(ValueError, match="predictor='euler' must be one of: ddpm, ddim"):
         pc(oracle, DIFFUSION, x_T, steps=5, predictor="euler")
-    with pytest.raises(ValueError, match="snr > 0"):
+    with pytest.raises(ValueError, match="snr=0.0 must be > 0"):
         pc(oracle, DIFFUSION, x_T, steps=5, snr=0.0)
     with pytest.raises(TypeError):
         heun(oracle, DIFFUSION, x_T, steps=5, eta=0.0)

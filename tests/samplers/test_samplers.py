@@ -308,7 +308,7 @@ def test_bad_options_fail_loudly():
     with pytest.raises(TypeError):
         ddim(oracle, diffusion, x_T, steps=5, etta=0.5)  # a typo
     for eta in (-1.0, 1.5):  # above 1 no variance keeps the marginals of x_t
-        with pytest.raises(ValueError, match="0 <= eta <= 1"):
+        with pytest.raises(ValueError, match=rf"eta={eta} must be in \[0, 1\]"):
             ddim(oracle, diffusion, x_T, steps=5, eta=eta)
     with pytest.raises(ValueError, match="from 1 to 1000"):
         ddim(oracle, diffusion, x_T, steps=1001)
