@@ -7,6 +7,8 @@ the trainer, the sampler command and the evaluators share one way of building th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from collections.abc import Callable
 
 import torch
@@ -42,7 +44,7 @@ def build_diffusion(cfg: DictConfig):
         get_betas,
     )
 
-    check_family(cfg, sampler=False)  # samplers are checked where they are used (resolve_steps)
+    check_family(cfg, check_sampler=False)  # samplers: checked where used (resolve_steps)
     s = cfg.schedule
     try:
         if is_edm(cfg):
@@ -64,11 +66,11 @@ def build_diffusion(cfg: DictConfig):
         raise UserError(str(err)) from err
 
 
-def check_family(cfg: DictConfig, sampler: bool = True) -> None:
+def check_family(cfg: DictConfig, check_sampler: bool = True) -> None:
     """A DDPM (schedule linear/cosine), an NCSN (schedule=ncsn) and an EDM run (schedule=edm)
     share the network, the data and the trainer, but not their losses, predictions or samplers:
     refuse a mix in one line. Checks the groups `cfg` has (loss for train/eval, sampler for
-    sample)."""
+    sample; not the sampler with check_sampler=False)."""
     from diffuse_cli.diffusion import (
         EDM_SCHEDULES,
         NOISE_LEVEL_SCHEDULES,
@@ -82,7 +84,7 @@ def check_family(cfg: DictConfig, sampler: bool = True) -> None:
     if name not in known:
         raise UserError(f"schedule={name!r} is unknown; choose one of: {', '.join(sorted(known))}")
     prediction, loss = cfg.prediction.name, cfg.get("loss")
-    sampler = cfg.get("sampler") if sampler else None  # eval's loss metrics draw no samples
+    sampler = cfg.get("sampler") if check_sampler else None  # eval's loss metrics draw none
     if is_edm(cfg):
         check_edm(cfg, loss, sampler)
         return
@@ -191,7 +193,7 @@ def build_loss(cfg: DictConfig):
     """The training loss of `cfg.loss`: loss(diffusion, model, x0, t) -> {"loss": [B], ...}."""
     from diffuse_cli.diffusion import EDMLoss, get_loss
 
-    check_family(cfg, sampler=False)
+    check_family(cfg, check_sampler=False)
     if is_edm(cfg):
         return EDMLoss()
     try:
@@ -201,7 +203,7 @@ def build_loss(cfg: DictConfig):
         raise UserError(str(err)) from err
 
 
-POINTS = {"channels": 2, "image_size": 0}  # the data settings of the 2-D toy sets
+TOY_SHAPE = {"channels": 2, "image_size": 0}  # the data settings of the 2-D toy sets
 
 
 def data_shape(cfg: DictConfig) -> tuple[int, ...]:
@@ -211,7 +213,7 @@ def data_shape(cfg: DictConfig) -> tuple[int, ...]:
 
     d = cfg.data
     if d.name in TOY_SETS:  # a network sized by another shape would fail at its first batch
-        wrong = [f"data.{key}={d[key]}" for key, needed in POINTS.items() if d[key] != needed]
+        wrong = [f"data.{key}={d[key]}" for key, needed in TOY_SHAPE.items() if d[key] != needed]
         if wrong:
             raise UserError(
                 f"data={d.name} is 2-D points, but {' and '.join(wrong)}; set "
@@ -263,6 +265,27 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
             )
         return build_unet(m, shape[0], output_channels(cfg), shape[1], timestep_scale(cfg))
     raise UserError(f"model.arch={m.arch!r} is unknown; choose one of: unet, mlp")
+
+
+def check_model_keys(m: DictConfig) -> None:
+    """Refuse, in one line, a key that only another architecture than model.arch reads, set
+    away from its default (config.schema.ARCH_KEYS): the network would be built without it."""
+    from diffuse_cli.config.schema import ARCH_KEYS, ModelConfig
+
+    if m.arch not in ARCH_KEYS:
+        return  # build_model names the architectures
+    own = {f.name for f in dataclasses.fields(ARCH_KEYS[m.arch])}
+    for f in dataclasses.fields(ModelConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if f.name in own or f.name not in m or m[f.name] == default:
+            continue
+        reader = next(a for a, keys in ARCH_KEYS.items() if f.name in keys.__dataclass_fields__)
+        value = OmegaConf.to_container(m[f.name]) if OmegaConf.is_config(m[f.name]) else m[f.name]
+        raise UserError(
+            f"model.{f.name}={json.dumps(value)} is a setting of model.arch={reader} networks; "
+            f"model={m.name} is arch={m.arch} and would not read it: leave model.{f.name} at "
+            f"its default, {json.dumps(default)}"
+        )
 
 
 def timestep_scale(cfg: DictConfig) -> float:

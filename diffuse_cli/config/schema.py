@@ -73,24 +73,32 @@ class SamplerConfig:
 
 
 @dataclass
-class ModelConfig:
+class NetworkKeys:
+    """The model keys every architecture reads."""
+
     name: str = MISSING
-    arch: str = "unet"  # unet | mlp
+    arch: str = "unet"  # unet | mlp: which of UNetKeys and MLPKeys the network reads
+    dropout: float = 0.0
+    num_classes: int | None = None  # class-conditional: a label embedding for this many classes
+    rescale_timesteps: bool = False  # the network sees t * 1000 / T (improved-diffusion's default)
+
+
+@dataclass
+class UNetKeys(NetworkKeys):
+    """The keys of model.arch=unet (models/unet.py, built by build.build_unet)."""
+
     model_channels: int = 128
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
     num_res_blocks: int = 2
     attention_resolutions: list[int] = field(default_factory=lambda: [16])
     num_heads: int = 1
     num_head_channels: int = -1  # > 0: channels per attention head, overrides num_heads (ADM)
-    dropout: float = 0.0
     resblock_updown: bool = False  # BigGAN residual blocks for up/downsampling
     use_scale_shift_norm: bool = False  # AdaGN
     residual_rescale: bool = False  # residual sums times 1/sqrt(2)
-    num_classes: int | None = None  # class-conditional: a label embedding for this many classes
     image_size: int | None = None  # the size the preset was published for; null: any size
     use_checkpoint: bool = False  # gradient checkpointing: less memory, more compute
     channels_last: bool = False  # NHWC memory format for weights and activations
-    rescale_timesteps: bool = False  # the network sees t * 1000 / T (improved-diffusion's default)
     # sinusoidal timestep features, embedded in 4x as many channels; null: model_channels
     # (ADM 512x512 has twice its first level's width: its channel_mult starts at 0.5)
     time_channels: int | None = None
@@ -98,8 +106,24 @@ class ModelConfig:
     norm_eps: float = 1e-5  # GroupNorm eps (the TensorFlow DDPM's: 1e-6)
     freq_shift: float = 0.0  # timestep frequencies max_period^(-i / (half - freq_shift))
     downsample_padding: int = 1  # 1: stride-2 convs pad every side; 0: right and bottom only
-    hidden: int = 256  # mlp
-    num_layers: int = 4  # mlp
+
+
+@dataclass
+class MLPKeys(NetworkKeys):
+    """The keys of model.arch=mlp (models/mlp.py)."""
+
+    hidden: int = 256
+    num_layers: int = 4
+
+
+@dataclass
+class ModelConfig(UNetKeys, MLPKeys):
+    """The model group: the keys of every architecture, each read by its own only (ARCH_KEYS);
+    a key of another architecture set away from its default is refused when a run starts."""
+
+
+# The keys each model.arch reads, by the dataclass that lists them.
+ARCH_KEYS = {"unet": UNetKeys, "mlp": MLPKeys}
 
 
 @dataclass
@@ -204,7 +228,10 @@ class EvalConfig:
 
 
 @dataclass
-class _Common:
+class CommandConfig:
+    """The keys train, sample and eval share: the run's name and folder, the seed, and the
+    groups that define the network and its diffusion."""
+
     name: str = "default"
     run_dir: str = "runs/${name}"
     seed: int = 0
@@ -217,7 +244,7 @@ class _Common:
 
 
 @dataclass
-class TrainConfig(_Common):
+class TrainConfig(CommandConfig):
     name: str = "${diffuse_run_name:${task}}"  # "default", or "classifier" for task=classifier
     task: str = "diffusion"  # diffusion | classifier (a noisy classifier for guidance)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -227,7 +254,7 @@ class TrainConfig(_Common):
 
 
 @dataclass
-class SampleConfig(_Common):
+class SampleConfig(CommandConfig):
     sampler: SamplerConfig = MISSING
     guidance: GuidanceConfig = MISSING
     # class-conditional sampling: "random" (uniform, seeded per sample), a list of labels that
@@ -246,7 +273,7 @@ class SampleConfig(_Common):
 
 
 @dataclass
-class EvalCommandConfig(_Common):
+class EvalCommandConfig(CommandConfig):
     loss: LossConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: list[str] = field(

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffuse_cli.build import check_family
+from diffuse_cli.build import check_family, check_model_keys
 from diffuse_cli.config import MODEL_DEFINING, SCHEMAS, defining
 from diffuse_cli.errors import UserError
 from diffuse_cli.posthoc_ema import MAX_STD
@@ -73,6 +73,8 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
     if cfg.schedule.num_timesteps < 1:
         raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
     check_family(cfg)  # first: a group of another family has a message of its own
+    if fresh:  # a run started before the rule keeps the keys it was trained with
+        check_model_keys(cfg.model)
     if cfg.task == "diffusion":  # a classifier ignores loss.*
         validate_loss_config(cfg, fresh)
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import diffuse_cli as dc
-from diffuse_cli.build import build_diffusion, build_model
+from diffuse_cli.build import build_diffusion, build_model, check_model_keys
 from diffuse_cli.data.registry import DATASETS
 from diffuse_cli.data.toy2d import TOY_SETS
 from diffuse_cli.errors import UserError
@@ -65,6 +65,7 @@ def test_train_option_composes_and_builds(compose, group, option):
             overrides.append(f"data.image_size={published_size}")
     cfg = compose(overrides)
     assert cfg[group].name == option if group not in ("trainer", "experiment") else True
+    check_model_keys(cfg.model)  # the preset's keys are all its architecture's
     diffusion = build_diffusion(cfg)
     if cfg.schedule.name == "edm":  # continuous sigma: no table
         assert diffusion.sampling_sigmas(18)[0] == cfg.schedule.sigma_max
