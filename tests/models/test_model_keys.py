@@ -1,6 +1,6 @@
 """The UNet's and the MLP's model keys are checked apart (config.schema.ARCH_KEYS): a key that
-only the other architecture reads is refused in one line when a run starts (tests/test_config.py
-checks every shipped model and experiment config with the same check)."""
+only the other architecture reads is refused in one line when a run starts
+(tests/config/test_config.py checks every shipped model and experiment config with it)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from diffuse_cli.config.schema import ARCH_KEYS, ModelConfig, NetworkKeys
 from diffuse_cli.errors import UserError
 from diffuse_cli.train.validate import validate_train_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def keys(schema) -> set[str]:

@@ -33,7 +33,7 @@ from diffuse_cli.samplers import (
 )
 from diffuse_cli.samplers.options import OPTIONS, SHARED_KEYS, Option
 
-SAMPLER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sampler"
+SAMPLER_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "sampler"
 # The arguments every sampler takes (samplers/registry.py), none of them a sampler option.
 CALL_ARGUMENTS = ("steps", "noise", "spacing", "clip_denoised", "model_kwargs", "progress")
 # Arguments a sampler takes from the command rather than from its config.
