@@ -117,7 +117,7 @@ class MLPKeys(NetworkKeys):
 
 
 @dataclass
-class ModelConfig(UNetKeys, MLPKeys):
+class ModelConfig(MLPKeys, UNetKeys):
     """The model group: the keys of every architecture, each read by its own only (ARCH_KEYS);
     a key of another architecture set away from its default is refused when a run starts."""
 

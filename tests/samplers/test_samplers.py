@@ -118,6 +118,19 @@ def test_pc_output_moments_equal_the_discretized_chain(prediction, predictor, co
     assert ((var - predictor_only).abs() / predictor_only > 1e-3).any()
 
 
+@pytest.mark.parametrize(("predictor", "sampler"), [("ddpm", ddpm), ("ddim", ddim)])
+def test_pc_without_corrector_is_its_predictor_bit_for_bit(predictor, sampler):
+    """pc's predictor steps are ddpm's and ddim's own (samplers.steps): with corrector_steps=0
+    it returns exactly what they return from the same x_T and per-sample seeds."""
+    diffusion, oracle = make("linear", "eps")
+    x_T = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    common = dict(steps=20, spacing="trailing", clip_denoised=True)
+    alone = sampler(oracle, diffusion, x_T, noise=PerSampleNoise(range(6)), **common)
+    in_pc = pc(oracle, diffusion, x_T, noise=PerSampleNoise(range(6)), **common,
+               predictor=predictor, corrector_steps=0)  # fmt: skip
+    assert torch.equal(alone, in_pc)
+
+
 @pytest.mark.parametrize("t", [300, 600])
 @pytest.mark.parametrize("start_var", [4.0, 0.25])
 def test_langevin_corrector_moves_a_wrong_distribution_to_p_t(t, start_var):
