@@ -39,7 +39,7 @@ class Option:
             return value in self.choices
         if self.kind in (bool, str):
             return True
-        # written as "not below" so that NaN fails every bound
+        # every comparison with NaN is false: NaN fails any bound
         low_ok = self.minimum is None or value >= self.minimum
         high_ok = self.maximum is None or value <= self.maximum
         above_ok = self.above is None or value > self.above
@@ -51,14 +51,18 @@ class Option:
             text = "true or false"
         elif self.choices:
             text = f"one of: {', '.join(str(c) for c in self.choices)}"
+        elif self.kind is str:
+            text = "a string"
         elif self.minimum is not None and self.maximum is not None:
             text = f"in [{self.minimum:g}, {self.maximum:g}]"
         elif self.minimum is not None:
             text = f">= {self.minimum:g}"
-        else:
+        elif self.above is not None:
             text = f"> {self.above:g}"
+        else:
+            text = "a number"
         if self.kind is int and not self.choices:
-            text = f"an integer {text}"
+            text = "an integer" if text == "a number" else f"an integer {text}"
         return f"must be {text}" + (f" ({self.note})" if self.note else "")
 
 
