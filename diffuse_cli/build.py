@@ -466,13 +466,12 @@ def build_guidance(cfg: DictConfig, model, diffusion, classifier=None):
 
 
 def sampler_options(cfg: DictConfig) -> dict:
-    """The options of cfg.sampler that its sampler takes (samplers.SAMPLER_OPTIONS, or
-    EDM_SAMPLER_OPTIONS for schedule=edm), checked."""
-    from diffuse_cli.samplers import EDM_SAMPLER_OPTIONS, SAMPLER_OPTIONS, check_options
+    """The options of cfg.sampler that its sampler takes (samplers.option_names: of the EDM
+    sampler for schedule=edm), checked."""
+    from diffuse_cli.samplers import check_options, option_names
 
     s = cfg.sampler
-    known = EDM_SAMPLER_OPTIONS if is_edm(cfg) else SAMPLER_OPTIONS
-    options = {key: s[key] for key in known.get(s.name, ())}
+    options = {key: s[key] for key in option_names(s.name, is_edm(cfg))}
     try:
         check_options(**options)
     except ValueError as err:

@@ -315,12 +315,14 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
 
 def sampler_settings(cfg: DictConfig) -> dict:
     """cfg.sampler as the sampler that ran reads it: its name, the settings every sampler takes
-    (spacing, clip_denoised) and its own options (samplers.SAMPLER_OPTIONS), so a ddim report
-    holds no pc or langevin options that played no part in its samples."""
-    from diffuse_cli.samplers import SAMPLER_OPTIONS
+    (spacing, clip_denoised) and its own options (samplers.option_names; an EDM run's heun has
+    its s_churn, ...), so a ddim report holds no pc or langevin options that played no part in
+    its samples."""
+    from diffuse_cli.build import is_edm
+    from diffuse_cli.samplers import option_names
 
     settings = OmegaConf.to_container(cfg.sampler)
-    read = {"name", "spacing", "clip_denoised", *SAMPLER_OPTIONS.get(settings["name"], ())}
+    read = {"name", "spacing", "clip_denoised", *option_names(settings["name"], is_edm(cfg))}
     return {key: value for key, value in settings.items() if key in read}
 
 

@@ -11,7 +11,7 @@ from .langevin import annealed_langevin, langevin
 from .nfe import NFECounter
 from .noise import GeneratorNoise, PerSampleNoise, as_noise_source
 from .ode import euler, heun
-from .options import EDM_SAMPLER_OPTIONS, SAMPLER_OPTIONS, check_options
+from .options import EDM_SAMPLER_OPTIONS, SAMPLER_OPTIONS, check_options, option_names
 from .pc import pc
 from .registry import EDM_SAMPLERS, SAMPLERS, SCORE_SAMPLERS, evaluations, get_sampler
 
@@ -35,5 +35,6 @@ __all__ = [
     "get_sampler",
     "heun",
     "langevin",
+    "option_names",
     "pc",
 ]

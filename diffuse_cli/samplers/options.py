@@ -138,6 +138,12 @@ EDM_SAMPLER_OPTIONS = {
 }
 
 
+def option_names(sampler: str, edm: bool = False) -> tuple[str, ...]:
+    """The options sampler `sampler` takes (of the EDM sampler of that name when `edm`); () for
+    a name no sampler has."""
+    return (EDM_SAMPLER_OPTIONS if edm else SAMPLER_OPTIONS).get(sampler, ())
+
+
 def check_options(**options) -> None:
     """ValueError "key=value must ..." for the first option out of its range (only the options
     given are checked), so a command can refuse a config before sampling and a sampler its

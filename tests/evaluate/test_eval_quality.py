@@ -106,6 +106,23 @@ def test_a_report_records_the_options_of_the_sampler_that_ran_only(compose, samp
     assert "steps_per_level" in cfg.sampler and "order" in cfg.sampler  # the config has all
 
 
+def test_an_edm_report_records_the_options_of_the_edm_sampler_that_ran(compose):
+    """schedule=edm samples with samplers.edm, whose heun reads s_churn, s_tmin, s_tmax and
+    s_noise (the DDPM heun reads none of them)."""
+    from diffuse_cli.evaluate.quality import sampler_settings
+
+    edm = ["schedule=edm", "prediction=edm", "sampler=heun", "sampler.s_churn=5"]
+    assert sampler_settings(compose(edm, "eval")) == {
+        "name": "heun", "spacing": "karras", "clip_denoised": True,
+        "s_churn": 5.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0,
+    }  # fmt: skip
+    assert sampler_settings(compose(["sampler=heun"], "eval")) == {
+        "name": "heun",
+        "spacing": "karras",
+        "clip_denoised": True,
+    }
+
+
 @pytest.mark.cuda
 def test_a_samples_npz_gives_the_numbers_of_the_same_samples_generated(run32, compose):
     from diffuse_cli.generate import sample_command
