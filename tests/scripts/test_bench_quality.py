@@ -15,7 +15,7 @@ import torch
 import diffuse_cli as dc
 from diffuse_cli.errors import UserError
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_quality.py"
 
 
 def load_script():
