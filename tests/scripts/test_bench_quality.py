@@ -59,7 +59,16 @@ def test_recipe_names_carry_their_learning_rates_and_unknown_names_are_refused()
         bq.check_recipes(["diffusers_lrfast"], tune=False)
 
 
-def test_the_ratio_is_our_best_recipe_against_diffusers_tuned_where_it_ran():
+def test_bad_settings_stop_the_script_in_one_line_before_anything_is_written(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="error: recipe 'diffusers_lrx': write the learning"):
+        bq.main(["--tune-lr-at", "3", "--diffusers-lrs", "1e-3,x", "--out", str(out)])
+    with pytest.raises(SystemExit, match="error: unknown recipe 'edm'"):
+        bq.main(["--recipes", "classic,edm", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_the_ratio_is_our_best_recipe_against_diffusers_tuned_where_it_ran_and_when_we_catch_up():
     def row(recipe, budget, fd):
         return {"recipe": recipe, "budget_s": budget, "metrics": {"fd_builtin": fd}}
 
@@ -72,16 +81,16 @@ def test_the_ratio_is_our_best_recipe_against_diffusers_tuned_where_it_ran():
         row("diffusers", 120, 8.0),
     ]
     first, second = bq.ratios(runs)
-    assert (first["toolkit"], first["diffusers"], first["ratio"]) == (
+    assert [first[k] for k in ("toolkit", "diffusers", "ratio")] == [
         "quickstart",
         "diffusers_tuned",
         0.25,
-    )
-    assert (second["toolkit"], second["diffusers"], second["ratio"]) == (
-        "classic",
-        "diffusers",
-        0.5,
-    )
+    ]
+    assert [second[k] for k in ("toolkit", "diffusers", "ratio")] == ["classic", "diffusers", 0.5]
+    # diffusers at 120 s reaches 8.0, which our best recipe reached by 60 s (3.0)
+    assert bq.catch_up({"ratios": [first, second]})[-1].endswith("reaches it at 60 s.")
+    second["toolkit_fd"] = first["toolkit_fd"] = 9.0
+    assert bq.catch_up({"ratios": [first, second]})[-1].endswith("at none of the budgets.")
 
 
 # diffusers is a bench-only extra (and a test-only reference)
