@@ -348,7 +348,8 @@ def diffusers_lr_schedule(optimizer, max_steps: int, s: dict = DIFFUSERS):
 
 def train_diffusers(lr: float, max_steps: int, budget: float | None, seed: int, device) -> dict:
     """The recipe's training loop for `max_steps` steps, or until `budget` seconds have passed
-    since the call began: {"unet" (EMA weights), "steps", "seconds", "step_times"}."""
+    since the call began: {"unet" (its EMA weights with use_ema), "steps", "seconds",
+    "step_times"}."""
     import torch.nn.functional as F
 
     s = DIFFUSERS
@@ -365,7 +366,7 @@ def train_diffusers(lr: float, max_steps: int, budget: float | None, seed: int, 
         eps=s["adam_epsilon"],
     )
     schedule = diffusers_lr_schedule(optimizer, max_steps)
-    ema = diffusers_ema(unet)
+    ema = diffusers_ema(unet) if s["use_ema"] else None
     order = torch.Generator().manual_seed(seed)  # the data loader's shuffling
     steps, step_times = 0, []
 
@@ -386,10 +387,12 @@ def train_diffusers(lr: float, max_steps: int, budget: float | None, seed: int, 
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            ema.step(unet.parameters())
+            if ema is not None:
+                ema.step(unet.parameters())
             steps += 1
             step_times.append(time.perf_counter() - start)
-    ema.copy_to(unet.parameters())
+    if ema is not None:
+        ema.copy_to(unet.parameters())
     seconds = time.perf_counter() - start
     return {"unet": unet.eval(), "steps": steps, "seconds": seconds, "step_times": step_times}
 
