@@ -2,12 +2,11 @@
 
 torch's CPU dropout draws each mask element with `bernoulli_`, which spends two 32-bit draws of
 the Mersenne Twister and a double-precision comparison per element, serially, before it scales
-and multiplies. In the DDPM UNet at batch 8 that is about 6% of a CPU training step. Here one
-32-bit draw decides each element (keep it when the draw is below round((1 - p) 2^32)), so the
-keep probability is exact to 2^-32, and forward plus backward take about half the time. The
-draws come from the same default generator, so seeding, gradient checkpointing's replay and
-exact resume work as before. On other devices, and under torch.compile, torch's fused dropout
-is cheap already and is used unchanged.
+and multiplies. Here one 32-bit draw decides each element (keep it when the draw is below
+round((1 - p) 2^32)), so the keep probability is exact to 2^-32 at a lower cost (measured:
+docs/benchmarks/bench.md, change 4). The draws come from the same default generator, so
+seeding, gradient checkpointing's replay and exact resume work as before. On other devices,
+and under torch.compile, torch's fused dropout is cheap already and is used unchanged.
 """
 
 import torch

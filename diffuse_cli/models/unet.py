@@ -107,8 +107,9 @@ def upsample_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     upsampling repeats each one; folding the repeated taps of the kernel together gives a 4x4
     kernel with stride 2 that does 16 instead of 36 multiply-adds per input pixel and never
     materialises the upsampled tensor. The result equals the direct form to float rounding. On
-    small maps the direct form is faster and is kept: measured on CPU, below 8x8 input pixels in
-    float32 and below 16x16 under bf16 autocast, where the convolutions themselves are cheap.
+    small maps, where the convolutions themselves are cheap, the direct form is faster and is
+    kept: below 8x8 input pixels in float32 and below 16x16 under bf16 autocast (measured:
+    docs/benchmarks/bench.md, change 3).
     """
     reduced = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type)
     if x.shape[-2] * x.shape[-1] < (256 if reduced else 64):
@@ -224,7 +225,7 @@ class AttentionBlock(nn.Module):
         # The 1x1 convolutions run as linear layers on the [B, HW, C] tokens (the same weights),
         # so q, k and v come out with head_dim as their unit-stride dimension: that layout lets
         # scaled_dot_product_attention take its fused kernel on CPU (with q, k, v strided along
-        # head_dim it falls back to the unfused math path, about 1.7x slower here).
+        # head_dim it falls back to the unfused math path; docs/benchmarks/bench.md, change 1).
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
         qkv = F.linear(tokens, self.qkv.weight.view(3 * c, c), self.qkv.bias)

@@ -115,20 +115,12 @@ def heun(
     and the step taken with the average of both; the last step, to sigma = 0, is an Euler step
     (as in EDM). `steps` steps cost 2 * steps - 1 network evaluations.
 
-    The average is taken over the two denoised estimates x0 rather than over the two slopes
-    eps = (x~ - x0) / sigma as EDM writes it (x~ = x / sqrt(abar)):
-
-        x~' = (sigma' / sigma) x~ + (1 - sigma' / sigma) (x0 + x0') / 2
-
-    which is Heun's (trapezoidal) rule for y = x~ / sigma against u = 1 / sigma, where
-    dy/du = x0 (the exponential-integrator form of the ODE; Lu et al. 2022, DPM-Solver++(2S) with
-    r = 1). Both are second order and agree for small steps, and with x0' = x0 both are the Euler
-    step. Why not EDM's form: its correction weighs the proposal's slope (x~_p - x0') / sigma' by
-    (sigma - sigma') / 2, so any error of the proposal is multiplied by about sigma / (2 sigma').
-    A short rho = 7 grid from sigma_max ~157 (linear betas, T = 1000) ends with steps that shrink
-    sigma 50-600 times, where that factor made heun diverge (energy distance 1.9 at 5 network
-    evaluations on the mixture of tests/mixture_oracle.py, against euler's 0.08). Here x~' is a
-    convex combination of x~ and denoised estimates and cannot be amplified.
+    Why the average is over the two denoised estimates, x~' = (sigma' / sigma) x~ + (1 - sigma' /
+    sigma) (x0 + x0') / 2 with x~ = x / sqrt(abar), rather than over EDM's two slopes: it is
+    Heun's rule for x~ / sigma against 1 / sigma (Lu et al. 2022, DPM-Solver++(2S) with r = 1),
+    second order like EDM's form, but a convex combination of x~ and denoised estimates, so an
+    error of the proposal is never amplified by the large sigma ratios of a short grid, where
+    EDM's slope form diverged. Measured: docs/benchmarks/samplers.md ("Heun before the fix").
 
     Args:
         model, diffusion, x_T, steps, noise, spacing, clip_denoised, model_kwargs, progress:

@@ -1,12 +1,11 @@
 """The optimizer of a training run: Adam or AdamW from the trainer config, in torch's fused form
 where that is safe.
 
-Fused means one kernel per parameter tensor for the whole update. On the CPU torch otherwise
-loops over the tensors one arithmetic operation at a time; for `model=ddpm` (304 tensors, 35.7M
-parameters) the fused update took 30 ms against 89 ms (`docs/benchmarks/bench.md`). It is not
-used with fp16 loss scaling: a fused optimizer handles an overflowing step inside its kernel, so
-Accelerate would no longer see that the step was skipped, and the skipped-step count would be
-wrong.
+Fused means one kernel per parameter tensor for the whole update; on the CPU torch otherwise
+loops over the tensors one arithmetic operation at a time (measured: docs/benchmarks/bench.md,
+change 5). It is not used with fp16 loss scaling: a fused optimizer handles an overflowing
+step inside its kernel, so Accelerate would no longer see that the step was skipped, and the
+skipped-step count would be wrong.
 """
 
 from __future__ import annotations
