@@ -14,12 +14,8 @@ them wrong; with all four targets the features carry every factor the data varie
     judge.logits(x)     # [B, 4] shape-class logits (circle, square, triangle, cross)
     judge.features(x)   # [B, 128] the penultimate layer, for Frechet / kernel distances
 
-x is float in [-1, 1], NCHW, [B, 3, 32, 32] (anything else is refused).
-
-The shipped weights (trained on the 1000 test-split images) score, on 2000 images of another
-data seed: shape accuracy 1.000, colour accuracy 1.000, geometry RMSE 0.032 (area x4 and
-centroid in [-1, 1]); the same on the first 2000 training-split images. The file's metadata
-holds these numbers and the training settings.
+x is float in [-1, 1], NCHW, [B, 3, 32, 32] (anything else is refused). Measured accuracy of
+the shipped weights: docs/eval_quality.md ("The built-in judge itself").
 """
 
 from __future__ import annotations
