@@ -1,8 +1,9 @@
 """`diffuse sample`: draw samples from a run's latest EMA checkpoint and write them to disk.
 
-Every sample i is seeded by (seed, i), so a sample does not depend on the batch size or on how
-many processes share the work: under `accelerate launch` each process draws a contiguous share
-of the indices and the main process writes them all.
+Every sample i is seeded by (seed, i) (sampling_loop.py, which the sample-quality eval shares),
+so a sample does not depend on the batch size or on how many processes share the work: under
+`accelerate launch` each process draws a contiguous share of the indices and the main process
+writes them all.
 """
 
 from __future__ import annotations
@@ -16,25 +17,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from diffuse_cli.build import (
-    build_diffusion,
-    build_guidance,
-    check_family,
-    data_shape,
-    is_edm,
-    is_score_model,
-    resolve_steps,
-    sample,
-)
+from diffuse_cli import loading
+from diffuse_cli.build import build_diffusion, check_family, data_shape, resolve_steps
 from diffuse_cli.distributed import gather_exact, process_state, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.files import replacing
 from diffuse_cli.images import from_uint8_nhwc, save_preview, to_uint8_nhwc
-from diffuse_cli.runs import differences, read_run_config, variant_name, with_run_config
-from diffuse_cli.samplers import NFECounter, PerSampleNoise
-from diffuse_cli.sampling_labels import sample_labels
+from diffuse_cli.ranges import POSITIVE, check_ranges, one_of
+from diffuse_cli.runs import read_run_config, variant_name, with_run_config
+from diffuse_cli.sampling_loop import GuidedModel, guided_model, seeded_batches
 from diffuse_cli.train.checkpoint import agreed_step, step_name
 from diffuse_cli.train.ema_snapshots import check_ema_std, snapshot_step
+
+SAMPLE_RANGES = {"num_samples": POSITIVE, "batch_size": POSITIVE}
+GUIDANCES = one_of("none", "classifier", "cfg")
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,10 +39,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} was asked for, but no CUDA GPU is available")
     return torch.device(name)
-
-
-def sample_seed(seed: int, index: int) -> int:
-    return (seed << 32) + index
 
 
 def sampler_tag(cfg: DictConfig, steps: int) -> str:
@@ -117,29 +109,15 @@ def output_dir(cfg: DictConfig, steps: int) -> Path:
 
 def draw_samples(
     cfg: DictConfig,
-    model,
+    guided: GuidedModel,
     diffusion,
     device: torch.device,
     indices: range,
-    labels: torch.Tensor | None = None,
-    cond_fn=None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Samples number `indices` (on the CPU), in batches of cfg.batch_size; `labels` [len]
-    (one per index) go to the model as y."""
-    shape = data_shape(cfg)
-    out = []
-    for start in range(indices.start, indices.stop, cfg.batch_size):
-        chunk = range(start, min(start + cfg.batch_size, indices.stop))
-        noise = PerSampleNoise([sample_seed(cfg.seed, i) for i in chunk], device)
-        x_T = noise.randn(shape)
-        kwargs = {}
-        if labels is not None:
-            offset = start - indices.start
-            kwargs = {"y": labels[offset : offset + len(chunk)].to(device)}
-        x = sample(cfg, model, diffusion, x_T, noise, kwargs, progress=progress, cond_fn=cond_fn)
-        out.append(x.cpu())
-    return torch.cat(out) if out else torch.empty(0, *shape)
+    """Samples number `indices` (sampling_loop.seeded_batches), gathered on the CPU."""
+    out = [x.cpu() for _, x in seeded_batches(cfg, guided, diffusion, device, indices, progress)]
+    return torch.cat(out) if out else torch.empty(0, *data_shape(cfg))
 
 
 def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
@@ -150,119 +128,23 @@ def _save_npz(path: Path, arr: np.ndarray, labels: np.ndarray | None) -> None:
         np.savez(tmp, **arrays)
 
 
-def guidance_classifier(cfg: DictConfig, device: torch.device):
-    """(classifier, its LoadedWeights) of guidance=classifier, checked against the generator's
-    run: trained for the same noise schedule and the same data shape."""
-    from diffuse_cli.loading import open_classifier_everywhere
-
-    path = cfg.guidance.classifier
-    if not path:
-        raise UserError(
-            "guidance=classifier needs guidance.classifier=<the run folder of a classifier "
-            "trained with `diffuse train task=classifier`>"
-        )
-    path = os.path.normpath(str(path))
-    clf_cfg, classifier, weights = open_classifier_everywhere(path, device)
-    if not clf_cfg.classifier.noised:
-        raise UserError(
-            f"the classifier in '{path}' was trained on clean images (classifier.noised=false) "
-            "and cannot read x_t; guidance needs one trained on noisy images (the default)"
-        )
-    if is_score_model(clf_cfg):  # trained before task=classifier refused schedule=ncsn
-        raise UserError(
-            f"the classifier in '{path}' was trained with schedule=ncsn; classifier guidance "
-            "needs one trained with the generator's DDPM schedule"
-        )
-    if clf_cfg.data.name != cfg.data.name:
-        raise UserError(
-            f"the classifier in '{path}' was trained on data={clf_cfg.data.name}, the model on "
-            f"data={cfg.data.name}; its labels are another data set's classes"
-        )
-    ours = OmegaConf.to_container(cfg.schedule, resolve=True)
-    theirs = OmegaConf.to_container(clf_cfg.schedule, resolve=True)
-    if is_edm(cfg) or is_edm(clf_cfg):  # the classifier reads c_in x: the same sigma_data
-        if not (is_edm(cfg) and is_edm(clf_cfg)) or ours["sigma_data"] != theirs["sigma_data"]:
-            raise UserError(
-                f"the classifier in '{path}' was trained for schedule={theirs['name']} "
-                f"(sigma_data={theirs['sigma_data']}), the model with schedule={ours['name']} "
-                f"(sigma_data={ours['sigma_data']}); train one with the generator's schedule: "
-                "`diffuse train task=classifier schedule=...`"
-            )
-    elif not _same_alphas(cfg, clf_cfg):
-        diff = differences("schedule", ours, theirs, "classifier")
-        raise UserError(
-            f"the classifier in '{path}' was trained for another noise schedule ({diff}); "
-            "train one with the generator's schedule: `diffuse train task=classifier "
-            "schedule=...`"
-        )
-    if data_shape(clf_cfg) != data_shape(cfg):
-        raise UserError(
-            f"the classifier in '{path}' takes data of shape {data_shape(clf_cfg)}, the model "
-            f"makes {data_shape(cfg)}"
-        )
-    return classifier, weights
-
-
-def _same_alphas(cfg: DictConfig, clf_cfg: DictConfig) -> bool:
-    """Whether two DDPM configs have the same alpha-bar table (keys a schedule ignores may
-    differ)."""
-    ours_abar = build_diffusion(cfg).alphas_cumprod
-    theirs_abar = build_diffusion(clf_cfg).alphas_cumprod
-    return ours_abar.shape == theirs_abar.shape and torch.allclose(ours_abar, theirs_abar)
-
-
-def conditioning(cfg: DictConfig, model, classifier) -> tuple[int | None, int | None]:
-    """(number of classes to draw labels from or None, the null label or None), checking that
-    the guidance fits the run."""
-    g = cfg.guidance
-    conditional = bool(getattr(model, "num_classes", None))
-    dropout = read_run_config(cfg.run_dir).trainer.get("label_dropout", 0.0) if conditional else 0
-    null = model.num_classes if conditional and dropout > 0 else None
-    if g.name == "cfg" and null is None:
-        raise UserError(
-            "guidance=cfg needs a class-conditional model trained with label dropout; this run "
-            + ("has trainer.label_dropout=0" if conditional else "is unconditional")
-        )
-    if g.name != "none" and cfg.class_labels is None:
-        raise UserError(f"guidance={g.name} steers towards labels; class_labels=null has none")
-    if g.name == "classifier":
-        n = getattr(classifier, "num_outputs", None) or classifier.out_dim  # UNet / MLP head
-        if conditional and n != model.num_classes:
-            raise UserError(
-                f"the classifier knows {n} classes, the model {model.num_classes}; "
-                "train the classifier on the model's data"
-            )
-        return n, null
-    return (model.num_classes if conditional else None), null
-
-
 def sample_command(cfg: DictConfig) -> Path:
-    from diffuse_cli.loading import load_run
-
     cfg = with_run_config(cfg, cfg.run_dir)
     check_family(cfg)  # a sampler of the other family fails before any weights are read
-    if cfg.num_samples <= 0:
-        raise UserError(f"num_samples={cfg.num_samples} must be > 0")
-    if cfg.batch_size <= 0:
-        raise UserError(f"batch_size={cfg.batch_size} must be > 0")
+    check_ranges(cfg, SAMPLE_RANGES)
     steps = resolve_steps(cfg, build_diffusion(cfg))  # bad sampler settings: before loading
-    if cfg.guidance.name not in ("none", "classifier", "cfg"):
-        raise UserError(f"guidance={cfg.guidance.name!r} is not one of: none, classifier, cfg")
+    GUIDANCES.check("guidance", cfg.guidance.name)
     state = process_state()
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
     if cfg.ema_std is not None:  # refused before anything is read
         check_ema_std(read_run_config(cfg.run_dir), cfg.run_dir, cfg.ema_std)
     find = snapshot_step if cfg.ema_std is not None else None  # the snapshot's step
     step = agreed_step(cfg.run_dir, cfg.checkpoint, find=find)
-    _, model, diffusion = load_run(
+    _, model, diffusion = loading.load_run(
         cfg.run_dir, device=device, config=cfg, step=step, ema_std=cfg.ema_std
     )
-    classifier = None
-    if cfg.guidance.name == "classifier":
-        classifier, _ = guidance_classifier(cfg, device)
-    num_classes, null = conditioning(cfg, model, classifier)
-    labels = sample_labels(cfg, num_classes, range(cfg.num_samples), null)
-    guided, cond_fn = build_guidance(cfg, model, diffusion, classifier)
+    guided = guided_model(cfg, model, diffusion, device)
+    labels = guided.labels(cfg, range(cfg.num_samples))  # every sample's, for samples.npz
     out = output_dir(cfg, steps)
     what = f"{steps} steps"
     if cfg.sampler.name == "langevin":
@@ -270,28 +152,25 @@ def sample_command(cfg: DictConfig) -> Path:
     if cfg.guidance.name != "none":
         what += f", {cfg.guidance.name} guidance x{cfg.guidance.scale:g}"
     where = f"{state.num_processes} processes" if state.num_processes > 1 else str(device)
-    say = print if state.is_main_process else (lambda *a, **k: None)
+    print_on_main = print if state.is_main_process else (lambda *a, **k: None)
     ema = "EMA" if cfg.ema_std is None else f"EMA of sigma_rel {cfg.ema_std:.3f} (post hoc)"
-    say(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}, "
-        f"{step_name(step)} {ema}")  # fmt: skip
-    counted = NFECounter(guided)
-    mine = shard(cfg.num_samples, state.process_index, state.num_processes)
-    mine_labels = None if labels is None else labels[mine.start : mine.stop]
+    print_on_main(f"sampling {cfg.num_samples} with {cfg.sampler.name}, {what}, on {where}, "
+                  f"{step_name(step)} {ema}")  # fmt: skip
+    share = shard(cfg.num_samples, state.process_index, state.num_processes)
     progress = cfg.progress and state.is_main_process  # one bar, the main process's
-    x = draw_samples(cfg, counted, diffusion, device, mine, mine_labels, cond_fn, progress)
+    x = draw_samples(cfg, guided, diffusion, device, share, progress)
     images = x.dim() == 4
     arr = torch.from_numpy(to_uint8_nhwc(x)) if images else x  # 8-bit: 1/4 of the float size
-    if state.num_processes > 1:  # each process drew samples number `mine`; main writes all
-        gathered = gather_exact({"index": torch.tensor(mine), "x": arr}, cfg.num_samples)
+    if state.num_processes > 1:  # each process drew samples number `share`; main writes all
+        gathered = gather_exact({"index": torch.tensor(share), "x": arr}, cfg.num_samples)
         if not state.is_main_process:
             return out
         arr = gathered["x"]
-    batches = -(-len(mine) // cfg.batch_size)
     doubled = (
         " (each on a doubled batch: both guidance branches)" if cfg.guidance.name == "cfg" else ""
     )
-    if batches:
-        print(f"{counted.calls // batches} network evaluations per sample{doubled}")
+    if guided.batches_drawn:
+        print(f"{guided.evaluations_per_sample()} network evaluations per sample{doubled}")
     out.mkdir(parents=True, exist_ok=True)
     saved = None if labels is None or cfg.class_labels is None else labels.numpy()
     _save_npz(out / "samples.npz", arr.numpy(), saved)  # arr_1: the labels, unless unconditional

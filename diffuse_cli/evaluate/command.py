@@ -31,11 +31,14 @@ from diffuse_cli.evaluate.quality import (
     quality_metric,
 )
 from diffuse_cli.evaluate.reference import check_reference_settings
+from diffuse_cli.ranges import POSITIVE, check_ranges
 from diffuse_cli.runs import read_run_config, with_run_config
 from diffuse_cli.train.ema_snapshots import check_ema_std, snapshot_step
 
 METRICS = {"loss": loss_metric, "nll": nll_metric}
-LISTED = ("fid", "kid", "is", "pr", "swd", "energy")  # QUALITY also takes fd and kd
+# the sample-quality names an error offers (QUALITY also takes fd and kd)
+QUALITY_METRIC_NAMES = ("fid", "kid", "is", "pr", "swd", "energy")
+EVAL_RANGES = dict.fromkeys(("num_batches", "batch_size", "buckets", "repeats"), POSITIVE)
 
 
 def check_eval_config(cfg: DictConfig) -> list[str]:
@@ -44,13 +47,12 @@ def check_eval_config(cfg: DictConfig) -> list[str]:
     unknown = [m for m in metrics if m not in METRICS and m not in QUALITY]
     if unknown or not metrics:
         named = ", ".join(unknown) if unknown else "none given"
+        offered = ", ".join([*METRICS, *QUALITY_METRIC_NAMES])
         raise UserError(
             f"metrics={list(cfg.metrics)}: unknown metric ({named}); choose from: "
-            f"{', '.join([*METRICS, *LISTED])} (e.g. metrics=[loss,nll] or metrics=[fid,kid])"
+            f"{offered} (e.g. metrics=[loss,nll] or metrics=[fid,kid])"
         )
-    for key in ("num_batches", "batch_size", "buckets", "repeats"):
-        if cfg.eval[key] <= 0:
-            raise UserError(f"eval.{key}={cfg.eval[key]} must be > 0")
+    check_ranges(cfg.eval, EVAL_RANGES, "eval.")
     quality = [m for m in metrics if m in QUALITY]
     if quality:  # everything quality_metric would refuse, before anything else runs
         wanted = check_quality(cfg, quality)

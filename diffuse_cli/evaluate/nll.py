@@ -33,6 +33,7 @@ from diffuse_cli.evaluate.loss_report import label_kwargs
 from diffuse_cli.evaluate.output import write_json
 from diffuse_cli.files import replacing
 from diffuse_cli.models.modes import evaluating
+from diffuse_cli.ranges import check_ranges, positive_or_null
 from diffuse_cli.runs import variant_name
 from diffuse_cli.samplers import PerSampleNoise, as_noise_source
 
@@ -175,8 +176,7 @@ def check_nll_settings(cfg: DictConfig) -> None:
             f"metrics=[nll] is the bits/dim of 8-bit images, and data={cfg.data.name} is not "
             "images; use metrics=[loss]"
         )
-    if cfg.eval.nll_examples is not None and cfg.eval.nll_examples <= 0:
-        raise UserError(f"eval.nll_examples={cfg.eval.nll_examples} must be > 0 (or null: all)")
+    check_ranges(cfg.eval, {"nll_examples": positive_or_null("all")}, "eval.")
 
 
 def nll_metric(cfg: DictConfig, model, diffusion, device, header: dict, state) -> Path | None:

@@ -25,7 +25,7 @@ import platform
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +33,16 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from diffuse_cli.build import data_shape, resolve_steps, sample
+from diffuse_cli.build import data_shape, resolve_steps
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.distributed import all_agree, gather_exact, shard
 from diffuse_cli.errors import UserError
 from diffuse_cli.evaluate.output import strict, write_json
 from diffuse_cli.files import folder_locked
+from diffuse_cli.generate import sampler_tag
 from diffuse_cli.images import from_uint8_nhwc
+from diffuse_cli.ranges import POSITIVE, check_ranges, positive_or_null
+from diffuse_cli.sampling_loop import guided_model, index_batches, seeded_batches
 
 # metric names a user writes -> what is computed (Inception's FID is the Frechet distance "fd")
 QUALITY = {"fid": "fd", "fd": "fd", "kid": "kd", "kd": "kd", "is": "is", "pr": "pr",
@@ -47,6 +50,13 @@ QUALITY = {"fid": "fd", "fd": "fd", "kid": "kd", "kd": "kd", "is": "is", "pr": "
 IMAGE_METRICS = ("fd", "kd", "is", "pr")
 POINT_METRICS = ("swd", "energy")
 PRESET_NUM_SAMPLES, DEFAULT_NUM_SAMPLES = 50000, 1000
+# source(indices) -> (chunk, samples number chunk) batches: drawn, or read from eval.samples
+SampleSource = Callable[[range], Iterator[tuple[range, torch.Tensor]]]
+QUALITY_EVAL_RANGES = dict.fromkeys(
+    ("kid_subsets", "kid_subset_size", "is_splits", "pr_neighborhood", "swd_projections",
+     "batch_size"),
+    POSITIVE,
+)  # fmt: skip
 
 
 def check_quality(cfg: DictConfig, names: list[str]) -> list[str]:
@@ -61,15 +71,9 @@ def check_quality(cfg: DictConfig, names: list[str]) -> list[str]:
         raise UserError(
             f"metrics {', '.join(ask)} do not apply to data={cfg.data.name} ({kind}); use {fix}"
         )
-    ec = cfg.eval
-    for key in ("kid_subsets", "kid_subset_size", "is_splits", "pr_neighborhood",
-                "swd_projections", "batch_size"):  # fmt: skip
-        if ec[key] <= 0:
-            raise UserError(f"eval.{key}={ec[key]} must be > 0")
-    if cfg.batch_size <= 0:
-        raise UserError(f"batch_size={cfg.batch_size} must be > 0")
-    if ec.num_samples is not None and ec.num_samples <= 0:
-        raise UserError(f"eval.num_samples={ec.num_samples} must be > 0 (or null: the default)")
+    check_ranges(cfg.eval, QUALITY_EVAL_RANGES, "eval.")
+    check_ranges(cfg, {"batch_size": POSITIVE})
+    check_ranges(cfg.eval, {"num_samples": positive_or_null("the default")}, "eval.")
     return wanted
 
 
@@ -150,33 +154,13 @@ def read_samples(cfg: DictConfig) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(arr.astype(np.float32)), digest
 
 
-def batches(indices: range, size: int):
-    for start in range(indices.start, indices.stop, size):
-        yield range(start, min(start + size, indices.stop))
-
-
-def generated_batch(
-    cfg, model, diffusion, device, chunk: range, labels=None, cond_fn=None
-) -> torch.Tensor:
-    """Samples number `chunk`, seeded (and labelled) per sample exactly as `diffuse sample`
-    does; `labels` [len(chunk)] go to the (guided) model as y."""
-    from diffuse_cli.generate import sample_seed
-    from diffuse_cli.samplers import PerSampleNoise
-
-    noise = PerSampleNoise([sample_seed(cfg.seed, i) for i in chunk], device)
-    kwargs = {} if labels is None else {"y": labels.to(device)}
-    x_T = noise.randn(data_shape(cfg))
-    return sample(cfg, model, diffusion, x_T, noise, kwargs, cond_fn=cond_fn)
-
-
 @torch.no_grad()
-def my_share(cfg, source: Callable[[range], torch.Tensor], indices: range, extractor, progress):
+def extract_share(cfg, source: SampleSource, indices: range, extractor, progress):
     """This process's samples `indices` as {"index", "features", "logits"} (images, through
     the extractor) or {"index", "points"} (2-D), on the CPU."""
     parts = []
     bar = tqdm(total=len(indices), desc="eval samples", unit="sample", disable=not progress)
-    for chunk in batches(indices, cfg.batch_size):
-        x = source(chunk)
+    for chunk, x in source(indices):
         part = {"index": torch.tensor(list(chunk), dtype=torch.int64)}
         if extractor is None:
             part["points"] = x.float().cpu()
@@ -251,19 +235,15 @@ def versions() -> dict:
             "python": platform.python_version()}  # fmt: skip
 
 
-def plain(value):
+def as_plain_python(value):
     """A config value as plain Python (ListConfig -> list) for the JSON report."""
     return list(value) if isinstance(value, ListConfig) else value
 
 
 def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
-    """(source(range) -> samples, num, report folder name, NFE counter or None, provenance):
-    the samples of eval.samples, or the run's, drawn with the configured sampler."""
-    from diffuse_cli.build import build_guidance
-    from diffuse_cli.generate import conditioning, guidance_classifier, sampler_tag
-    from diffuse_cli.samplers import NFECounter
-    from diffuse_cli.sampling_labels import sample_labels
-
+    """(source, num, report folder name, GuidedModel or None, provenance): `source(indices)`
+    gives (chunk, samples) batches of eval.samples, or of the run's samples drawn with the
+    configured sampler as `diffuse sample` draws them (sampling_loop.seeded_batches)."""
     if cfg.eval.samples:
         given, digest = read_samples(cfg)  # every process reads its own copy
         if not all_agree(digest):
@@ -280,35 +260,32 @@ def sample_source(cfg: DictConfig, load_model: Callable, device) -> tuple:
                       "checkpoint_step": None, "ema": None, "ema_std": None,
                       "sampler": None, "steps": None,
                       "eta": None, "guidance": None, "class_labels": None}  # fmt: skip
-        return (lambda chunk: given[chunk.start : chunk.stop]), num, tag, None, provenance
+
+        def read(indices: range):
+            for chunk in index_batches(indices, cfg.batch_size):
+                yield chunk, given[chunk.start : chunk.stop]
+
+        return read, num, tag, None, provenance
     model, diffusion, weights = load_model()
     steps = resolve_steps(cfg, diffusion)
-    classifier = classifier_weights = None
-    if cfg.guidance.name == "classifier":
-        classifier, classifier_weights = guidance_classifier(cfg, device)
-    num_classes, null = conditioning(cfg, model, classifier)
-    guided, cond_fn = build_guidance(cfg, model, diffusion, classifier)
-    nfe = NFECounter(guided)
+    guided = guided_model(cfg, model, diffusion, device)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
-    if classifier_weights is not None:  # which weights guided: the samples depend on them
-        guidance |= {"checkpoint": classifier_weights.folder.name,
-                     "weights_sha256": classifier_weights.sha256}  # fmt: skip
+    if guided.classifier_weights is not None:  # which weights guided: the samples depend on them
+        guidance |= {"checkpoint": guided.classifier_weights.folder.name,
+                     "weights_sha256": guided.classifier_weights.sha256}  # fmt: skip
     sampler = sampler_settings(cfg)
+    labels = as_plain_python(cfg.class_labels) if guided.num_classes else None
     provenance = {"samples": None, "checkpoint": weights.folder.name,
                   "checkpoint_step": weights.step, "weights_sha256": weights.sha256,
                   "ema": cfg.eval.ema, "ema_std": cfg.ema_std,
                   "sampler": sampler, "steps": steps,
                   "eta": sampler.get("eta"), "guidance": guidance,
-                  "class_labels": plain(cfg.class_labels) if num_classes else None}  # fmt: skip
-
-    def labels(chunk: range):
-        return sample_labels(cfg, num_classes, chunk, null)
-
+                  "class_labels": labels}  # fmt: skip
     return (
-        lambda chunk: generated_batch(cfg, nfe, diffusion, device, chunk, labels(chunk), cond_fn),
+        lambda indices: seeded_batches(cfg, guided, diffusion, device, indices),
         cfg.eval.num_samples or default_num_samples(cfg),
         sampler_tag(cfg, steps),
-        nfe,
+        guided,
         provenance,
     )
 
@@ -326,22 +303,19 @@ def sampler_settings(cfg: DictConfig) -> dict:
     return {key: value for key, value in settings.items() if key in read}
 
 
-NOT_OF_THE_SAMPLES = (
-    "metrics", "warnings", "earlier", "seconds", "versions", "device", "num_processes"
-)  # fmt: skip
+# how a report was computed, and what it found: all but the identity of its samples
+RUNTIME_KEYS = ("seconds", "versions", "device", "num_processes")
+RESULT_AND_RUNTIME_KEYS = ("metrics", "warnings", "earlier", *RUNTIME_KEYS)
 
 
 def samples_identity(report: dict) -> dict:
     """What decides a report's samples and their comparison: all but its metrics and how and
     when they were computed."""
-    same = {k: v for k, v in report.items() if k not in NOT_OF_THE_SAMPLES}
+    same = {k: v for k, v in report.items() if k not in RESULT_AND_RUNTIME_KEYS}
     same["reference"] = {k: v for k, v in (same.get("reference") or {}).items() if k != "cached"}
     if same.get("ema_std") is None:  # reports from before post-hoc EMA: the checkpoint's EMA
         same.pop("ema_std", None)
     return same
-
-
-HOW_IT_RAN = ("seconds", "versions", "device", "num_processes")
 
 
 def kept_provenance(earlier: dict, kept: list[str]) -> list[dict]:
@@ -354,7 +328,7 @@ def kept_provenance(earlier: dict, kept: list[str]) -> list[dict]:
             entries.append(entry | {"metrics": names})
     own = [m for m in kept if not any(m in e["metrics"] for e in entries)]
     if own:
-        entries.insert(0, {"metrics": own, **{k: earlier.get(k) for k in HOW_IT_RAN}})
+        entries.insert(0, {"metrics": own, **{k: earlier.get(k) for k in RUNTIME_KEYS}})
     return entries
 
 
@@ -397,7 +371,9 @@ def merge_report(record: dict, path: Path) -> None:
         write_json(with_earlier_metrics(record, path), path)
 
 
-def compare(cfg: DictConfig, wanted: list[str], gathered: dict, extractor, reference) -> dict:
+def compare_with_reference(
+    cfg: DictConfig, wanted: list[str], gathered: dict, extractor, reference
+) -> dict:
     """{"extractor", "reference", "metrics"}: the gathered samples against the reference
     features (images) or fresh data samples (2-D)."""
     if extractor is None:
@@ -425,7 +401,7 @@ def quality_metric(
 
     tick = time.perf_counter()
     wanted = check_quality(cfg, names)
-    source, num, tag, nfe, provenance = sample_source(cfg, load_model, device)
+    source, num, tag, guided, provenance = sample_source(cfg, load_model, device)
     if cfg.eval.samples:  # a drawn count was checked with the command's settings
         given = cfg.eval.num_samples is None
         what = f"the samples in eval.samples={cfg.eval.samples}" if given else "eval.num_samples"
@@ -438,17 +414,17 @@ def quality_metric(
         reference = reference_features(cfg, extractor, device, state, size)  # main only
     seconds_reference = time.perf_counter() - before_reference
     indices = shard(num, state.process_index, state.num_processes)
-    mine = my_share(cfg, source, indices, extractor, cfg.progress and state.is_main_process)
+    share = extract_share(cfg, source, indices, extractor, cfg.progress and state.is_main_process)
     seconds_samples = time.perf_counter() - tick - seconds_reference
-    gathered = gather_exact(mine, num)
+    gathered = gather_exact(share, num)
     if not state.is_main_process:
         return None
     record = {"kind": "sample_quality", "run_dir": str(cfg.run_dir), **provenance,
               "seed": cfg.seed, "num_samples": num}  # fmt: skip
-    if nfe is not None and len(indices):
-        record["nfe_per_sample"] = nfe.calls // len(list(batches(indices, cfg.batch_size)))
+    if guided is not None and guided.batches_drawn:
+        record["nfe_per_sample"] = guided.evaluations_per_sample()
     tock = time.perf_counter()
-    record |= compare(cfg, wanted, gathered, extractor, reference)
+    record |= compare_with_reference(cfg, wanted, gathered, extractor, reference)
     if extractor is not None:
         record["warnings"] = sample_warnings(cfg, wanted, gathered)
         for note in record["warnings"]:

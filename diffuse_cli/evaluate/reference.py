@@ -28,6 +28,7 @@ from diffuse_cli.data.base import evenly_spaced
 from diffuse_cli.diffusion import quantize
 from diffuse_cli.errors import UserError
 from diffuse_cli.files import give_plain_file_mode, replacing
+from diffuse_cli.ranges import check_ranges, positive_or_null
 
 
 def reference_split(cfg: DictConfig) -> str:
@@ -42,9 +43,7 @@ def reference_split(cfg: DictConfig) -> str:
 def check_reference_settings(cfg: DictConfig) -> str:
     """The reference split; UserError for a bad eval.reference_split or eval.reference_num (a
     command checks this before it samples)."""
-    limit = cfg.eval.reference_num
-    if limit is not None and limit <= 0:
-        raise UserError(f"eval.reference_num={limit} must be > 0 (or null: the whole split)")
+    check_ranges(cfg.eval, {"reference_num": positive_or_null("the whole split")}, "eval.")
     return reference_split(cfg)
 
 

@@ -13,6 +13,15 @@ from diffuse_cli.build import check_family, check_model_keys
 from diffuse_cli.config import MODEL_DEFINING, SCHEMAS, defining
 from diffuse_cli.errors import UserError
 from diffuse_cli.posthoc_ema import MAX_STD
+from diffuse_cli.ranges import (
+    FRACTION,
+    NOT_NEGATIVE,
+    POSITIVE,
+    Allowed,
+    check_ranges,
+    one_of,
+    positive_or_null,
+)
 from diffuse_cli.runs import CONFIG_FILE, differences, read_run_config, with_run_config
 from diffuse_cli.train.batches import MAX_MICRO_BATCHES
 from diffuse_cli.train.checkpoint import latest_checkpoint, step_of
@@ -20,23 +29,25 @@ from diffuse_cli.train.ema import std_label
 from diffuse_cli.train.loggers import check_logger
 from diffuse_cli.train.optimizer import lr_horizon
 
-CHOICES = {
-    "mixed_precision": ("no", "fp16", "bf16"),
-    "optimizer": ("adam", "adamw"),
-    "lr_decay": ("constant", "linear", "cosine"),
+TRAINER_CHOICES = {
+    "mixed_precision": one_of("no", "fp16", "bf16"),
+    "optimizer": one_of("adam", "adamw"),
+    "lr_decay": one_of("constant", "linear", "cosine"),
 }
-POSITIVE = (
-    "max_steps",
-    "batch_size",
-    "grad_accum",
-    "lr",
-    "ckpt_every",
-    "sample_every",
-    "log_every",
-    "sample_steps",
-    "max_bad_steps",
-)
-NOT_NEGATIVE = ("warmup_steps", "keep_last", "weight_decay", "grad_clip")  # 0: off / keep all
+POSITIVE_KEYS = ("max_steps", "batch_size", "grad_accum", "lr", "ckpt_every", "sample_every",
+                 "log_every", "sample_steps", "max_bad_steps")  # fmt: skip
+OFF_AT_ZERO_KEYS = ("warmup_steps", "keep_last", "weight_decay", "grad_clip")  # keep_last=0: all
+TRAINER_RANGES = {
+    **dict.fromkeys(POSITIVE_KEYS, POSITIVE),
+    **dict.fromkeys(OFF_AT_ZERO_KEYS, NOT_NEGATIVE),
+}
+TRAINER_LIMITS = {  # checked once the learning-rate schedule is known to work
+    "grad_accum": Allowed(lambda v: v <= MAX_MICRO_BATCHES, f"must be <= {MAX_MICRO_BATCHES}"),
+    "sample_num": Allowed(lambda v: v >= 0, "must be >= 0 (0: no preview grids)"),
+    "label_dropout": FRACTION,
+    "ema_decay": FRACTION,
+}
+POSITIVE_COUNT = Allowed(lambda v: v >= 1, "must be >= 1")
 
 
 def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
@@ -44,34 +55,18 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
     added after a run started does not stop it from finishing)."""
     check_logger(cfg)  # a wandb login problem must stop the run before it writes anything
     tc = cfg.trainer
-    for key, allowed in CHOICES.items():
-        if tc[key] not in allowed:
-            raise UserError(f"trainer.{key}={tc[key]!r} is not one of: {', '.join(allowed)}")
+    check_ranges(tc, TRAINER_CHOICES, "trainer.")
     if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError(
             "trainer.mixed_precision=fp16 needs a CUDA GPU (Accelerate has no fp16 loss scaler "
             "on the CPU and would train in fp32); use bf16 or no"
         )
-    for key in POSITIVE:
-        if not tc[key] > 0:
-            raise UserError(f"trainer.{key}={tc[key]} must be > 0")
-    for key in NOT_NEGATIVE:
-        if tc[key] < 0:
-            raise UserError(f"trainer.{key}={tc[key]} must be >= 0")
+    check_ranges(tc, TRAINER_RANGES, "trainer.")
     check_lr_decay(tc)
-    if tc.grad_accum > MAX_MICRO_BATCHES:
-        raise UserError(f"trainer.grad_accum={tc.grad_accum} must be <= {MAX_MICRO_BATCHES}")
-    if tc.sample_num < 0:
-        raise UserError(f"trainer.sample_num={tc.sample_num} must be >= 0 (0: no preview grids)")
-    if cfg.task not in ("diffusion", "classifier"):
-        raise UserError(f"task={cfg.task!r} is not one of: diffusion, classifier")
-    if not 0.0 <= tc.label_dropout < 1.0:
-        raise UserError(f"trainer.label_dropout={tc.label_dropout} must be in [0, 1)")
-    if not 0.0 <= tc.ema_decay < 1.0:
-        raise UserError(f"trainer.ema_decay={tc.ema_decay} must be in [0, 1)")
+    check_ranges(tc, TRAINER_LIMITS, "trainer.")
+    check_ranges(cfg, {"task": one_of("diffusion", "classifier")})
     check_power_ema(tc)
-    if cfg.schedule.num_timesteps < 1:
-        raise UserError(f"schedule.num_timesteps={cfg.schedule.num_timesteps} must be >= 1")
+    check_ranges(cfg.schedule, {"num_timesteps": POSITIVE_COUNT}, "schedule.")
     check_family(cfg)  # first: a group of another family has a message of its own
     if fresh:  # a run started before the rule keeps the keys it was trained with
         check_model_keys(cfg.model)
@@ -82,8 +77,7 @@ def validate_train_config(cfg: DictConfig, fresh: bool = True) -> None:
 def check_power_ema(tc: DictConfig) -> None:
     """trainer.ema and, for power, widths a power EMA can have and snapshots at every periodic
     checkpoint (so checkpoint=<step> names a snapshot too)."""
-    if tc.ema not in ("exponential", "power"):
-        raise UserError(f"trainer.ema={tc.ema!r} is not one of: exponential, power")
+    check_ranges(tc, {"ema": one_of("exponential", "power")}, "trainer.")
     if tc.ema != "power":
         return
     stds = [float(s) for s in tc.ema_std]
@@ -104,8 +98,7 @@ def check_power_ema(tc: DictConfig) -> None:
 def check_lr_decay(tc: DictConfig) -> None:
     """A decay must end after the warmup and not before the last step (the steps after it
     would train with a learning rate of 0)."""
-    if tc.lr_decay_steps is not None and tc.lr_decay_steps <= 0:
-        raise UserError(f"trainer.lr_decay_steps={tc.lr_decay_steps} must be > 0 (or null)")
+    check_ranges(tc, {"lr_decay_steps": positive_or_null()}, "trainer.")
     if tc.lr_decay == "constant":
         return
     horizon = lr_horizon(tc)
@@ -135,18 +128,15 @@ def validate_loss_config(cfg: DictConfig, fresh: bool = True) -> None:
     loss = cfg.loss
     if loss.name not in LOSSES:
         raise UserError(f"loss={loss.name!r} is unknown; choose one of: {', '.join(LOSSES)}")
-    if loss.timesteps not in TIMESTEP_SAMPLERS:
-        raise UserError(
-            f"loss.timesteps={loss.timesteps!r} is not one of: {', '.join(TIMESTEP_SAMPLERS)}"
-        )
-    if not loss.lam >= 0:
-        raise UserError(f"loss.lam={loss.lam} must be >= 0")
-    if loss.weighting not in WEIGHTINGS:
-        raise UserError(f"loss.weighting={loss.weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
+    loss_ranges = {
+        "timesteps": one_of(*TIMESTEP_SAMPLERS),
+        "lam": NOT_NEGATIVE,
+        "weighting": one_of(*WEIGHTINGS),
+    }
+    check_ranges(loss, loss_ranges, "loss.")
     if loss.weighting != "uniform" and loss.name not in WEIGHTED:
         raise UserError(refused_weighting(loss.name, loss.weighting))
-    if not loss.snr_gamma > 0:
-        raise UserError(f"loss.snr_gamma={loss.snr_gamma} must be > 0")
+    check_ranges(loss, {"snr_gamma": POSITIVE}, "loss.")
     if loss.timesteps == "importance" and loss.name in ("simple", "dsm"):
         raise UserError(
             "loss.timesteps=importance samples t by the history of the VLB term, which "

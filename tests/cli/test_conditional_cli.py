@@ -226,13 +226,13 @@ def test_a_report_names_the_weights_that_made_its_samples(runs):
 def test_a_guidance_classifier_is_checked_by_what_it_was_trained_for(
     compose, monkeypatch, change, refused
 ):
-    from diffuse_cli import loading
-    from diffuse_cli.generate import guidance_classifier
+    from diffuse_cli import sampling_loop
+    from diffuse_cli.sampling_loop import guidance_classifier
 
     cfg = compose(["guidance=classifier", "guidance.classifier=clf"], "sample")
     trained = compose(["task=classifier", *change])
     monkeypatch.setattr(
-        loading, "open_classifier_everywhere", lambda *a: (trained, "classifier", "w")
+        sampling_loop, "open_classifier_everywhere", lambda *a: (trained, "classifier", "w")
     )
     if refused is None:
         assert guidance_classifier(cfg, "cpu") == ("classifier", "w")

@@ -283,7 +283,7 @@ def test_too_few_samples_for_a_metric_are_refused_before_sampling(
     check comes before the samples are drawn."""
     from diffuse_cli.evaluate import quality
 
-    monkeypatch.setattr(quality, "my_share", lambda *a, **k: pytest.fail("samples were drawn"))
+    monkeypatch.setattr(quality, "extract_share", lambda *a, **k: pytest.fail("samples were drawn"))
     _, run = run32
     with pytest.raises(UserError, match=message):
         eval_in_process(compose, run, [*QUICK, *args])

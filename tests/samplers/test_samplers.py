@@ -363,23 +363,24 @@ def test_per_sample_noise_uses_every_bit_of_a_seed():
 def test_sample_seeds_of_different_run_seeds_never_collide():
     """Sample i of run seed s has seed (s << 32) + i: seed + i would give sample 1 of seed 0
     the initial noise of sample 0 of seed 1, so two seeds' sample sets would overlap."""
-    from diffuse_cli.generate import sample_seed
+    from diffuse_cli.sampling_loop import sample_seed
 
     assert len({sample_seed(s, i) for s in range(3) for i in range(1000)}) == 3000
 
 
 def test_the_initial_noise_of_a_sample_is_its_own_for_every_run_seed(compose, monkeypatch):
-    """draw_samples gives sample i of seed s the noise of sample_seed(s, i): x_T of (seed 0,
+    """The sampling loop gives sample i of seed s the noise of sample_seed(s, i): x_T of (seed 0,
     i=1) is not that of (seed 1, i=0), and equals the per-sample stream of its seed."""
-    from diffuse_cli import generate
+    from diffuse_cli import generate, sampling_loop
 
-    monkeypatch.setattr(generate, "sample", lambda cfg, model, diffusion, x_T, *a, **k: x_T)
+    monkeypatch.setattr(sampling_loop, "sample", lambda cfg, model, diffusion, x_T, *a, **k: x_T)
 
     cfg = compose(["data.image_size=4", "batch_size=2"], "sample")
+    unguided = sampling_loop.GuidedModel(None, None, num_classes=None, null_label=None)
 
     def x_T(seed, indices):
         cfg.seed = seed
-        return generate.draw_samples(cfg, None, None, torch.device("cpu"), indices)
+        return generate.draw_samples(cfg, unguided, None, torch.device("cpu"), indices)
 
     seed0, seed1 = x_T(0, range(0, 3)), x_T(1, range(0, 3))
     assert seed0.shape == (3, 3, 4, 4)
