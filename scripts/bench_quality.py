@@ -8,7 +8,7 @@ recipe, each trained for the same wall-clock budgets on the embedded shapes data
 
 Recipes (the dicts below; change QUICKSTART when README command 1 changes):
 - classic: DDPM's L_simple on linear betas with model=small and the trainer settings that were
-  the defaults when this benchmark was written, pinned here; sampled with ddpm at 100 steps.
+  the defaults when this benchmark was written, pinned here; sampled with ddpm at 50 steps.
 - quickstart: the default config (`diffuse train` without overrides), sampled as README
   command 1 samples it.
 - diffusers: diffusers' examples/unconditional_image_generation/train_unconditional.py, written
@@ -63,7 +63,8 @@ CLASSIC = {
         "trainer.grad_accum=1", "trainer.mixed_precision=no", "trainer.ema=exponential",
         "trainer.ema_decay=0.99",
     ],
-    "sample": ["sampler=ddpm", "steps=100"],
+    # 50 ancestral steps: as good as 100 for this recipe (docs/eval_quality.md), at half the cost
+    "sample": ["sampler=ddpm", "steps=50"],
 }
 # fmt: on
 TOOLKIT = {"classic": CLASSIC, "quickstart": QUICKSTART}
@@ -193,7 +194,8 @@ class Judge:
 
     def __call__(self, source) -> tuple[dict, torch.Tensor, float]:
         """(metrics, the first GRID images, seconds) of the images that source(range) gives."""
-        from diffuse_cli.evaluate.quality import image_metrics, my_share
+        from diffuse_cli.evaluate.quality import extract_share, image_metrics
+        from diffuse_cli.sampling_loop import index_batches
 
         kept: list[torch.Tensor] = []
 
@@ -203,7 +205,12 @@ class Judge:
             return x
 
         start = time.perf_counter()
-        gathered = my_share(self.cfg, keeping, range(self.num), self.extractor, False)
+
+        def batches(indices: range):
+            for chunk in index_batches(indices, self.cfg.batch_size):
+                yield chunk, keeping(chunk)
+
+        gathered = extract_share(self.cfg, batches, range(self.num), self.extractor, False)
         metrics = image_metrics(self.cfg, ["fd", "pr"], gathered, self.reference, self.extractor)
         return metrics, torch.cat(kept), time.perf_counter() - start
 
@@ -278,7 +285,11 @@ def toolkit_source(recipe: str, run_dir: Path, judge: Judge):
         _, model, diffusion, weights = open_run(run_dir, judge.device, True, config=cfg)
         return model, diffusion, weights
 
-    source, _, tag, _, provenance = sample_source(cfg, load_model, judge.device)
+    batches, _, tag, _, provenance = sample_source(cfg, load_model, judge.device)
+
+    def source(chunk: range) -> torch.Tensor:
+        return torch.cat([x for _, x in batches(chunk)])
+
     return source, {"tag": tag, "sampler": provenance["sampler"], "steps": provenance["steps"]}
 
 
@@ -413,7 +424,7 @@ def diffusers_source(unet, steps: int, seed: int, device):
     generator seeded by (seed, i), so a sample does not depend on the batch it is drawn in."""
     from diffusers import DDPMPipeline
 
-    from diffuse_cli.generate import sample_seed
+    from diffuse_cli.sampling_loop import sample_seed
 
     pipeline = DDPMPipeline(unet=unet, scheduler=diffusers_scheduler())
     pipeline.set_progress_bar_config(disable=True)
@@ -470,6 +481,8 @@ class Bench:
             "metrics": floor,
             "grid": self.save_grid(grid, "data"),
         }
+        if args.keep:
+            self.keep_earlier(recipes, tune)
         self.write()
         if tune:
             self.tune(args.tune_lr_at)
@@ -478,6 +491,30 @@ class Bench:
                 self.runs.append(self.reused(recipe, budget) or self.run(recipe, budget))
                 self.write()
         print(markdown(self.record))
+
+    def keep_earlier(self, recipes: list[str], tune: bool) -> None:
+        """Keep the runs of --out's quality.json whose recipes this invocation does not run (and
+        its learning-rate sweep unless this one tunes), so recipes can be measured in turns."""
+        path = self.out / "quality.json"
+        if not path.is_file():
+            raise UserError(f"--keep: {path} does not exist; run once without --keep first")
+        old = json.loads(path.read_text())
+        if old["threads"] != self.record["threads"] or old["samples"] != self.args.samples:
+            raise UserError(f"--keep: {path} was measured with other --threads or --samples")
+        self.runs = [r for r in old["runs"] if r["recipe"] not in recipes]
+        kept = {r["recipe"] for r in self.runs}
+        self.record["recipes"] = {
+            r: d for r, d in old["recipes"].items() if r in kept
+        } | self.record["recipes"]
+        self.record["command"] = f"{old['command']}\n    {self.record['command']}"
+        self.calibrations = {
+            k: Calibration(**c)
+            for k, c in old["calibrations"].items()
+            if k in {family(r) for r in kept}
+        }
+        if not tune and old.get("lr_sweep"):
+            self.sweep = old["lr_sweep"]
+            self.tuned_lr = self.sweep["best_lr"]
 
     def calibration(self, recipe: str) -> Calibration:
         key = family(recipe)
@@ -906,6 +943,11 @@ def parse_args(argv: list[str]):
     parser.add_argument("--calibration-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/benchmarks")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep --out's earlier runs of the recipes not run now (measure recipes in turns)",
+    )
     parser.add_argument(
         "--work", default=None, help="run folders (replaced); default: a new temporary folder"
     )
