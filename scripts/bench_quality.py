@@ -9,8 +9,8 @@ recipe, each trained for the same wall-clock budgets on the embedded shapes data
 Recipes (the dicts below; change QUICKSTART when README command 1 changes):
 - classic: DDPM's L_simple on linear betas with model=small and the trainer settings that were
   the defaults when this benchmark was written, pinned here; sampled with ddpm at 50 steps.
-- quickstart: the default config (`diffuse train` without overrides), sampled as README
-  command 1 samples it.
+- quickstart: README command 1's recipe (QUICKSTART: `experiment=edm_shapes`), sampled as
+  README command 1 samples it.
 - diffusers: diffusers' examples/unconditional_image_generation/train_unconditional.py, written
   here from its documented settings (DIFFUSERS) on a UNet2DModel of the quickstart network's
   layout, sampled with DDPMPipeline. diffusers_lr<v>: the same with learning rate v.
@@ -47,8 +47,9 @@ import torch
 import diffuse_cli as dc
 from diffuse_cli.errors import UserError
 
-# README command 1: `diffuse train`, then `diffuse sample sampler=ddpm steps=100`.
-QUICKSTART = {"train": [], "sample": ["sampler=ddpm", "steps=100"]}
+# README command 1: `diffuse train experiment=edm_shapes`, then
+# `diffuse sample run_dir=runs/edm_shapes sampler=heun steps=18`.
+QUICKSTART = {"train": ["experiment=edm_shapes"], "sample": ["sampler=heun", "steps=18"]}
 # DDPM (Ho et al. 2020) with configs/trainer/default.yaml and model=small as they were when the
 # quickstart used them, pinned so that a new default leaves this baseline where it was.
 # fmt: off
