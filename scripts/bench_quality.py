@@ -263,6 +263,9 @@ def calibrate_toolkit(recipe: str, work: Path, steps: int) -> Calibration:
     two such runs: the first pays what a process pays once (imports, first allocations)."""
     half = max(1, steps // 2)
     cfg = toolkit_config(recipe, work / f"calibrate-{recipe}", 2 * half, log_every=half)
+    # A step costs the same under any learning-rate schedule; a decay shorter than the warm-up
+    # would be refused.
+    cfg.trainer.lr_decay = "constant"
     for _ in range(2):
         seconds = train_toolkit(cfg)
     rows = (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
