@@ -120,13 +120,14 @@ def read_cifar10_names(path: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _download_cifar10(root: Path) -> None:
+def _download(dataset: str, name: str, root: Path) -> None:
+    """torchvision.datasets.<dataset> into `root`; any failure is one DataError."""
     import torchvision
 
     try:
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        getattr(torchvision.datasets, dataset)(str(root), train=True, download=True)
     except Exception as e:  # network, disk or checksum failures all end the same way for a user
-        raise DataError(f"could not download CIFAR-10 into {root}: {e}") from e
+        raise DataError(f"could not download {name} into {root}: {e}") from e
 
 
 def cifar10(
@@ -142,7 +143,7 @@ def cifar10(
     folder = Path(root) / CIFAR10_FOLDER
     needed = CIFAR10_FILES["train"] + CIFAR10_FILES["test"] + [CIFAR10_META]
     if download and not all((folder / name).is_file() for name in needed):
-        _download_cifar10(Path(root))
+        _download("CIFAR10", "CIFAR-10", Path(root))
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         lacks = f": {folder}/ lacks {', '.join(missing)}" if len(missing) < len(needed) else ""
@@ -195,15 +196,6 @@ def read_idx(path: Path, item_shape: tuple[int, ...]) -> np.ndarray:
     return np.fromfile(path, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
-def _download_mnist(root: Path) -> None:
-    import torchvision
-
-    try:
-        torchvision.datasets.MNIST(str(root), train=True, download=True)
-    except Exception as e:  # network, disk or checksum failures all end the same way for a user
-        raise DataError(f"could not download MNIST into {root}: {e}") from e
-
-
 def mnist(
     split: str,
     root: str | Path = "data",
@@ -218,7 +210,7 @@ def mnist(
     raw = Path(root) / "MNIST" / "raw"
     needed = MNIST_FILES["train"] + MNIST_FILES["test"]
     if download and not all((raw / name).is_file() for name in needed):
-        _download_mnist(Path(root))
+        _download("MNIST", "MNIST", Path(root))
     missing = [name for name in needed if not (raw / name).is_file()]
     if missing:
         raise DataError(
