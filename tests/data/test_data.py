@@ -566,3 +566,20 @@ def test_an_image_folder_run_from_before_data_subset_keeps_its_first_files(tmp_p
     assert [p.parent.name for p in first.files] == ["cats", "cats"]
     with pytest.raises(DataError, match="data.subset='every': choose evenly_spaced or first"):
         build_dataset("image_folder", "train", root=tmp_path / "img", subset="every")
+
+
+@pytest.mark.parametrize("name, label", [("cifar10", "CIFAR-10"), ("mnist", "MNIST")])
+def test_a_failed_download_is_one_data_error_naming_the_set_and_folder(
+    name, label, tmp_path, monkeypatch
+):
+    import torchvision
+
+    from diffuse_cli.data import vision
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(DataError, match=f"could not download {label} into {tmp_path}: network"):
+        getattr(vision, name)("train", root=tmp_path, download=True)
